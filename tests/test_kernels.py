@@ -1,0 +1,255 @@
+"""Fused DyT kernels (dyt.nn.kernels) against the eager reference ``dyt_forward``.
+
+Accuracy guarantee of the CPU kernel (fp32 math whatever the storage type): its rational tanh is within
+``TANH_ABS_ERR = 4e-7`` of exact tanh for every fp32 input (measured: 3.5e-7 exhaustively over [0, 9], the
+approximation is odd and saturates beyond), NaN propagates and +-inf map to +-1. So the fp32 forward is within
+``|weight| * 4e-7`` plus rounding of eager, and gradients within the tolerances asserted below. The Triton
+kernels compute tanh from exp2 in fp32 (abs error ~1e-7).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from dyt.nn import DynamicTanh
+from dyt.nn.kernels import cpu, ops
+from dyt.nn.norms import dyt_forward
+
+TANH_ABS_ERR = 4e-7
+FP32_TOL = {"atol": 2e-6, "rtol": 1e-5}
+
+
+def _layer(c, channels_last=True, impl="auto", affine=True, bias=True, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    m = DynamicTanh(c, channels_last=channels_last, elementwise_affine=affine, bias=bias, impl=impl, dtype=dtype)
+    with torch.no_grad():
+        m.alpha.fill_(0.8)
+        if m.weight is not None:
+            m.weight.normal_()
+        if m.bias is not None:
+            m.bias.normal_()
+    return m
+
+
+def _run(m, x, g):
+    """Output and gradients (x, alpha, weight, bias) of m on x for upstream gradient g."""
+    x = x.detach().requires_grad_()
+    for p in m.parameters():
+        p.grad = None
+    y = m(x)
+    y.backward(g)
+    return [y.detach(), x.grad] + [p.grad for p in (m.alpha, m.weight, m.bias) if p is not None]
+
+
+def _compare(shape, channels_last, x_fn=lambda x: x, affine=True, bias=True):
+    c = shape[-1] if channels_last else shape[1]
+    fused, eager = _layer(c, channels_last, "fused", affine, bias), _layer(c, channels_last, "eager", affine, bias)
+    x = x_fn(torch.randn(shape) * 3)
+    g = torch.randn(x.shape)
+    got, want = _run(fused, x, g), _run(eager, x, g)
+    assert got[0].shape == want[0].shape and got[0].dtype == want[0].dtype
+    for name, a, b in zip(["y", "dx", "d_alpha", "d_weight", "d_bias"], got, want):
+        scale = max(1.0, b.abs().max().item())  # reductions: tolerance grows with the summed magnitude
+        torch.testing.assert_close(a, b, atol=FP32_TOL["atol"] * scale * (x.numel() ** 0.5 if a.numel() < x.numel() else 1),
+                                   rtol=FP32_TOL["rtol"], msg=lambda m: f"{name}: {m}")
+
+
+def test_rational_tanh_accuracy():
+    x = torch.cat([torch.linspace(-12, 12, 2_000_001), torch.randn(1_000_000) * 4,
+                   torch.tensor([0.0, -0.0, 1e-30, 9.0, -9.0, 8.99, 1e30, -1e30])])
+    err = (cpu.tanh(x).double() - torch.tanh(x.double())).abs().max().item()
+    assert err <= TANH_ABS_ERR, err
+    special = cpu.tanh(torch.tensor([float("nan"), float("inf"), -float("inf")]))
+    assert special[0].isnan() and special[1] == 1 and special[2] == -1
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 17), (2, 3, 4, 31), (1, 1025), (64, 96)])
+def test_channels_last_matches_eager(shape):
+    _compare(shape, True)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (3, 6, 9, 2), (2, 5, 11, 13)])
+def test_channels_first_matches_eager(shape):
+    _compare(shape, False)
+
+
+@pytest.mark.parametrize("channels_last,make", [
+    (True, lambda x: x.transpose(0, 1)),                                  # permuted, dense
+    (True, lambda x: x[:, ::2]),                                          # strided slice
+    (False, lambda x: x.contiguous(memory_format=torch.channels_last)),  # NCHW stored NHWC
+    (False, lambda x: x[:, :, 1:, ::2]),
+])
+def test_non_contiguous_inputs(channels_last, make):
+    _compare((4, 6, 5, 8), channels_last, make)
+
+
+@pytest.mark.parametrize("affine,bias", [(False, False), (True, False)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_without_affine_or_bias(affine, bias, channels_last):
+    _compare((3, 8, 5, 6), channels_last, affine=affine, bias=bias)
+
+
+def test_multi_dim_normalized_shape():
+    fused, eager = _layer((4, 6), impl="fused"), _layer((4, 6), impl="eager")
+    x, g = torch.randn(3, 4, 6), torch.randn(3, 4, 6)
+    for a, b in zip(_run(fused, x, g), _run(eager, x, g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("x_dtype,p_dtype", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                             (torch.float16, torch.float16)])
+def test_low_precision_storage(x_dtype, p_dtype):
+    fused, eager = _layer(33, impl="fused", dtype=p_dtype), _layer(33, impl="eager", dtype=p_dtype)
+    x = (torch.randn(5, 7, 33) * 3).to(x_dtype)
+    g = torch.randn(5, 7, 33).to(torch.promote_types(x_dtype, p_dtype))
+    got, want = _run(fused, x, g), _run(eager, x, g)
+    # eager rounds tanh to bf16/fp16 before scaling: allow a few units of the storage type's precision
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), atol=0.05 * max(1.0, b.abs().max().item() ** 0.5),
+                                   rtol=0.02)
+
+
+def test_bf16_gradient_does_not_collapse_in_saturation():
+    m = _layer(8, impl="fused", dtype=torch.bfloat16)
+    x = torch.full((4, 8), 5.0, dtype=torch.bfloat16)  # alpha*x = 4: 1 - tanh^2 = 1.3e-3, 0 if tanh is bf16
+    dx = _run(m, x, torch.ones(4, 8, dtype=torch.bfloat16))[1]
+    want = (m.weight.detach().float() * 0.8 * (1 - torch.tanh(torch.tensor(4.0)) ** 2)).expand(4, 8)
+    torch.testing.assert_close(dx.float(), want, rtol=2e-2, atol=0)
+
+
+def test_autocast_bf16_matches_eager():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 24)
+    fused, eager = _layer(24, impl="auto"), _layer(24, impl="eager")
+    x, outs = torch.randn(6, 16), []
+    for m in (fused, eager):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(lin(x))
+        y.float().square().sum().backward()
+        outs.append((y.detach(), m.alpha.grad.clone(), m.weight.grad.clone()))
+    for a, b in zip(*outs):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(12, 20), _layer(20), torch.nn.GELU(), torch.nn.Linear(20, 4))
+    ref = torch.nn.Sequential(*[m for m in model])  # same parameters, run uncompiled
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn(3, 5, 12)
+    y = compiled(x)
+    y.sum().backward()
+    grad = model[1].alpha.grad.clone()
+    model.zero_grad()
+    ref(x).sum().backward()
+    torch.testing.assert_close(y, ref(x), **FP32_TOL)
+    torch.testing.assert_close(grad, model[1].alpha.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_opcheck_schema_fake_and_autograd():
+    x = torch.randn(3, 4, 5, 6, requires_grad=True)
+    alpha, w, b = torch.tensor([0.5], requires_grad=True), torch.randn(4, requires_grad=True), torch.randn(4)
+    torch.library.opcheck(ops.fused_fwd, (x, alpha, w, b, False))
+    torch.library.opcheck(ops.fused_fwd, (x.contiguous(memory_format=torch.channels_last), alpha, w, None, False))
+    torch.library.opcheck(ops.fused_fwd, (x, alpha, None, None, True))
+
+
+def test_auto_dispatch_and_contract():
+    m = DynamicTanh(8)
+    assert m.impl == "auto" and set(m.state_dict()) == {"alpha", "weight", "bias"}
+    assert "impl" not in repr(m) and "impl='eager'" in repr(DynamicTanh(8, impl="eager"))
+    with pytest.raises(ValueError, match="auto, eager, fused"):
+        DynamicTanh(8, impl="cuda")
+    with torch.device("meta"):  # meta -> eager path; to_empty + reset_parameters still initialise
+        meta = DynamicTanh(8, channels_last=False)
+    assert meta(torch.empty(2, 8, 3, 3, device="meta")).device.type == "meta"
+    meta.to_empty(device="cpu").reset_parameters()
+    assert meta.alpha.item() == 0.5 and meta.weight.sum().item() == 8
+    double = DynamicTanh(5, dtype=torch.float64)  # float64 stays exact (eager): gradcheck passes
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(double, (x,))
+
+
+def test_torch_fallback_when_kernel_unavailable(monkeypatch):
+    monkeypatch.setattr(cpu, "_tried", True)
+    monkeypatch.setattr(cpu, "_lib", None)
+    _compare((2, 3, 9), True)
+    _compare((2, 3, 4, 5), False)
+
+
+_TRITON_SCRIPT = textwrap.dedent("""
+    import torch
+    from dyt.nn.kernels import ops, triton_dyt
+    torch.manual_seed(0)
+    for shape, cl in [((5, 7, 33), True), ((37, 1100), True), ((2, 3, 5, 7), False), ((1, 2, 70, 70), False)]:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = (torch.randn(shape) * 3).to(dtype)
+            c = shape[-1] if cl else shape[1]
+            outer, c, inner, _ = ops._layout(x, cl, None)
+            w, b, a = torch.randn(c), torch.randn(c), torch.tensor([0.8])
+            g = torch.randn(shape).to(dtype)
+            y = torch.empty(shape, dtype=dtype)
+            triton_dyt.forward(x, y, a, w, b, outer, c, inner)
+            dx = torch.empty_like(x)
+            da, dw, db = triton_dyt.backward(g, x, dx, a, w, outer, c, inner)
+            ry = ops._torch_fwd(x, a, w, b, (outer, c, inner)).reshape(shape)
+            rdx, rda, rdw, rdb = ops._torch_bwd(g, x, a, w, (outer, c, inner))
+            tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=1e-2)
+            torch.testing.assert_close(y.float(), ry.to(dtype).float(), **tol)
+            torch.testing.assert_close(dx.float(), rdx.reshape(shape).to(dtype).float(), **tol)
+            for got, want in ((da, rda), (dw, rdw), (db, rdb)):
+                torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-4)
+    print("ok")
+""")
+
+
+def test_triton_kernels_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,channels_last", [((4, 257, 1000), True), ((8192, 4096), True),
+                                                 ((2, 96, 56, 56), False), ((3, 5, 7, 9), False)])
+def test_cuda_matches_eager_fp32_math(dtype, shape, channels_last):
+    c = shape[-1] if channels_last else shape[1]
+    fused = _layer(c, channels_last, "auto", dtype=dtype).cuda()
+    ref = _layer(c, channels_last, "eager", dtype=torch.float32).cuda()  # fp32 math: what we promise
+    x = (torch.randn(shape, device="cuda") * 3).to(dtype)
+    g = torch.randn(shape, device="cuda").to(dtype)
+    got, want = _run(fused, x, g), _run(ref, x.float(), g.float())
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(got[0], want[0].to(dtype), **tol)
+    torch.testing.assert_close(got[1], want[1].to(dtype), **tol)
+    for a, b in zip(got[2:], want[2:]):
+        torch.testing.assert_close(a.float(), b, atol=1e-3 * max(1, b.abs().max().item()), rtol=1e-3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_compile_and_autocast():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), _layer(128), torch.nn.Linear(128, 8)).cuda()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(16, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = compiled(x)
+        ref = torch.nn.Sequential(model[0], _layer(128, impl="eager").cuda(), model[2])(x)
+    torch.testing.assert_close(y.float(), ref.float(), atol=5e-2, rtol=5e-2)
+    y.float().sum().backward()
