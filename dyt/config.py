@@ -1,0 +1,151 @@
+"""Structured configs: the schema of every config group, registered in Hydra's ConfigStore.
+
+Each YAML file in ``configs/`` names its schema in its defaults list (e.g. ``- schema_timm``), so a value of
+the wrong type or a misspelt key is an error at composition time, not a silent no-op. Builders receive only
+their own sub-config (``cfg.optim``, ``cfg.trainer``, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class NormConfig:
+    name: str = "dyt"  # a kind of dyt.build_norm: layernorm | rmsnorm | dyt | identity
+    alpha_init: float = 0.5  # DyT's alpha0; ignored by the other kinds
+
+
+@dataclass
+class TimmModelConfig:
+    """A timm classifier (ViT, ConvNeXt, ...) built with its LayerNorms, then converted (as the paper's code)."""
+    name: str = MISSING  # our config name, used in run names and wandb tags
+    family: str = MISSING  # vit | convnext: picks the builder and the task
+    arch: str = MISSING  # timm model name
+    drop_path: float = 0.0
+    global_pool: Optional[str] = None  # the paper's ViTs use 'avg' (then the final norm is timm's fc_norm)
+    patch_size: Optional[int] = None  # ViT only; null keeps the arch's
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # other timm constructor args (depth, embed_dim, ...)
+
+
+@dataclass
+class AugmentConfig:
+    randaugment: Optional[str] = None  # timm RandAugment spec, e.g. 'rand-m9-mstd0.5-inc1'
+    hflip: float = 0.0
+    random_resized_crop: bool = False
+    reprob: float = 0.0  # random erasing probability
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class VisionDataConfig:
+    name: str = MISSING
+    source: str = MISSING  # digits | fashion_mnist | hf | imagefolder
+    root: Optional[str] = None  # local folder (offline alternative to a hub id)
+    hub_id: Optional[str] = None  # Hugging Face dataset id for real runs
+    train_split: str = "train"
+    val_split: str = "test"
+    image_column: str = "image"
+    label_column: str = "label"
+    num_classes: int = MISSING
+    in_chans: int = 3
+    image_size: int = MISSING  # images are resized to this (square)
+    patch_size: int = 16  # the ViT patch size that suits this resolution (model.patch_size defaults to it)
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05  # never applied to 1-D parameters (alpha, weights of norms, biases)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    warmup_epochs: Optional[float] = None  # when set, replaces warmup_steps
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    clip_grad: Optional[float] = None  # max global grad norm (null = off)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: Optional[int] = 300  # optimizer steps; when null, `epochs` decides
+    epochs: Optional[float] = None
+    batch_size: int = 64  # GLOBAL batch (all ranks, all accumulation micro-steps)
+    grad_accum: int = 1
+    eval_every: int = 100
+    ckpt_every: int = 100
+    log_every: int = 10
+    eval_batch_size: Optional[int] = None  # per rank; null = batch_size / world
+    resume: str = "auto"  # auto | never | <path to a checkpoint file>
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False
+    ema_decay: Optional[float] = None  # model EMA (timm ModelEmaV3); null = off
+    keep_checkpoints: int = 1
+    progress: str = "auto"  # auto (a bar on a tty, quiet otherwise) | on | off
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    mode: str = "disabled"  # wandb mode: online | offline | disabled
+    project: str = "dyt"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: <model>-<data> so LN and DyT runs of one cell share a group
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    model: Any = MISSING
+    norm: NormConfig = MISSING
+    data: Any = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    seed: int = 0
+    run_name: str = MISSING
+    sweep_name: str = "sweep"
+    table: Optional[str] = None  # the paper table a run reproduces (tags the wandb run)
+
+
+def register_configs() -> None:
+    """Register the schemas; the YAML files in configs/ extend them by name."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema_train", node=TrainConfig)
+    cs.store(group="model", name="schema_timm", node=TimmModelConfig)
+    cs.store(group="norm", name="schema_norm", node=NormConfig)
+    cs.store(group="data", name="schema_vision", node=VisionDataConfig)
+    cs.store(group="optim", name="schema_optim", node=OptimConfig)
+    cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="schema_logger", node=LoggerConfig)
+    # Families register their own model / data schemas (e.g. LLaMA, text corpora) on import.
+    from dyt.models import register_model_schemas
+    register_model_schemas(cs)
+
+
+def _suffix(override_dirname: str) -> str:
+    """Run-dir suffix from the overrides that define a run (empty when there are none)."""
+    return f"_{override_dirname}".replace("/", "-") if override_dirname else ""
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+    if not OmegaConf.has_resolver("dyt.suffix"):
+        OmegaConf.register_new_resolver("dyt.suffix", _suffix)
+
+
+def setup() -> None:
+    """Everything Hydra needs before composing our configs (entry points and tests call this once)."""
+    register_configs()
+    register_resolvers()

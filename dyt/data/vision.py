@@ -1,0 +1,158 @@
+"""Image classification datasets: embedded digits, Fashion-MNIST files, Hugging Face datasets, image folders.
+
+Every source returns map-style datasets of ``(image CxHxW float tensor, label int)``. Small embedded sets are
+held as one tensor (no per-sample decoding); Hugging Face / image-folder sets use timm's train/eval transforms
+(RandAugment, random erasing, bicubic resize) as in the paper's recipe.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from dyt.errors import ConfigError
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def _normalize(images: torch.Tensor, cfg) -> torch.Tensor:
+    """uint8/float NCHW in [0, 1] -> resized to cfg.image_size and standardized with cfg.mean/std."""
+    if images.shape[-1] != cfg.image_size:
+        images = F.interpolate(images, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(cfg.mean, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def _digits(cfg):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # 8x8, values 0..16
+    y = torch.tensor(d.target, dtype=torch.long)
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=d.target)
+    x = _normalize(x, cfg)
+    return TensorDataset(x[tr], y[tr]), TensorDataset(x[te], y[te])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist(cfg):
+    root = Path(cfg.root or DEBIAN_FASHION_MNIST)
+    files = {s: (root / f"{p}-images-idx3-ubyte.gz", root / f"{p}-labels-idx1-ubyte.gz")
+             for s, p in (("train", "train"), ("test", "t10k"))}
+    if not all(f.exists() for pair in files.values() for f in pair):
+        if cfg.root is None and not _offline():
+            return _fashion_mnist_torchvision(cfg)
+        raise ConfigError(f"Fashion-MNIST files not found in {root} (need train-/t10k-images-idx3-ubyte.gz and "
+                          "labels); install Debian's dataset-fashion-mnist or set data.root")
+    out = []
+    for split in ("train", "test"):
+        images, labels = (_read_idx(f) for f in files[split])
+        x = torch.from_numpy(images.copy()).float().unsqueeze(1) / 255.0
+        out.append(TensorDataset(_normalize(x, cfg), torch.from_numpy(labels.astype(np.int64))))
+    return tuple(out)
+
+
+def _fashion_mnist_torchvision(cfg):
+    from torchvision.datasets import FashionMNIST
+
+    cache = Path(os.environ.get("DYT_CACHE", Path.home() / ".cache" / "dyt")) / "fashion_mnist"
+    out = []
+    for train in (True, False):
+        ds = FashionMNIST(str(cache), train=train, download=True)
+        x = ds.data.float().unsqueeze(1) / 255.0
+        out.append(TensorDataset(_normalize(x, cfg), ds.targets.long()))
+    return tuple(out)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+class HFImageDataset(Dataset):
+    """A Hugging Face image dataset with a transform: ``(transform(image), label)``."""
+
+    def __init__(self, ds, transform, image_column: str, label_column: str):
+        for col in (image_column, label_column):
+            if col not in ds.column_names:
+                raise ConfigError(f"dataset has no column {col!r} (columns: {', '.join(ds.column_names)}); "
+                                  "set data.image_column / data.label_column")
+        self.ds, self.transform = ds, transform
+        self.image_column, self.label_column = image_column, label_column
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        row = self.ds[int(i)]
+        return self.transform(row[self.image_column].convert("RGB")), int(row[self.label_column])
+
+
+def _load_hf(cfg):
+    """Hub id for real runs; a local folder (``save_to_disk`` output, parquet/arrow files or an image folder)."""
+    import datasets
+
+    if cfg.root:
+        root = Path(cfg.root)
+        if not root.exists():
+            raise ConfigError(f"data.root {root} does not exist")
+        if (root / "dataset_dict.json").exists():
+            return datasets.load_from_disk(str(root))
+        builder = ["imagefolder"] if cfg.source == "imagefolder" else []
+        kwargs = {"data_dir": str(root)} if builder else {}
+        return datasets.load_dataset(*(builder or [str(root)]), **kwargs)
+    if not cfg.hub_id:
+        raise ConfigError(f"data {cfg.name!r} needs data.hub_id or data.root")
+    if _offline():
+        raise ConfigError(f"cannot download {cfg.hub_id!r} while offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
+                          "set data.root to a local copy")
+    try:
+        return datasets.load_dataset(cfg.hub_id)
+    except Exception as e:  # network, auth (gated ImageNet), missing id: one line for the user
+        raise ConfigError(f"could not load {cfg.hub_id!r} from the Hugging Face hub: {str(e).splitlines()[0]}") from e
+
+
+def _transforms(cfg, train: bool):
+    from timm.data import create_transform
+
+    a = cfg.augment
+    if not train:
+        return create_transform(cfg.image_size, is_training=False, mean=cfg.mean, std=cfg.std,
+                                interpolation="bicubic", crop_pct=1.0 if cfg.image_size < 224 else 0.875)
+    return create_transform(
+        cfg.image_size, is_training=True, mean=cfg.mean, std=cfg.std, interpolation="bicubic",
+        auto_augment=a.randaugment, re_prob=a.reprob, hflip=a.hflip,
+        scale=(0.08, 1.0) if a.random_resized_crop else (1.0, 1.0), ratio=(3 / 4, 4 / 3) if a.random_resized_crop else (1.0, 1.0),
+    )
+
+
+def _hf(cfg):
+    dd = _load_hf(cfg)
+    for split in (cfg.train_split, cfg.val_split):
+        if split not in dd:
+            raise ConfigError(f"dataset has no split {split!r} (splits: {', '.join(dd)}); set data.train_split/val_split")
+    return (HFImageDataset(dd[cfg.train_split], _transforms(cfg, True), cfg.image_column, cfg.label_column),
+            HFImageDataset(dd[cfg.val_split], _transforms(cfg, False), cfg.image_column, cfg.label_column))
+
+
+SOURCES = {"digits": _digits, "fashion_mnist": _fashion_mnist, "hf": _hf, "imagefolder": _hf}
+
+
+def build_vision_datasets(cfg) -> tuple[Dataset, Dataset]:
+    """(train, val) datasets for a vision data config."""
+    if cfg.source not in SOURCES:
+        raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
+    return SOURCES[cfg.source](cfg)

@@ -1,0 +1,103 @@
+"""torchrun / SLURM environment detection, process-group setup and small collective helpers.
+
+Single-process runs use the same code with ``world_size == 1`` and no process group. CUDA uses NCCL, CPU gloo.
+Model wrapping is `wrap_model`, the one seam where FSDP2 (fully_shard per block, then the root) plugs in.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn as nn
+
+from dyt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but CUDA is not available; use trainer.device=cpu or auto")
+        return torch.device("cuda", local_rank)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"unknown trainer.device {name!r}; choose one of: auto, cpu, cuda")
+
+
+def init_distributed(device_name: str = "auto") -> DistInfo:
+    """Reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE (absent: a single process) and joins the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if world > 1 and not torch_dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                      timeout=datetime.timedelta(minutes=30))
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def shutdown() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, dist: DistInfo) -> nn.Module:
+    """DDP across ranks (the FSDP2 seam); the unwrapped module stays reachable as `unwrap(model)`."""
+    if not dist.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if torch_dist.is_initialized():
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_object(obj) -> list:
+    if not torch_dist.is_initialized():
+        return [obj]
+    out = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj):
+    if not torch_dist.is_initialized():
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.barrier()

@@ -1,0 +1,46 @@
+"""timm classifiers (ViT, ConvNeXt): created with LayerNorm, then converted to the configured norm.
+
+This is exactly the paper's recipe: ``timm.create_model(..., pretrained=False)`` then LN -> DyT; the LN baseline
+keeps timm's own LayerNorm layers untouched.
+"""
+from __future__ import annotations
+
+import timm
+import torch.nn as nn
+
+from dyt.errors import ConfigError
+from dyt.nn import convert_norms
+
+
+def apply_norm(model: nn.Module, norm_cfg) -> nn.Module:
+    """Swap timm's LayerNorms for the configured kind (a no-op for the LayerNorm baseline)."""
+    if norm_cfg.name == "layernorm":
+        return model
+    return convert_norms(model, kind=norm_cfg.name, alpha_init=norm_cfg.alpha_init)
+
+
+def _create(model_cfg, data_cfg, **arch_args) -> nn.Module:
+    if model_cfg.arch not in timm.list_models():
+        raise ConfigError(f"unknown timm model {model_cfg.arch!r} (model.arch); see timm.list_models()")
+    return timm.create_model(
+        model_cfg.arch, pretrained=False, num_classes=data_cfg.num_classes, in_chans=data_cfg.in_chans,
+        drop_path_rate=model_cfg.drop_path, **arch_args, **dict(model_cfg.kwargs),
+    )
+
+
+def build_vit(model_cfg, norm_cfg, data_cfg) -> nn.Module:
+    """A timm VisionTransformer at the data's resolution; ``global_pool='avg'`` as in the paper (LN and DyT)."""
+    patch = model_cfg.patch_size or data_cfg.patch_size
+    if data_cfg.image_size % patch:
+        raise ConfigError(f"image_size {data_cfg.image_size} is not a multiple of patch_size {patch}; "
+                          "set model.patch_size or data.image_size")
+    pool = {"global_pool": model_cfg.global_pool} if model_cfg.global_pool is not None else {}
+    model = _create(model_cfg, data_cfg, img_size=data_cfg.image_size, patch_size=patch, **pool)
+    return apply_norm(model, norm_cfg)
+
+
+def build_convnext(model_cfg, norm_cfg, data_cfg) -> nn.Module:
+    """A timm ConvNeXt; its channels-first LayerNorm2d (stem, downsample) become channels-first DyT."""
+    if data_cfg.image_size < 32:  # stem /4 then three /2 downsamples
+        raise ConfigError(f"ConvNeXt needs data.image_size >= 32 (total stride 32), got {data_cfg.image_size}")
+    return apply_norm(_create(model_cfg, data_cfg), norm_cfg)

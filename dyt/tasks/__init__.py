@@ -1,0 +1,10 @@
+"""Tasks by name; a model family names its task in dyt.models.FAMILIES."""
+from dyt.tasks.base import Task
+from dyt.tasks.classification import ClassificationTask
+
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+
+
+def build_task(cfg, dist) -> Task:
+    from dyt.models import get_family
+    return TASKS[get_family(cfg.model.family).task](cfg, dist)

@@ -1,0 +1,92 @@
+"""What a model family brings to the shared trainer: model, data, loss and evaluation. Never a loop."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from dyt.data.sampler import ShardedSampler
+from dyt.distributed import DistInfo
+
+
+class Task:
+    """Base task. Subclasses implement `build_datasets`, `loss`, `eval_step` and `eval_metrics`.
+
+    Evaluation is split so the trainer can reduce across ranks: `eval_step` returns per-batch SUMS (tensors),
+    the trainer adds them over batches and all-reduces, `eval_metrics` turns the totals into metrics.
+    """
+
+    #: what throughput counts: "samples" (images/s) or "tokens" (tokens/s)
+    throughput_unit = "samples"
+
+    def __init__(self, cfg, dist: DistInfo):
+        self.cfg, self.dist = cfg, dist
+        self._datasets: tuple[Dataset, Dataset] | None = None
+
+    # --- model and data -------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from dyt.models import build_model
+        return build_model(self.cfg)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        raise NotImplementedError
+
+    @property
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        if self._datasets is None:
+            self._datasets = self.build_datasets()
+        return self._datasets
+
+    def collate(self, batch):
+        return torch.utils.data.default_collate(batch)
+
+    def num_workers(self) -> int:
+        return int(getattr(self.cfg.data, "num_workers", 0))
+
+    def train_loader(self, micro_batch: int, epoch: int, start_batch: int) -> DataLoader:
+        """This rank's batches of one epoch, starting at batch ``start_batch`` (resume)."""
+        train, _ = self.datasets
+        sampler = ShardedSampler(len(train), self.dist.rank, self.dist.world_size, seed=self.cfg.seed,
+                                 epoch=epoch, start=start_batch * micro_batch)
+        # A private generator: creating the iterator must not consume the global RNG (exact resume).
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
+        return DataLoader(train, batch_size=micro_batch, sampler=sampler, drop_last=True, generator=g,
+                          num_workers=self.num_workers(), collate_fn=self.collate,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+    def batches_per_epoch(self, micro_batch: int) -> int:
+        train, _ = self.datasets
+        return len(train) // self.dist.world_size // micro_batch
+
+    def val_loader(self, batch: int) -> DataLoader:
+        _, val = self.datasets
+        sampler = ShardedSampler(len(val), self.dist.rank, self.dist.world_size, shuffle=False, drop_last=False)
+        return DataLoader(val, batch_size=batch, sampler=sampler, num_workers=self.num_workers(),
+                          collate_fn=self.collate)
+
+    # --- steps ----------------------------------------------------------------------------------------
+    def to_device(self, batch, device: torch.device):
+        return [t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+
+    def batch_units(self, batch) -> int:
+        """Samples (or tokens) in a batch, for throughput."""
+        return len(batch[0])
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def eval_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def summary_metric(self) -> tuple[str, str]:
+        """(metric name, 'max'|'min') that best describes a run, e.g. ('val/top1', 'max')."""
+        return "val/loss", "min"
+
+    @staticmethod
+    def first(batches: Iterable[Any]):
+        return next(iter(batches))

@@ -1,0 +1,296 @@
+"""The ONE trainer shared by every model family.
+
+A family contributes a `Task` (model, data, loss, evaluation); everything else lives here: step-based loop,
+AdamW + warmup/cosine, gradient accumulation and clipping, autocast, EMA, torch.compile, DDP, periodic eval,
+atomic checkpoints with exact resume, divergence handling, and the run records (metrics.jsonl, summary.json,
+wandb).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dyt import distributed as D
+from dyt.checkpoint import (list_checkpoints, load_checkpoint, load_model_state, rng_state, save_checkpoint,
+                            set_rng_state)
+from dyt.errors import ConfigError
+from dyt.logging import RunLogger, progress_bar
+from dyt.nn import DynamicTanh
+from dyt.optim import build_optimizer, build_scheduler
+from dyt.tasks import build_task
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def alpha_metrics(model: nn.Module) -> dict[str, float]:
+    """Every DyT layer's alpha as ``alpha/<module path>`` (the paper's Fig. 8 tracks these)."""
+    return {f"alpha/{name}": m.alpha.item() for name, m in model.named_modules() if isinstance(m, DynamicTanh)}
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for trainer.precision (None = full fp32; 'auto' = bf16 on GPU, fp32 on CPU)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown trainer.precision {precision!r}; choose one of: auto, {', '.join(PRECISIONS)}")
+    if precision == "fp32" and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the paper's vision runs: FP32 with TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(task, model: nn.Module, device: torch.device, batch_size: int, dtype: torch.dtype | None = None) -> dict:
+    """The task's metrics on its validation set, summed over this rank's shard and all-reduced across ranks."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    for batch in task.val_loader(batch_size):
+        with autocast(device, dtype):
+            out = task.eval_step(model, task.to_device(batch, device))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0) + v.detach().double()
+    keys = sorted(sums)
+    totals = D.all_reduce_sum(torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, device=device))
+    model.train(was_training)
+    return task.eval_metrics({k: v.item() for k, v in zip(keys, totals)})
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: str | Path):
+        self.cfg, self.tc = cfg, cfg.trainer
+        self.run_dir = Path(run_dir)
+        self.dist = D.init_distributed(self.tc.device)
+        self.device = self.dist.device
+        seed_everything(cfg.seed + self.dist.rank)
+        if self.tc.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        self.task = build_task(cfg, self.dist)
+        self.micro_batch = self._micro_batch()
+        self.bpe = self.task.batches_per_epoch(self.micro_batch)
+        if self.bpe < self.tc.grad_accum:
+            raise ConfigError(f"the training set gives {self.bpe} micro-batches of {self.micro_batch} per rank per "
+                              f"epoch, fewer than trainer.grad_accum={self.tc.grad_accum}; lower trainer.batch_size")
+        self.steps_per_epoch = self.bpe // self.tc.grad_accum
+        self.max_steps = self._max_steps()
+        warmup = (round(cfg.optim.warmup_epochs * self.steps_per_epoch) if cfg.optim.warmup_epochs is not None
+                  else cfg.optim.warmup_steps)
+
+        self.model = self.task.build_model().to(self.device)  # the raw module: checkpoints and EMA use it
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.max_steps, warmup)
+        self.ema = None
+        if self.tc.ema_decay:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(self.model, decay=self.tc.ema_decay)
+        self.amp_dtype = amp_dtype(self.tc.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ddp = D.wrap_model(self.model, self.dist)  # DDP (or the model itself on one process)
+        self.net = torch.compile(self.ddp) if self.tc.compile else self.ddp
+        self.val_history: list[float] = []  # the summary metric at each eval, for best/<metric>
+        self.last_val: dict[str, float] = {}
+
+        self.step = 0
+        self._resume()
+        self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step)
+        self._stop_signal = None
+
+    # --- setup helpers --------------------------------------------------------------------------------
+    def _micro_batch(self) -> int:
+        per_step = self.dist.world_size * self.tc.grad_accum
+        if self.tc.batch_size % per_step:
+            raise ConfigError(f"trainer.batch_size={self.tc.batch_size} is not divisible by world_size x grad_accum "
+                              f"= {self.dist.world_size} x {self.tc.grad_accum}")
+        return self.tc.batch_size // per_step
+
+    def _max_steps(self) -> int:
+        if self.tc.max_steps is not None:
+            return int(self.tc.max_steps)
+        if self.tc.epochs is None:
+            raise ConfigError("set trainer.max_steps or trainer.epochs")
+        return max(1, round(self.tc.epochs * self.steps_per_epoch))
+
+    def autocast(self):
+        return autocast(self.device, self.amp_dtype)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        r = self.tc.resume
+        if r == "never":
+            return
+        if r == "auto":
+            found = list_checkpoints(self.run_dir / "checkpoints")
+            if not found:
+                return
+            path = found[-1]
+        else:
+            path = Path(r)
+        state = load_checkpoint(path, map_location=self.device)
+        load_model_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        rngs = state.get("rng", [])
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        if self.dist.is_main:
+            print(f"[dyt] resumed from {path} at step {self.step}", flush=True)
+
+    def save(self) -> None:
+        rngs = D.all_gather_object(rng_state())  # every rank's RNG, so each resumes its own stream
+        if not self.dist.is_main:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "rng": rngs, "scaler": self.scaler.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        save_checkpoint(state, self.run_dir / "checkpoints", self.step, keep=self.tc.keep_checkpoints)
+
+    # --- data -----------------------------------------------------------------------------------------
+    def _batches(self):
+        """Micro-batches from the run's data position onward, across epochs."""
+        consumed = self.step * self.tc.grad_accum
+        epoch, start = divmod(consumed, self.bpe)
+        while True:
+            for batch in self.task.train_loader(self.micro_batch, epoch, start):
+                yield self.task.to_device(batch, self.device)
+            epoch, start = epoch + 1, 0
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        bs = self.tc.eval_batch_size or max(1, self.tc.batch_size // self.dist.world_size)
+        return evaluate(self.task, model, self.device, bs, self.amp_dtype)
+
+    def _eval_and_log(self) -> dict[str, float]:
+        metrics = {f"val/{k}": v for k, v in self.evaluate(self.net).items()}
+        if self.ema is not None:
+            metrics.update({f"val_ema/{k}": v for k, v in self.evaluate(self.ema.module).items()})
+        self.logger.log(self.step, "val", metrics)
+        return metrics
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum  # finish the current step, checkpoint, exit (SLURM preemption, Ctrl-C)
+
+    def fit(self) -> dict:
+        """Train to `max_steps`; returns (and writes) the summary. A NaN/Inf loss ends the run as 'diverged'."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        summary = {"status": "running", "step": self.step, "reason": None, "model": self.cfg.model.name,
+                   "norm": self.cfg.norm.name, "data": self.cfg.data.name, "params": self.n_params,
+                   "max_steps": self.max_steps, "world_size": self.dist.world_size}
+        start = time.time()
+        try:
+            summary.update(self._loop(summary))
+        except Exception as e:
+            summary.update(status="failed", step=self.step, reason=f"{type(e).__name__}: {e}")
+            self.logger.summary(summary)
+            self.logger.finish(exit_code=1)
+            raise
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        summary["wall_time_s"] = round(time.time() - start, 2)
+        best_name, best_mode = self.task.summary_metric()
+        if self.val_history:
+            summary[f"best/{best_name}"] = (max if best_mode == "max" else min)(self.val_history)
+        summary.update(self.last_val)
+        self.logger.summary(summary)
+        self.logger.finish(exit_code=0 if summary["status"] == "completed" else 1)
+        return summary
+
+    def _train_step(self, batches) -> tuple[float, float | None, int]:
+        """One optimizer step over `grad_accum` micro-batches: (mean loss, grad norm, units seen)."""
+        tc = self.tc
+        self.scheduler.step_update(self.step + 1)
+        loss_sum, units = torch.zeros((), device=self.device), 0
+        for micro in range(tc.grad_accum):
+            batch = next(batches)
+            last = micro == tc.grad_accum - 1
+            with (self.ddp.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()), self.autocast():
+                loss = self.task.loss(self.net, batch) / tc.grad_accum
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+            units += self.task.batch_units(batch)
+        # One scalar all-reduce per step: every rank sees the same loss, so all stop together on NaN.
+        loss_val = D.all_reduce_sum(loss_sum).item() / self.dist.world_size
+        if not math.isfinite(loss_val):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_val, None, units
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.clip_grad
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip)) if clip else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        self.step += 1
+        return loss_val, grad_norm, units
+
+    def _loop(self, summary: dict) -> dict:
+        tc = self.tc
+        best_name, _ = self.task.summary_metric()
+        batches = self._batches()
+        self.net.train()
+        bar = progress_bar(self.max_steps, self.step, tc.progress, self.dist.is_main)
+        win_loss, win_steps, win_units, win_t = 0.0, 0, 0, time.time()
+        try:
+            while self.step < self.max_steps:
+                loss, grad_norm, units = self._train_step(batches)
+                if not math.isfinite(loss):
+                    reason = f"non-finite training loss ({loss}) at step {self.step + 1}"
+                    self.logger.log(self.step + 1, "train", {"train/loss": loss})
+                    if self.dist.is_main:
+                        print(f"[dyt] diverged: {reason}", flush=True)
+                    return {"status": "diverged", "step": self.step + 1, "reason": reason}
+                win_loss, win_steps, win_units = win_loss + loss, win_steps + 1, win_units + units
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == self.max_steps:
+                    metrics = {"train/loss": win_loss / win_steps, "train/lr": self.optimizer.param_groups[0]["lr"],
+                               "train/throughput": win_units * self.dist.world_size / max(time.time() - win_t, 1e-9),
+                               "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model)}
+                    if grad_norm is not None:
+                        metrics["train/grad_norm"] = grad_norm
+                    self.logger.log(self.step, "train", metrics)
+                    bar.set_postfix({"loss": f"{metrics['train/loss']:.4f}", "lr": f"{metrics['train/lr']:.2e}",
+                                     f"{self.task.throughput_unit}/s": f"{metrics['train/throughput']:.0f}"})
+                    summary["train/loss"] = metrics["train/loss"]
+                    win_loss, win_steps, win_units, win_t = 0.0, 0, 0, time.time()
+                if self.step % tc.eval_every == 0 or self.step == self.max_steps:
+                    self.last_val = self._eval_and_log()
+                    self.val_history.append(self.last_val[best_name])
+                stop = self._stop_signal is not None
+                if self.step % tc.ckpt_every == 0 or self.step == self.max_steps or stop:
+                    self.save()
+                if stop:
+                    return {"status": "interrupted", "step": self.step,
+                            "reason": f"signal {signal.Signals(self._stop_signal).name}; resume with the same command"}
+            return {"status": "completed", "step": self.step}
+        finally:
+            bar.close()
+
+    def close(self) -> None:
+        D.shutdown()
