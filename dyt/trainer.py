@@ -274,6 +274,7 @@ class Trainer:
                                "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model)}
                     if grad_norm is not None:
                         metrics["train/grad_norm"] = grad_norm
+                    metrics.update(self.task.train_metrics(metrics["train/throughput"]))
                     self.logger.log(self.step, "train", metrics)
                     bar.set_postfix({"loss": f"{metrics['train/loss']:.4f}", "lr": f"{metrics['train/lr']:.2e}",
                                      f"{self.task.throughput_unit}/s": f"{metrics['train/throughput']:.0f}"})

@@ -1,8 +1,6 @@
 """What a model family brings to the shared trainer: model, data, loss and evaluation. Never a loop."""
 from __future__ import annotations
 
-from typing import Any, Iterable
-
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
@@ -83,10 +81,10 @@ class Task:
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         raise NotImplementedError
 
+    def train_metrics(self, units_per_s: float) -> dict[str, float]:
+        """Extra train metrics from the measured throughput (e.g. the LM task's MFU)."""
+        return {}
+
     def summary_metric(self) -> tuple[str, str]:
         """(metric name, 'max'|'min') that best describes a run, e.g. ('val/top1', 'max')."""
         return "val/loss", "min"
-
-    @staticmethod
-    def first(batches: Iterable[Any]):
-        return next(iter(batches))
