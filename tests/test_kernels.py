@@ -1,9 +1,10 @@
 """Fused DyT kernels (dyt.nn.kernels) against the eager reference ``dyt_forward``.
 
 Accuracy guarantee of the CPU kernel (fp32 math whatever the storage type): its rational tanh is within
-``TANH_ABS_ERR = 4e-7`` of exact tanh for every fp32 input (measured: 3.5e-7 exhaustively over [0, 9], the
-approximation is odd and saturates beyond), NaN propagates and +-inf map to +-1. So the fp32 forward is within
-``|weight| * 4e-7`` plus rounding of eager, and gradients within the tolerances asserted below. The Triton
+``TANH_ABS_ERR = 5e-7`` of exact tanh for every fp32 input (measured: 3.96e-7 exhaustively over [0, 9] on
+AVX-512, with the reciprocal-based division; the approximation is odd and exactly +-1 beyond |x| = 9), NaN
+propagates and +-inf map to +-1. So the fp32 forward is within ``|weight| * 5e-7`` plus rounding of eager, and
+gradients within the tolerances asserted below. The Triton
 kernels compute tanh from exp2 in fp32 (abs error ~1e-7).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dyt.nn import DynamicTanh
 from dyt.nn.kernels import cpu, ops
 from dyt.nn.norms import dyt_forward
 
-TANH_ABS_ERR = 4e-7
+TANH_ABS_ERR = 5e-7
 FP32_TOL = {"atol": 2e-6, "rtol": 1e-5}
 
 
@@ -114,6 +115,15 @@ def test_low_precision_storage(x_dtype, p_dtype):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a.float(), b.float(), atol=0.05 * max(1.0, b.abs().max().item() ** 0.5),
                                    rtol=0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_propagates(dtype):
+    m = _layer(8, impl="fused", dtype=dtype)
+    x = torch.randn(3, 8, dtype=dtype)
+    x[1, 2] = float("nan")
+    y = m(x)
+    assert y[1, 2].isnan() and not y[0].isnan().any()
 
 
 def test_bf16_gradient_does_not_collapse_in_saturation():

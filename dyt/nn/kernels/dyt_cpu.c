@@ -12,10 +12,14 @@
 #include <string.h>
 #include <omp.h>
 
+/* NaN test on the bits: the library is built with -ffinite-math-only (for the reciprocal-based division), under
+ * which `v != v` folds to false. */
+static inline int is_nan(float v) { union { float f; uint32_t u; } c; c.f = v; return (c.u & 0x7fffffffu) > 0x7f800000u; }
+
 /* tanh(z) ~= z * P(z^2) / Q(z^2), fitted (minimax, differential correction) on [0, 9]; |z| is clamped at 9
- * where tanh is 1 - 3e-8. Max abs error vs exact tanh in fp32 arithmetic: 3.5e-7 (exhaustive over fp32; tested bound 4e-7). */
+ * where tanh is 1 - 3e-8. Max abs error vs exact tanh with this build: 3.96e-7 (exhaustive over fp32 [0, 9]); guaranteed and tested: 5e-7. */
 static inline float tanh_rational(float v) {
-    float z = v > 9.0f ? 9.0f : (v < -9.0f ? -9.0f : v);  /* comparisons, not fminf: NaN stays NaN */
+    float z = v > 9.0f ? 9.0f : (v < -9.0f ? -9.0f : v);
     float s = z * z;
     float p = 1.0570305519763679e-08f;
     p = p * s + 1.8481570805306546e-05f;
@@ -29,7 +33,8 @@ static inline float tanh_rational(float v) {
     q = q * s + 1.0f;
     float t = z * p / q;
     t = t > 1.0f ? 1.0f : (t < -1.0f ? -1.0f : t);
-    return v >= 9.0f ? 1.0f : (v <= -9.0f ? -1.0f : t);  /* fp32 tanh is +-1 from |v| ~ 9.01 on */
+    t = v >= 9.0f ? 1.0f : (v <= -9.0f ? -1.0f : t);  /* fp32 tanh is +-1 from |v| ~ 9.01 on */
+    return is_nan(v) ? v : t;
 }
 
 /* storage types: bf16 by bit manipulation (round to nearest even, NaN kept quiet), fp16 by the compiler */
@@ -38,7 +43,7 @@ static inline float bf16_load(bf16 h) { union { uint32_t u; float f; } v; v.u = 
 static inline bf16 bf16_store(float f) {
     union { uint32_t u; float f; } v; v.f = f;
     uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
-    return (f != f) ? (bf16)((v.u >> 16) | 0x40u) : (bf16)rounded;
+    return is_nan(f) ? (bf16)((v.u >> 16) | 0x40u) : (bf16)rounded;
 }
 #define LD_f32(v) (v)
 #define ST_f32(v) (v)

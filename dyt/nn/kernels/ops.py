@@ -61,9 +61,8 @@ def _torch_bwd(g, x, a, w, shape3):
     return (gw * a.float() * d), (gw * x3 * d).sum().reshape(1), (g3 * t).sum((0, 2)), g3.sum((0, 2))
 
 
-@torch.library.custom_op("dyt::fused_fwd", mutates_args=())
-def fused_fwd(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-              channels_last: bool) -> Tensor:
+def _forward_impl(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                  channels_last: bool) -> Tensor:
     outer, c, inner, fmt = _layout(x, channels_last, weight)
     x = x.contiguous(memory_format=fmt)
     y = torch.empty(x.shape, dtype=_out_dtype(x, alpha, weight, bias), device=x.device, memory_format=fmt)
@@ -79,15 +78,20 @@ def fused_fwd(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional
     return y
 
 
+@torch.library.custom_op("dyt::fused_fwd", mutates_args=())
+def fused_fwd(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+              channels_last: bool) -> Tensor:
+    return _forward_impl(x, alpha, weight, bias, channels_last)
+
+
 @fused_fwd.register_fake
 def _(x, alpha, weight, bias, channels_last):
     fmt = _layout(x, channels_last, weight)[3]
     return torch.empty(x.shape, dtype=_out_dtype(x, alpha, weight, bias), device=x.device, memory_format=fmt)
 
 
-@torch.library.custom_op("dyt::fused_bwd", mutates_args=())
-def fused_bwd(grad: Tensor, x: Tensor, alpha: Tensor, weight: Optional[Tensor],
-              channels_last: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward_impl(grad: Tensor, x: Tensor, alpha: Tensor, weight: Optional[Tensor],
+                   channels_last: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, d_alpha, d_weight, d_bias); the last three are fp32 sums, d_weight/d_bias flat of size C."""
     outer, c, inner, fmt = _layout(x, channels_last, weight)
     x, grad = x.contiguous(memory_format=fmt), grad.contiguous(memory_format=fmt)
@@ -106,6 +110,12 @@ def fused_bwd(grad: Tensor, x: Tensor, alpha: Tensor, weight: Optional[Tensor],
     return dx, da, dw, db
 
 
+@torch.library.custom_op("dyt::fused_bwd", mutates_args=())
+def fused_bwd(grad: Tensor, x: Tensor, alpha: Tensor, weight: Optional[Tensor],
+              channels_last: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _backward_impl(grad, x, alpha, weight, channels_last)
+
+
 @fused_bwd.register_fake
 def _(grad, x, alpha, weight, channels_last):
     _, c, _, fmt = _layout(x, channels_last, weight)
@@ -122,18 +132,34 @@ def _setup_context(ctx, inputs, output):
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
-def _backward(ctx, grad):
+def _param_grads(ctx, grad, bwd):
     x, alpha, weight = ctx.saved_tensors
-    dx, da, dw, db = fused_bwd(grad, x, alpha, weight, ctx.channels_last)
+    dx, da, dw, db = bwd(grad, x, alpha, weight, ctx.channels_last)
     d_weight = dw.view(weight.shape).to(weight.dtype) if weight is not None else None
     d_bias = db.view(weight.shape if weight is not None else db.shape).to(ctx.bias_dtype) if ctx.has_bias else None
     return dx, da.to(alpha.dtype), d_weight, d_bias, None
 
 
-fused_fwd.register_autograd(_backward, setup_context=_setup_context)
+fused_fwd.register_autograd(lambda ctx, grad: _param_grads(ctx, grad, fused_bwd), setup_context=_setup_context)
+
+
+class _EagerDyT(torch.autograd.Function):
+    """The same kernels without the custom-op dispatch (tens of microseconds a call) when not compiling."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, weight, bias, channels_last):
+        _setup_context(ctx, (x, alpha, weight, bias, channels_last), None)
+        return _forward_impl(x, alpha, weight, bias, channels_last)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return _param_grads(ctx, grad, _backward_impl)
 
 
 def dyt_fused(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               channels_last: bool = True) -> Tensor:
     """Fused DyT, same contract as ``dyt.nn.norms.dyt_forward``."""
-    return fused_fwd(x, alpha, weight, bias, channels_last)
+    if torch.compiler.is_compiling():
+        return fused_fwd(x, alpha, weight, bias, channels_last)
+    return _EagerDyT.apply(x, alpha, weight, bias, channels_last)

@@ -1,0 +1,229 @@
+"""Benchmark normalization layers: LayerNorm, RMSNorm and DyT (eager, torch.compile, ours, Liger) in one run.
+
+For every shape and dtype: forward and forward+backward time (median), effective GB/s (bytes a fused kernel must
+move: fwd reads x and writes y; fwd+bwd adds reading grad and x and writing dx) as a fraction of the measured
+`y.copy_(x)` bandwidth at the same size, and the time ratio against nn.LayerNorm. Writes a markdown table and a
+PNG plot into docs/BENCHMARKS.md (section `bench_norms`).
+
+    python scripts/bench_norms.py                 # the full run on whatever device is present (cuda if any)
+    python scripts/bench_norms.py --quick         # a few shapes, short timings (a smoke test)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.benchmark import Timer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dyt.nn import DynamicTanh, LayerNorm2d, RMSNorm2d  # noqa: E402
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def machine(device: torch.device) -> str:
+    """One line naming the device, thread count and library versions (shared by bench_models.py)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        name = f"{name}, {torch.get_num_threads()} threads"
+    try:
+        import triton
+        extra = f", triton {triton.__version__}"
+    except ImportError:
+        extra = ""
+    load = f"; load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
+    return f"{device.type}: {name}; torch {torch.__version__}{extra}; python {platform.python_version()}{load}"
+
+
+def write_section(name: str, body: str, doc: Path = DOC) -> None:
+    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in doc (appended if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def _liger_dyt():
+    try:
+        from liger_kernel.transformers import LigerDyT
+        return LigerDyT
+    except ImportError:
+        return None
+
+
+def layers(c: int, channels_last: bool, device, dtype) -> dict[str, nn.Module]:
+    """The contenders at one size; every module gets the same parameter dtype as its input."""
+    mk = {"device": device, "dtype": dtype}
+    out = {
+        "layernorm": (nn.LayerNorm(c, **mk) if channels_last else LayerNorm2d(c, **mk)),
+        "rmsnorm": (nn.RMSNorm(c, **mk) if channels_last else RMSNorm2d(c, **mk)),
+        "dyt-eager": DynamicTanh(c, channels_last=channels_last, impl="eager", **mk),
+        "dyt-compile": torch.compile(DynamicTanh(c, channels_last=channels_last, impl="eager", **mk)),
+        "dyt-ours": DynamicTanh(c, channels_last=channels_last, impl="auto", **mk),
+    }
+    liger = _liger_dyt()
+    if liger is not None and channels_last and device.type == "cuda":
+        out["dyt-liger"] = liger(c).to(**mk)
+    return out
+
+
+def _median_s(stmt, min_run_time: float) -> float:
+    stmt()  # warm up (and compile) outside the timer
+    stmt()
+    return Timer("stmt()", globals={"stmt": stmt}).blocked_autorange(min_run_time=min_run_time).median
+
+
+def bench_one(m: nn.Module, x: torch.Tensor, g: torch.Tensor, min_run_time: float) -> tuple[float, float]:
+    params = [p for p in m.parameters()]
+    xg = x.detach().requires_grad_()
+
+    def fwd():
+        with torch.no_grad():
+            m(x)
+
+    def fwd_bwd():
+        xg.grad = None
+        for p in params:
+            p.grad = None
+        m(xg).backward(g)
+
+    return _median_s(fwd, min_run_time), _median_s(fwd_bwd, min_run_time)
+
+
+def shapes(device, quick: bool) -> list[tuple[tuple[int, ...], bool]]:
+    """(shape, channels_last): tokens x hidden (1024..8192) and NCHW (ConvNeXt stem/downsample sizes)."""
+    if quick:
+        return [((4, 1024, 1024), True), ((8, 96, 56, 56), False)]
+    tokens = [4096, 8192, 16384] if device.type == "cuda" else [1024, 4096]
+    hidden = [1024, 2048, 4096, 8192]
+    rows = [((t, h), True) for t in tokens for h in hidden]
+    rows.insert(0, ((4, 1024, 1024), True))  # the CPU target shape
+    batch = 64 if device.type == "cuda" else 8
+    return rows + [((batch, 96, 56, 56), False), ((batch, 384, 14, 14), False)]
+
+
+def run(device, dtypes, quick: bool, min_run_time: float) -> list[dict]:
+    results = []
+    torch._dynamo.config.cache_size_limit = 256  # one compiled graph per shape and dtype
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        for shape, cl in shapes(device, quick):
+            if device.type == "cuda" and dname == "fp32" and shape == (4, 1024, 1024):
+                continue
+            x = torch.randn(shape, device=device, dtype=dtype)
+            g = torch.randn(shape, device=device, dtype=dtype)
+            gb = x.numel() * x.element_size() / 1e9
+            dst = torch.empty_like(x)
+            copy_s = _median_s(lambda: dst.copy_(x), min_run_time)
+            copy_bw = 2 * gb / copy_s
+            c = shape[-1] if cl else shape[1]
+            for name, m in layers(c, cl, device, dtype).items():
+                t0 = time.time()
+                f, fb = bench_one(m, x, g, min_run_time)
+                results.append({"dtype": dname, "shape": "x".join(map(str, shape)) + ("" if cl else " NCHW"),
+                                "impl": name, "fwd_ms": f * 1e3, "fwdbwd_ms": fb * 1e3, "copy_ms": copy_s * 1e3,
+                                "fwd_bw": 2 * gb / f / copy_bw, "fwdbwd_bw": 5 * gb / fb / copy_bw,
+                                "copy_gbs": copy_bw})
+                print(f"{dname} {results[-1]['shape']:>16} {name:12} fwd {f * 1e3:8.3f} ms  fwd+bwd "
+                      f"{fb * 1e3:8.3f} ms  ({time.time() - t0:.0f}s)", flush=True)
+    for r in results:  # ratios against LayerNorm at the same shape and dtype
+        ln = next(q for q in results if q["impl"] == "layernorm" and q["shape"] == r["shape"]
+                  and q["dtype"] == r["dtype"])
+        r["fwd_vs_ln"], r["fwdbwd_vs_ln"] = r["fwd_ms"] / ln["fwd_ms"], r["fwdbwd_ms"] / ln["fwdbwd_ms"]
+    return results
+
+
+def table(results: list[dict]) -> str:
+    head = ("| dtype | shape | impl | fwd ms | fwd x LN | fwd % copy BW | fwd+bwd ms | fwd+bwd x LN | fwd+bwd % copy BW |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in results:
+        lines.append(f"| {r['dtype']} | {r['shape']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fwd_vs_ln']:.2f} | "
+                     f"{100 * r['fwd_bw']:.0f}% | {r['fwdbwd_ms']:.3f} | {r['fwdbwd_vs_ln']:.2f} | "
+                     f"{100 * r['fwdbwd_bw']:.0f}% |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return False
+    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
+    impls = [i for i in dict.fromkeys(r["impl"] for r in results) if i != "layernorm"]
+    fig, axes = plt.subplots(len(dtypes), 1, figsize=(12, 4 * len(dtypes)), squeeze=False)
+    for ax, dname in zip(axes[:, 0], dtypes):
+        rows = [r for r in results if r["dtype"] == dname]
+        shapes_ = list(dict.fromkeys(r["shape"] for r in rows))
+        width = 0.8 / len(impls)
+        for k, impl in enumerate(impls):
+            vals = [next((r["fwdbwd_vs_ln"] for r in rows if r["shape"] == s and r["impl"] == impl), 0)
+                    for s in shapes_]
+            ax.bar([i + k * width for i in range(len(shapes_))], vals, width, label=impl)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes_))], shapes_, rotation=20, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("fwd+bwd time / LayerNorm")
+        ax.set_title(f"{title} — {dname} (lower is better)", fontsize=9)
+        ax.legend(fontsize=8, ncol=len(impls))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--min-run-time", type=float, default=None, help="seconds of timing per measurement")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave docs/ alone")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    min_run_time = args.min_run_time or (0.2 if args.quick else 1.0)
+    results = run(device, args.dtypes, args.quick, min_run_time)
+    desc = machine(device)
+    md = table(results)
+    print(md)
+    if args.no_write:
+        return
+    png = DOC.parent / f"bench_norms_{device.type}.png"
+    has_plot = plot(results, png, desc)
+    cmd = "python scripts/bench_norms.py " + " ".join(sys.argv[1:])
+    body = (f"### Norm layers on {device.type}\n\nMachine: {desc}. Command: `{cmd.strip()}`.\n"
+            f"Median of `torch.utils.benchmark` blocked runs ({min_run_time:g} s each) after warmup; "
+            f"copy bandwidth `y.copy_(x)` measured at each size: {min(r['copy_gbs'] for r in results):.1f}.."
+            f"{max(r['copy_gbs'] for r in results):.1f} GB/s. `x LN`: time / nn.LayerNorm time (lower is "
+            f"faster). `% copy BW`: bytes a fused kernel must move (fwd 2, fwd+bwd 5 tensors) per second, "
+            f"over the copy bandwidth.\n\n" + md + "\n")
+    if has_plot:
+        body += f"\n![norm benchmark]({png.name})\n"
+    write_section(f"bench_norms_{device.type}", body)
+
+
+if __name__ == "__main__":
+    main()
