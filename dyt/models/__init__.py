@@ -12,6 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 from dyt.errors import ConfigError
+from dyt.models.llama import build_llama
 from dyt.models.timm_family import build_convnext, build_vit
 
 
@@ -24,6 +25,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "vit": Family(build_vit, "classification"),
     "convnext": Family(build_convnext, "classification"),
+    "llama": Family(build_llama, "language"),
 }
 
 
@@ -40,3 +42,8 @@ def build_model(cfg) -> nn.Module:
 
 def register_model_schemas(cs) -> None:
     """Hook for families whose model/data configs have their own schema (called by dyt.config)."""
+    from dyt.data.text import TextDataConfig
+    from dyt.models.llama import LlamaModelConfig
+
+    cs.store(group="model", name="schema_llama", node=LlamaModelConfig)
+    cs.store(group="data", name="schema_text", node=TextDataConfig)

@@ -1,8 +1,9 @@
 """Tasks by name; a model family names its task in dyt.models.FAMILIES."""
 from dyt.tasks.base import Task
 from dyt.tasks.classification import ClassificationTask
+from dyt.tasks.language import LanguageTask
 
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "language": LanguageTask}
 
 
 def build_task(cfg, dist) -> Task:

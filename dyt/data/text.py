@@ -1,0 +1,336 @@
+"""Text corpora for language modeling: packed token sequences with EOS between documents.
+
+Sources (``data.source``):
+  pydoc   Python's own ``pydoc_data.topics`` text (~466 KB), embedded: trains anywhere with no download.
+  local   a folder of .txt (one document per file), .jsonl/.json, .parquet or .csv files (``text_column``).
+  hf      a Hugging Face dataset (``hub_id``); ``streaming: true`` for large ones (The Pile, FineWeb, ...).
+  shards  a folder of memory-mapped token shards written by ``scripts/pretokenize.py`` (the fast path).
+
+Tokenizers (``data.tokenizer``): ``bytes`` (UTF-8 bytes, EOS = 256), a ``tokenizer.json`` file, or a Hugging
+Face tokenizer name / local folder (``transformers.AutoTokenizer``).
+
+Training data are map-style (``PackedSequences``: sample i is tokens[i*L : i*L + L + 1], so the trainer's
+sharded sampler gives exact resume) except streaming corpora (``StreamingPacked``: a deterministic stream that
+skips exactly the sequences already consumed).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+from torch.utils.data import Dataset, IterableDataset
+
+from dyt.errors import ConfigError
+
+SOURCES = ("pydoc", "local", "hf", "shards")
+
+
+@dataclass
+class TextDataConfig:
+    """Schema of configs/data/text_*.yaml (``defaults: [schema_text]``)."""
+    name: str = MISSING  # short, path-safe: part of the run name
+    source: str = MISSING  # pydoc | local | hf | shards
+    root: Optional[str] = None  # local folder (local, shards)
+    hub_id: Optional[str] = None  # Hugging Face dataset id (hf)
+    hub_config: Optional[str] = None  # its config name, e.g. FineWeb's 'sample-10BT'
+    train_split: str = "train"
+    val_split: Optional[str] = None  # null: hold out documents of the train split (val_fraction / val_docs)
+    val_fraction: float = 0.05  # held-out share of documents (map-style sources)
+    val_docs: int = 2000  # held-out leading documents of a stream (streaming, no val_split)
+    text_column: str = "text"
+    tokenizer: str = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder
+    eos_token: Optional[str] = None  # for a bare tokenizer.json: the token put between documents
+    vocab_size: Optional[int] = None  # null = the tokenizer's, rounded up to pad_vocab_multiple
+    pad_vocab_multiple: int = 64
+    seq_len: int = 256  # tokens per training sequence (the model sees seq_len, predicts seq_len)
+    streaming: bool = False  # hf only: stream instead of downloading the whole dataset
+    shuffle_buffer: int = 10_000  # streaming: HF's buffer shuffle (seeded by run seed and pass)
+    max_train_tokens: Optional[int] = None  # cap on tokenized training text (map-style sources)
+    max_val_tokens: Optional[int] = 2_000_000
+    num_workers: int = 0  # streaming always uses 0 (one deterministic stream per rank)
+
+
+# --- tokenizers -------------------------------------------------------------------------------------------
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 0..255, EOS = 256."""
+    name, vocab_size, eos_id = "bytes", 257, 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A ``tokenizers.Tokenizer`` or ``transformers`` tokenizer behind the same small interface."""
+
+    def __init__(self, spec: str, eos_token: Optional[str] = None):
+        self.name = spec
+        path = Path(spec)
+        if path.is_file():
+            from tokenizers import Tokenizer
+            self._tok = Tokenizer.from_file(str(path))
+            self._encode = lambda t: self._tok.encode(t, add_special_tokens=False).ids
+            self._decode = self._tok.decode
+            self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+            candidates = [eos_token] if eos_token else ["</s>", "<|endoftext|>", "<eos>", "[SEP]", "<|eos|>"]
+            ids = [self._tok.token_to_id(c) for c in candidates if self._tok.token_to_id(c) is not None]
+        else:
+            try:
+                from transformers import AutoTokenizer
+            except ImportError as e:
+                raise ConfigError(f"data.tokenizer={spec!r} needs `transformers` (pip install 'dyt[lm]')") from e
+            try:
+                self._tok = AutoTokenizer.from_pretrained(spec)
+            except OSError as e:
+                raise ConfigError(f"cannot load tokenizer {spec!r} (not a file, folder or reachable hub name): "
+                                  f"{str(e).splitlines()[0][:200]}") from e
+            self._encode = lambda t: self._tok.encode(t, add_special_tokens=False)
+            self._decode = self._tok.decode
+            self.vocab_size = len(self._tok)
+            eos = self._tok.convert_tokens_to_ids(eos_token) if eos_token else self._tok.eos_token_id
+            ids = [eos] if eos is not None else []
+        if not ids:
+            raise ConfigError(f"tokenizer {spec!r} has no EOS token; set data.eos_token")
+        self.eos_id = int(ids[0])
+
+    def encode(self, text: str) -> list[int]:
+        return self._encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._decode(list(ids))
+
+
+def load_tokenizer(cfg):
+    return ByteTokenizer() if cfg.tokenizer == "bytes" else HFTokenizer(cfg.tokenizer, cfg.eos_token)
+
+
+def vocab_size(cfg) -> int:
+    """The model's vocabulary: data.vocab_size, else the tokenizer's (or the shards' meta) padded up."""
+    if cfg.vocab_size:
+        return int(cfg.vocab_size)
+    n = shard_meta(cfg.root)["vocab_size"] if cfg.source == "shards" else load_tokenizer(cfg).vocab_size
+    m = max(1, cfg.pad_vocab_multiple)
+    return -(-n // m) * m
+
+
+# --- documents --------------------------------------------------------------------------------------------
+def pydoc_documents() -> list[str]:
+    import pydoc_data.topics
+
+    return [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+
+
+_VAL_NAMES = ("val", "valid", "validation", "test")
+
+
+def _local_files(root: Path) -> dict[str, list[Path]]:
+    """{'train': [...], 'val': [...]} by file/folder names (train*, val*/valid*/validation*/test*); 'all' if none."""
+    exts = {".txt", ".jsonl", ".json", ".parquet", ".csv"}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in exts)
+    if not files:
+        raise ConfigError(f"no .txt/.jsonl/.json/.parquet/.csv files under data.root={root}")
+    out: dict[str, list[Path]] = {"train": [], "val": [], "all": []}
+    for p in files:
+        parts = [s.lower() for s in p.relative_to(root).with_suffix("").parts]
+        if any(s.startswith("train") for s in parts):
+            out["train"].append(p)
+        elif any(s.startswith(_VAL_NAMES) for s in parts):
+            out["val"].append(p)
+        else:
+            out["all"].append(p)
+    return out
+
+
+def _read_files(files: list[Path], column: str) -> Iterator[str]:
+    by_kind: dict[str, list[str]] = {}
+    for p in files:
+        if p.suffix == ".txt":
+            yield p.read_text(encoding="utf-8", errors="replace")
+        else:
+            by_kind.setdefault({".jsonl": "json"}.get(p.suffix, p.suffix[1:]), []).append(str(p))
+    for kind, paths in by_kind.items():
+        import datasets
+        ds = datasets.load_dataset(kind, data_files=paths, split="train")
+        if column not in ds.column_names:
+            raise ConfigError(f"{paths[0]} has no column {column!r} (columns: {ds.column_names}); set data.text_column")
+        yield from ds[column]
+
+
+def _split_docs(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Every k-th document to validation (k = 1/fraction): deterministic, spread over the corpus."""
+    k = max(2, round(1 / max(fraction, 1e-9)))
+    return [d for i, d in enumerate(docs) if i % k], [d for i, d in enumerate(docs) if i % k == 0]
+
+
+def documents(cfg) -> tuple[Iterable[str], Iterable[str]]:
+    """(train, val) documents of a map-style source."""
+    if cfg.source == "pydoc":
+        return _split_docs(pydoc_documents(), cfg.val_fraction)
+    if cfg.source == "local":
+        if not cfg.root or not Path(cfg.root).is_dir():
+            raise ConfigError(f"data.source=local needs data.root to be a folder (got {cfg.root!r})")
+        files = _local_files(Path(cfg.root))
+        if files["train"] and files["val"]:
+            return _read_files(files["train"], cfg.text_column), _read_files(files["val"], cfg.text_column)
+        return _split_docs(list(_read_files(files["train"] + files["all"], cfg.text_column)), cfg.val_fraction)
+    if cfg.source == "hf":
+        train = hf_documents(cfg, cfg.train_split)
+        if cfg.val_split:
+            return train, hf_documents(cfg, cfg.val_split)
+        return _split_docs(list(train), cfg.val_fraction)
+    raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
+
+
+def hf_dataset(cfg, split: str, streaming: bool):
+    import datasets
+
+    if not cfg.hub_id:
+        raise ConfigError("data.source=hf needs data.hub_id")
+    try:
+        return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split, streaming=streaming)
+    except Exception as e:  # offline, unknown id/split, gated
+        raise ConfigError(f"cannot load dataset {cfg.hub_id!r} split {split!r}: {str(e).splitlines()[0][:200]}") from e
+
+
+def hf_documents(cfg, split: str) -> Iterator[str]:
+    for row in hf_dataset(cfg, split, streaming=cfg.streaming):
+        yield row[cfg.text_column]
+
+
+def tokenize(docs: Iterable[str], tok, max_tokens: Optional[int] = None) -> np.ndarray:
+    """Documents -> one packed 1-D token array, EOS after each document (capped at max_tokens)."""
+    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+    chunks, n = [], 0
+    for doc in docs:
+        ids = tok.encode(doc) + [tok.eos_id]
+        chunks.append(np.asarray(ids, dtype=dtype))
+        n += len(ids)
+        if max_tokens and n >= max_tokens:
+            break
+    out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    return out[:max_tokens] if max_tokens else out
+
+
+# --- pre-tokenized shards ---------------------------------------------------------------------------------
+def shard_meta(root) -> dict:
+    path = Path(root or "") / "meta.json"
+    if not path.is_file():
+        raise ConfigError(f"no token shards at data.root={root!r} (missing meta.json); write them with "
+                          "scripts/pretokenize.py")
+    return json.loads(path.read_text())
+
+
+def load_shards(root, split: str) -> list[np.ndarray]:
+    meta = shard_meta(root)
+    files = meta["shards"].get(split, [])
+    if not files:
+        raise ConfigError(f"{root} has no {split!r} shards (has: {', '.join(meta['shards'])})")
+    return [np.memmap(Path(root) / f, dtype=meta["dtype"], mode="r") for f in files]
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+class PackedSequences(Dataset):
+    """Sample i of shard s: tokens[i*L : i*L + L + 1] (inputs = [:-1], targets = [1:]), never crossing shards."""
+
+    def __init__(self, shards: list[np.ndarray], seq_len: int):
+        self.shards, self.seq_len = shards, seq_len
+        counts = [max(0, (len(s) - 1) // seq_len) for s in shards]
+        self.offsets = np.cumsum([0] + counts)
+        if self.offsets[-1] == 0:
+            raise ConfigError(f"the corpus has fewer than seq_len+1={seq_len + 1} tokens; lower data.seq_len")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        j = (i - int(self.offsets[s])) * self.seq_len
+        return torch.from_numpy(np.asarray(self.shards[s][j: j + self.seq_len + 1], dtype=np.int64))
+
+    def tokens(self, limit: int) -> np.ndarray:
+        """Up to `limit` leading tokens (for the unigram baseline)."""
+        out, n = [], 0
+        for s in self.shards:
+            out.append(np.asarray(s[: limit - n]))
+            n += len(out[-1])
+            if n >= limit:
+                break
+        return np.concatenate(out)
+
+
+class StreamingPacked(IterableDataset):
+    """A deterministic endless stream of packed sequences for one rank, starting after `start` of them.
+
+    Pass p of the corpus is shuffled with HF's buffer shuffle seeded by (seed, p); sequences are dealt
+    round-robin to ranks (global sequence g goes to rank g % world). Skipping re-tokenizes the skipped text,
+    which is exact; for long runs prefer pre-tokenized shards (their resume is a seek).
+    """
+
+    def __init__(self, cfg, tok, seed: int, rank: int, world: int, start: int):
+        self.cfg, self.tok, self.seed, self.rank, self.world, self.start = cfg, tok, seed, rank, world, start
+
+    def _passes(self) -> Iterator[int]:
+        p = 0
+        while True:
+            ds = hf_dataset(self.cfg, self.cfg.train_split, streaming=True)
+            if not self.cfg.val_split:
+                ds = ds.skip(self.cfg.val_docs)  # the held-out leading documents are the validation set
+            if self.cfg.shuffle_buffer > 1:
+                ds = ds.shuffle(seed=self.seed * 1000 + p, buffer_size=self.cfg.shuffle_buffer)
+            n = 0
+            buf: list[int] = []
+            for row in ds:
+                buf.extend(self.tok.encode(row[self.cfg.text_column]))
+                buf.append(self.tok.eos_id)
+                while len(buf) >= self.cfg.seq_len + 1:
+                    yield buf[: self.cfg.seq_len + 1]
+                    del buf[: self.cfg.seq_len]  # the next sequence starts at this one's last (target) token
+                    n += 1
+            if n == 0:
+                raise ConfigError(f"{self.cfg.hub_id} gave no sequence of {self.cfg.seq_len + 1} tokens")
+            p += 1
+
+    def __iter__(self):
+        skip = self.start * self.world + self.rank  # this rank's next global sequence index
+        for g, seq in enumerate(self._passes()):
+            if g >= skip and g % self.world == self.rank:
+                yield torch.tensor(seq, dtype=torch.long)
+
+
+def streaming_val_tokens(cfg, tok) -> np.ndarray:
+    if cfg.val_split:
+        docs = (r[cfg.text_column] for r in hf_dataset(cfg, cfg.val_split, streaming=True))
+    else:
+        docs = (r[cfg.text_column] for r in hf_dataset(cfg, cfg.train_split, streaming=True).take(cfg.val_docs))
+    return tokenize(docs, tok, cfg.max_val_tokens)
+
+
+def build_text_datasets(cfg) -> tuple[Optional[PackedSequences], PackedSequences]:
+    """(train, val) packed datasets; train is None for streaming corpora (the task streams it)."""
+    if cfg.source not in SOURCES:
+        raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
+    if cfg.source == "shards":
+        train, val = load_shards(cfg.root, "train"), load_shards(cfg.root, "val")
+        return PackedSequences(train, cfg.seq_len), PackedSequences(val, cfg.seq_len)
+    tok = load_tokenizer(cfg)
+    if cfg.source == "hf" and cfg.streaming:
+        return None, PackedSequences([streaming_val_tokens(cfg, tok)], cfg.seq_len)
+    train_docs, val_docs = documents(cfg)
+    train = tokenize(train_docs, tok, cfg.max_train_tokens)
+    val = tokenize(val_docs, tok, cfg.max_val_tokens)
+    return PackedSequences([train], cfg.seq_len), PackedSequences([val], cfg.seq_len)
+
+
+def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab: int) -> float:
+    """Cross-entropy (nats) on val of the train set's token frequencies (add-one smoothed): the baseline a
+    language model must beat."""
+    counts = np.bincount(train_tokens.astype(np.int64), minlength=vocab)[:vocab] + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[val_tokens.astype(np.int64)].mean())
