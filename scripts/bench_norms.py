@@ -14,13 +14,13 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dyt.nn import DynamicTanh, LayerNorm2d, RMSNorm2d  # noqa: E402
@@ -87,14 +87,37 @@ def layers(c: int, channels_last: bool, device, dtype) -> dict[str, nn.Module]:
     return out
 
 
-def _median_s(stmt, min_run_time: float) -> float:
-    stmt()  # warm up (and compile) outside the timer
-    stmt()
-    return Timer("stmt()", globals={"stmt": stmt}).blocked_autorange(min_run_time=min_run_time).median
+def interleaved_medians(stmts: dict[str, callable], min_run_time: float, device) -> dict[str, float]:
+    """Median seconds per call of each statement, timed in interleaved rounds.
+
+    Round-robin rather than one statement after another, so that a busy machine (other jobs on shared cores)
+    slows every contender alike and the ratios stay meaningful.
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    number = {}
+    for name, fn in stmts.items():
+        fn(), fn()  # warm up (and compile) outside the timing
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        number[name] = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-7)))  # ~20 ms per sample
+    rounds = max(5, int(min_run_time / 0.02))
+    samples: dict[str, list[float]] = {name: [] for name in stmts}
+    for _ in range(rounds):
+        for name, fn in stmts.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(number[name]):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - t0) / number[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def bench_one(m: nn.Module, x: torch.Tensor, g: torch.Tensor, min_run_time: float) -> tuple[float, float]:
-    params = [p for p in m.parameters()]
+def closures(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    """(forward, forward+backward) calls of m on x; the backward gets upstream gradient g."""
+    params = list(m.parameters())
     xg = x.detach().requires_grad_()
 
     def fwd():
@@ -107,7 +130,7 @@ def bench_one(m: nn.Module, x: torch.Tensor, g: torch.Tensor, min_run_time: floa
             p.grad = None
         m(xg).backward(g)
 
-    return _median_s(fwd, min_run_time), _median_s(fwd_bwd, min_run_time)
+    return fwd, fwd_bwd
 
 
 def shapes(device, quick: bool) -> list[tuple[tuple[int, ...], bool]]:
@@ -134,18 +157,23 @@ def run(device, dtypes, quick: bool, min_run_time: float) -> list[dict]:
             g = torch.randn(shape, device=device, dtype=dtype)
             gb = x.numel() * x.element_size() / 1e9
             dst = torch.empty_like(x)
-            copy_s = _median_s(lambda: dst.copy_(x), min_run_time)
-            copy_bw = 2 * gb / copy_s
             c = shape[-1] if cl else shape[1]
+            stmts = {"copy": lambda: dst.copy_(x)}
             for name, m in layers(c, cl, device, dtype).items():
-                t0 = time.time()
-                f, fb = bench_one(m, x, g, min_run_time)
+                stmts[name + "/fwd"], stmts[name + "/fwdbwd"] = closures(m, x, g)
+            t0 = time.time()
+            med = interleaved_medians(stmts, min_run_time, device)
+            copy_s = med.pop("copy")
+            copy_bw = 2 * gb / copy_s
+            for name in dict.fromkeys(k.split("/")[0] for k in med):
+                f, fb = med[name + "/fwd"], med[name + "/fwdbwd"]
                 results.append({"dtype": dname, "shape": "x".join(map(str, shape)) + ("" if cl else " NCHW"),
                                 "impl": name, "fwd_ms": f * 1e3, "fwdbwd_ms": fb * 1e3, "copy_ms": copy_s * 1e3,
                                 "fwd_bw": 2 * gb / f / copy_bw, "fwdbwd_bw": 5 * gb / fb / copy_bw,
                                 "copy_gbs": copy_bw})
                 print(f"{dname} {results[-1]['shape']:>16} {name:12} fwd {f * 1e3:8.3f} ms  fwd+bwd "
-                      f"{fb * 1e3:8.3f} ms  ({time.time() - t0:.0f}s)", flush=True)
+                      f"{fb * 1e3:8.3f} ms  (copy {copy_s * 1e3:.3f} ms)", flush=True)
+            print(f"  ({time.time() - t0:.0f} s)", flush=True)
     for r in results:  # ratios against LayerNorm at the same shape and dtype
         ln = next(q for q in results if q["impl"] == "layernorm" and q["shape"] == r["shape"]
                   and q["dtype"] == r["dtype"])
@@ -215,7 +243,8 @@ def main() -> None:
     has_plot = plot(results, png, desc)
     cmd = "python scripts/bench_norms.py " + " ".join(sys.argv[1:])
     body = (f"### Norm layers on {device.type}\n\nMachine: {desc}. Command: `{cmd.strip()}`.\n"
-            f"Median of `torch.utils.benchmark` blocked runs ({min_run_time:g} s each) after warmup; "
+            f"Median over interleaved rounds (~{min_run_time:g} s per measurement, ~20 ms samples, after "
+            f"warmup; all contenders of a shape alternate, so background load hits them alike); "
             f"copy bandwidth `y.copy_(x)` measured at each size: {min(r['copy_gbs'] for r in results):.1f}.."
             f"{max(r['copy_gbs'] for r in results):.1f} GB/s. `x LN`: time / nn.LayerNorm time (lower is "
             f"faster). `% copy BW`: bytes a fused kernel must move (fwd 2, fwd+bwd 5 tensors) per second, "
