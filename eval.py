@@ -5,6 +5,8 @@
     python eval.py run_dir=runs/vit_pico-dyt-digits-s0 --checkpoint runs/.../checkpoints/step_00000100.pt
 
 Prints the metrics and writes them to <run dir>/eval.json. Extra key=value arguments override the run's config.
+A language-model run also takes zero-shot lm-eval tasks (a task list name such as paper15, or task names):
+    python eval.py runs/llama_tiny-dyt-pydoc-s0 --tasks paper15 [--limit 100] [--include-path my_tasks/]
 """
 import argparse
 import sys
@@ -17,12 +19,18 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", help="a run directory (or run_dir=<dir>)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
+    p.add_argument("--tasks", default=None, help="LM runs: comma-separated lm-eval tasks or lists (paper15)")
+    p.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAMLs (local tasks)")
+    p.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task (for quick checks)")
     args = p.parse_args(argv)
     run_dir = args.run_dir.removeprefix("run_dir=")
 
     from dyt.run import evaluate_run
     try:
         metrics = evaluate_run(run_dir, args.overrides, args.checkpoint)
+        if args.tasks:
+            from dyt.lm_eval import run_lm_eval
+            metrics.update(run_lm_eval(run_dir, args.tasks.split(","), args.include_path, args.limit, args.checkpoint))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -188,6 +188,17 @@ def documents(cfg) -> tuple[Iterable[str], Iterable[str]]:
     raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
 
 
+def document_streams(cfg) -> tuple[Iterable[str], Iterable[str]]:
+    """(train, val) documents of any text source but shards, streamed when the source streams (pretokenize)."""
+    if not (cfg.source == "hf" and cfg.streaming):
+        return documents(cfg)
+    col = cfg.text_column
+    if cfg.val_split:
+        return hf_documents(cfg, cfg.train_split), hf_documents(cfg, cfg.val_split)
+    train = hf_dataset(cfg, cfg.train_split, streaming=True)
+    return (r[col] for r in train.skip(cfg.val_docs)), (r[col] for r in train.take(cfg.val_docs))
+
+
 def hf_dataset(cfg, split: str, streaming: bool):
     import datasets
 

@@ -168,6 +168,8 @@ class Llama(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Every parameter and buffer: linears and embedding N(0, init_std), norms by their own reset."""
+        if self.cfg.tie_embeddings:  # to_empty() (meta -> device) unties shared parameters: tie again
+            self.output.weight = self.tok_embeddings.weight
         hd = self.cfg.dim // self.cfg.n_heads
         self.inv_freq.copy_(1.0 / self.cfg.rope_theta ** (torch.arange(0, hd, 2, device=self.inv_freq.device).float() / hd))
         for m in self.modules():

@@ -1,0 +1,134 @@
+"""Text data: the embedded pydoc corpus, local folders with a local tokenizer file, pre-tokenized shards, packing
+with EOS between documents, and exact data positions (map-style and streaming)."""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, compose
+from dyt.data import text as T
+from dyt.distributed import DistInfo
+from dyt.errors import ConfigError
+from dyt.tasks.language import LanguageTask
+
+
+def data_cfg(*extra):
+    return compose(["model=llama_tiny", "data=text_pydoc", *extra]).data
+
+
+def test_pydoc_corpus_bytes_and_packing():
+    cfg = data_cfg("data.seq_len=64")
+    train, val = T.build_text_datasets(cfg)
+    tok = T.load_tokenizer(cfg)
+    assert T.vocab_size(cfg) == 320 and tok.eos_id == 256
+    n_docs = len(T.pydoc_documents())
+    all_tokens = np.concatenate([train.shards[0], val.shards[0]])
+    assert (all_tokens == 256).sum() == n_docs  # one EOS after each document
+    assert len(all_tokens) == sum(len(d.encode()) for d in T.pydoc_documents()) + n_docs
+    assert 0.04 < len(val.shards[0]) / len(all_tokens) < 0.2
+    a, b = train[0], train[1]
+    assert a.shape == (65,) and a.dtype == torch.int64 and a[-1] == b[0]  # sequences share their boundary token
+    assert tok.decode(a[:20].tolist()) == T.pydoc_documents()[1][:20]  # document 0 is validation (every 10th)
+    u = T.unigram_loss(train.tokens(10**7), val.tokens(10**7), 320)
+    assert 2.8 < u < 3.8  # bytes of English/Python prose: ~3.3 nats
+
+
+@pytest.fixture(scope="module")
+def local_corpus(tmp_path_factory):
+    """A local folder: .txt, .jsonl and .parquet documents with a train/val split, and a BPE tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    root = tmp_path_factory.mktemp("corpus")
+    docs = T.pydoc_documents()
+    (root / "train").mkdir()
+    for i, d in enumerate(docs[:30]):
+        (root / "train" / f"doc{i:02d}.txt").write_text(d)
+    with open(root / "train" / "more.jsonl", "w") as f:
+        for d in docs[30:60]:
+            f.write(json.dumps({"text": d}) + "\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": docs[60:]}), root / "validation.parquet")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"]))
+    tok.save(str(root / "tokenizer.json"))
+    return root
+
+
+def test_local_folder_with_local_tokenizer(local_corpus):
+    cfg = data_cfg("data=text_local", f"data.root={local_corpus}", f"data.tokenizer={local_corpus}/tokenizer.json",
+                   "data.seq_len=32")
+    tok = T.load_tokenizer(cfg)
+    assert tok.eos_id == 1 and T.vocab_size(cfg) == 448  # 400 padded to a multiple of 64
+    train, val = T.build_text_datasets(cfg)
+    docs = T.pydoc_documents()
+    assert (train.shards[0] == 1).sum() == 60 and (val.shards[0] == 1).sum() == len(docs) - 60
+    assert len(train.shards[0]) < sum(len(d.encode()) for d in docs[:60]) / 2  # BPE merges: far fewer than bytes
+
+
+def test_missing_local_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="data.root"):
+        T.build_text_datasets(data_cfg("data=text_local", f"data.root={tmp_path}/nope"))
+    with pytest.raises(ConfigError, match="pretokenize"):
+        T.build_text_datasets(data_cfg("data=text_shards", f"data.root={tmp_path}"))
+
+
+def test_pretokenized_shards_equal_direct_tokenization(tmp_path, local_corpus):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pretokenize
+    over = [f"data.root={local_corpus}", f"data.tokenizer={local_corpus}/tokenizer.json"]
+    assert pretokenize.main(["--data", "text_local", "--out", str(tmp_path), "--shard-tokens", "20000", *over]) == 0
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert len(meta["shards"]["train"]) > 1 and meta["vocab_size"] == 400 and meta["dtype"] == "uint16"
+    direct_train, direct_val = T.build_text_datasets(data_cfg("data=text_local", *over))
+    shards = data_cfg("data=text_shards", f"data.root={tmp_path}", "data.seq_len=32")
+    train, val = T.build_text_datasets(shards)
+    assert T.vocab_size(shards) == 448
+    np.testing.assert_array_equal(np.concatenate([np.asarray(s) for s in train.shards]), direct_train.shards[0])
+    np.testing.assert_array_equal(np.concatenate([np.asarray(s) for s in val.shards]), direct_val.shards[0])
+    # sequences never cross a shard boundary, and every index maps to a full sequence
+    assert len(train) == sum((len(s) - 1) // 32 for s in train.shards)
+    assert all(train[i].shape == (33,) for i in (0, len(train) - 1))
+
+
+def _task(cfg, rank=0, world=1):
+    return LanguageTask(cfg, DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu")))
+
+
+def test_map_style_data_position_resumes_exactly():
+    cfg = compose(["model=llama_tiny", "data=text_pydoc", "data.seq_len=32"])
+    task = _task(cfg)
+    full = torch.cat(list(task.train_loader(4, epoch=1, start_batch=0)))
+    resumed = torch.cat(list(task.train_loader(4, epoch=1, start_batch=5)))
+    torch.testing.assert_close(resumed, full[20:])
+    assert task.batch_units(full[:4]) == 4 * 32
+
+
+def _fake_stream(n_docs=40):
+    import datasets
+    docs = [f"document {i}: " + "lorem ipsum " * (i % 7 + 1) for i in range(n_docs)]
+    return lambda cfg, split, streaming: datasets.Dataset.from_dict({"text": docs}).to_iterable_dataset()
+
+
+def test_streaming_skips_exactly_and_splits_ranks(monkeypatch):
+    monkeypatch.setattr(T, "hf_dataset", _fake_stream())
+    cfg = compose(["model=llama_tiny", "data=text_fineweb", "data.tokenizer=bytes", "data.vocab_size=null",
+                   "data.seq_len=16", "data.val_docs=5", "data.shuffle_buffer=8"]).data
+    tok = T.ByteTokenizer()
+    take = lambda ds, n: [s for s, _ in zip(ds, range(n))]  # noqa: E731
+    full = take(T.StreamingPacked(cfg, tok, seed=0, rank=0, world=1, start=0), 200)  # > one pass: wraps around
+    assert len({tuple(s.tolist()) for s in full}) > 50
+    later = take(T.StreamingPacked(cfg, tok, seed=0, rank=0, world=1, start=37), 50)
+    assert all(torch.equal(a, b) for a, b in zip(later, full[37:87]))
+    r0 = take(T.StreamingPacked(cfg, tok, seed=0, rank=0, world=2, start=3), 10)
+    r1 = take(T.StreamingPacked(cfg, tok, seed=0, rank=1, world=2, start=3), 10)
+    assert all(torch.equal(a, full[6 + 2 * i]) and torch.equal(b, full[7 + 2 * i]) for i, (a, b) in enumerate(zip(r0, r1)))
+    # the task streams training data and keeps the held-out leading documents as validation
+    task = _task(compose(["model=llama_tiny", "data=text_fineweb", "data.tokenizer=bytes", "data.vocab_size=null",
+                          "data.seq_len=16", "data.val_docs=5", "data.shuffle_buffer=8"]))
+    train, val = task.datasets
+    assert train is None and (val.shards[0] == 256).sum() == 5
+    batches = task.train_loader(4, 0, 2)
+    torch.testing.assert_close(next(iter(batches)), torch.stack(full[8:12]))
