@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -53,7 +54,7 @@ class RunLogger:
         import wandb
 
         id_file = self.run_dir / "wandb_id"  # one wandb run per run dir, continued on resume
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         m, n, d = self.cfg.model.name, self.cfg.norm.name, self.cfg.data.name
         tags = [f"model:{m}", f"norm:{n}", f"data:{d}", *lc.tags] + ([f"table:{self.cfg.table}"] if self.cfg.table else [])

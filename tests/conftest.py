@@ -13,7 +13,7 @@ OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": 
 os.environ.update(OFFLINE_ENV)
 
 # Few steps, frequent events: enough to exercise every path of the trainer in seconds.
-TINY = ["trainer.max_steps=12", "trainer.eval_every=6", "trainer.ckpt_every=6", "trainer.log_every=3",
+TINY = ["trainer.max_steps=12", "optim.warmup_steps=2", "trainer.eval_every=6", "trainer.ckpt_every=6", "trainer.log_every=3",
         "model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2"]
 
 

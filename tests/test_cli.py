@@ -1,0 +1,93 @@
+"""The real entry points in subprocesses: the default job, a sweep, kill + resume, eval.py, 2-process DDP
+(gloo), and the one-line errors of bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import OFFLINE_ENV, ROOT, TINY, run_script
+
+pytestmark = pytest.mark.slow
+
+
+def summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_default_job_reaches_90_percent(tmp_path):
+    """`python train.py` exactly as the README says (only the output folder differs)."""
+    run_script(["python", str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=600,
+               env={"OMP_NUM_THREADS": "2"})
+    s = summary(tmp_path / "run")
+    assert s["status"] == "completed" and s["val/top1"] > 90.0, s
+
+
+def test_multirun_sweep_then_rerun_skips(tmp_path):
+    args = ["python", str(ROOT / "train.py"), "-m", "norm=layernorm,rmsnorm,dyt", *TINY]
+    run_script(args, cwd=tmp_path)
+    runs = sorted(p.name for p in (tmp_path / "multirun/sweep").iterdir() if p.is_dir() and p.name != ".hydra")
+    assert runs == [f"vit_pico-{n}-digits-s0_{','.join(sorted(TINY))}" for n in ("dyt", "layernorm", "rmsnorm")]
+    for r in runs:
+        assert summary(tmp_path / "multirun/sweep" / r)["status"] == "completed"
+    again = run_script(args, cwd=tmp_path)
+    assert again.stdout.count("already completed") == 3
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_steps=60", "trainer.ckpt_every=5",
+           "trainer.eval_every=30"]
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed/checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(p.suffix == ".pt" and "step_00000000" not in p.name and
+                                             int(p.stem[5:]) >= 10 for p in ckpts.glob("step_*.pt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed/summary.json").exists(), "the run finished before it could be killed"
+    out = run_script(["python", *cmd[1:], f"hydra.run.dir={tmp_path}/killed"], cwd=tmp_path)
+    assert "resumed from" in out.stdout
+    run_script(["python", *cmd[1:], f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
+    a, b = summary(tmp_path / "killed"), summary(tmp_path / "straight")
+    assert a["status"] == b["status"] == "completed"
+    assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
+
+
+def test_eval_script(tmp_path):
+    run_script(["python", str(ROOT / "train.py"), *TINY, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
+    out = run_script(["python", str(ROOT / "eval.py"), str(tmp_path / "r")], cwd=tmp_path)
+    s = summary(tmp_path / "r")
+    assert f"val/top1: {s['val/top1']:.4f}" in out.stdout
+    assert json.loads((tmp_path / "r/eval.json").read_text())["step"] == 12
+
+
+def test_torchrun_two_processes_match_single_process(tmp_path):
+    common = [*TINY, "trainer.batch_size=32", "data.augment.hflip=0.0"]
+    run_script(["python", str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *common,
+                f"hydra.run.dir={tmp_path}/ddp"], cwd=tmp_path)
+    a, b = summary(tmp_path / "single"), summary(tmp_path / "ddp")
+    assert b["world_size"] == 2 and b["status"] == "completed"
+    assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4)
+    assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model=vit_huge"], "Could not find 'model/vit_huge'"),
+    (["trainer.max_stpes=3"], "Could not override 'trainer.max_stpes'"),
+    (["data=fashion_mnist", "data.root=/nonexistent/fmnist"], "error: Fashion-MNIST files not found in /nonexistent/fmnist"),
+    (["data=cifar10"], "error: cannot download 'uoft-cs/cifar10' while offline"),
+    (["trainer.device=tpu"], "error: unknown trainer.device 'tpu'; choose one of: auto, cpu, cuda"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    out = run_script(["python", str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path, check=False)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

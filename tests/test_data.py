@@ -1,0 +1,100 @@
+"""Datasets (embedded, local files, Hugging Face local copies), the sampler, and clear errors for bad input."""
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import compose
+from dyt.data.sampler import ShardedSampler
+from dyt.data.vision import build_vision_datasets
+from dyt.errors import ConfigError
+
+
+def test_digits_split_and_shapes():
+    train, val = build_vision_datasets(compose().data)
+    assert (len(train), len(val)) == (1437, 360)
+    x, y = train[0]
+    assert x.shape == (1, 8, 8) and 0 <= int(y) < 10
+    assert abs(float(torch.stack([train[i][0] for i in range(500)]).mean())) < 0.2  # standardized
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fashion_root(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    return tmp_path
+
+
+def test_fashion_mnist_from_a_local_folder(fashion_root):
+    train, val = build_vision_datasets(compose(["data=fashion_mnist", f"data.root={fashion_root}"]).data)
+    assert (len(train), len(val)) == (40, 10)
+    assert train[0][0].shape == (1, 32, 32)  # resized from 28 to the config's 32
+
+
+def test_fashion_mnist_missing_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"Fashion-MNIST files not found in .*nowhere.*data.root"):
+        build_vision_datasets(compose(["data=fashion_mnist", f"data.root={tmp_path / 'nowhere'}"]).data)
+
+
+def test_hub_id_while_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"cannot download 'uoft-cs/cifar10' while offline.*data.root"):
+        build_vision_datasets(compose(["data=cifar10"]).data)
+
+
+def _images(n, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_hugging_face_local_copy_with_configured_columns(tmp_path):
+    """A `save_to_disk` copy laid out like the hub's CIFAR-10 (columns img/label) loads through data.root."""
+    import datasets
+
+    dd = datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"img": _images(n), "label": list(range(n))},
+                                          features=datasets.Features({"img": datasets.Image(),
+                                                                      "label": datasets.ClassLabel(num_classes=10)}))
+        for split, n in (("train", 8), ("test", 4))})
+    dd.save_to_disk(str(tmp_path / "cifar"))
+    cfg = compose(["data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.augment.randaugment=rand-m9-mstd0.5-inc1"])
+    train, val = build_vision_datasets(cfg.data)
+    x, y = train[3]
+    assert x.shape == (3, 32, 32) and y == 3 and len(val) == 4
+    bad = compose(["data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.label_column=fine_label"])
+    with pytest.raises(ConfigError, match=r"no column 'fine_label' \(columns: img, label\)"):
+        build_vision_datasets(bad.data)
+
+
+def test_image_folder(tmp_path):
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i, im in enumerate(_images(n, seed=hash(cls) % 100)):
+                im.save(tmp_path / split / cls / f"{i}.png")
+    cfg = compose(["data=imagefolder", f"data.root={tmp_path}", "data.num_classes=2", "data.image_size=16",
+                   "data.num_workers=0"])
+    train, val = build_vision_datasets(cfg.data)
+    assert (len(train), len(val)) == (12, 4) and train[0][0].shape == (3, 16, 16)
+
+
+def test_sampler_shards_form_the_single_process_batches():
+    n, batch = 103, 8
+    single = list(ShardedSampler(n, seed=3, epoch=1))
+    ranks = [list(ShardedSampler(n, rank=r, world=2, seed=3, epoch=1)) for r in range(2)]
+    for k in range(n // batch):
+        half = batch // 2
+        got = set(ranks[0][k * half:(k + 1) * half]) | set(ranks[1][k * half:(k + 1) * half])
+        assert got == set(single[k * batch:(k + 1) * batch])
+    assert list(ShardedSampler(n, seed=3, epoch=1, start=16)) == single[16:]
+    assert list(ShardedSampler(n, seed=3, epoch=2)) != single

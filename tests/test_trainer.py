@@ -1,0 +1,105 @@
+"""The shared trainer in-process on tiny configs: records, exact resume, divergence, EMA/mixup/accumulation,
+wandb offline, and the errors a user meets (corrupt or mismatched checkpoints)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY, compose
+from dyt.checkpoint import list_checkpoints
+from dyt.errors import ConfigError
+from dyt.logging import read_jsonl
+from dyt.run import evaluate_run, train
+from dyt.trainer import Trainer
+
+
+def run(tmp_path, name, *extra):
+    return train(compose([*TINY, *extra]), tmp_path / name)
+
+
+def test_run_records(tmp_path):
+    s = run(tmp_path, "r")
+    d = tmp_path / "r"
+    assert s["status"] == "completed" and s["step"] == 12 and s["reason"] is None
+    assert json.loads((d / "summary.json").read_text())["val/top1"] == s["val/top1"]
+    events = read_jsonl(d / "metrics.jsonl")
+    train_ev = [e for e in events if e["split"] == "train"]
+    val_ev = [e for e in events if e["split"] == "val"]
+    assert [e["step"] for e in train_ev] == [3, 6, 9, 12] and [e["step"] for e in val_ev] == [6, 12]
+    assert {"train/loss", "train/lr", "train/throughput", "train/grad_norm", "alpha/blocks.0.norm1", "alpha/fc_norm"} <= set(train_ev[0])
+    assert {"val/loss", "val/top1", "val/top5"} <= set(val_ev[0])
+    assert "model:\n  name: vit_pico" in (d / "config.yaml").read_text()
+    assert [p.name for p in list_checkpoints(d / "checkpoints")] == ["step_00000012.pt"]
+    # evaluating the checkpoint again gives the run's final metrics
+    again = evaluate_run(d)
+    assert again["val/top1"] == pytest.approx(s["val/top1"]) and again["val/loss"] == pytest.approx(s["val/loss"], rel=1e-5)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = run(tmp_path, "full", "trainer.keep_checkpoints=2")
+    # The same run "killed" after its step-6 checkpoint: drop what came later, then run the same config again.
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    (tmp_path / "cut/checkpoints/step_00000012.pt").unlink()
+    (tmp_path / "cut/summary.json").unlink()
+    resumed = run(tmp_path, "cut", "trainer.keep_checkpoints=2")
+    assert resumed["train/loss"] == full["train/loss"] and resumed["val/loss"] == full["val/loss"]
+    steps = [e["step"] for e in read_jsonl(tmp_path / "cut/metrics.jsonl") if e["split"] == "train"]
+    assert steps == [3, 6, 9, 12]  # no duplicated events after resuming
+
+
+def test_completed_run_is_skipped(tmp_path, capsys):
+    run(tmp_path, "r")
+    mtime = (tmp_path / "r/summary.json").stat().st_mtime
+    run(tmp_path, "r")
+    assert "already completed" in capsys.readouterr().out
+    assert (tmp_path / "r/summary.json").stat().st_mtime == mtime
+
+
+def test_nan_loss_ends_as_diverged(tmp_path):
+    s = run(tmp_path, "nan", "data.std=[0.0]")  # inputs become inf: the first loss is NaN
+    assert s["status"] == "diverged" and s["step"] == 1 and "non-finite" in s["reason"]
+    assert json.loads((tmp_path / "nan/summary.json").read_text())["status"] == "diverged"
+
+
+def test_ema_mixup_smoothing_accumulation(tmp_path):
+    s = run(tmp_path, "r", "trainer.ema_decay=0.9", "data.augment.mixup=0.8", "data.augment.cutmix=1.0",
+            "data.augment.label_smoothing=0.1", "trainer.grad_accum=2", "trainer.batch_size=32")
+    assert s["status"] == "completed" and {"val_ema/top1", "val/top1"} <= set(s)
+    assert "ema" in torch.load(list_checkpoints(tmp_path / "r/checkpoints")[-1], weights_only=True)
+
+
+def test_no_weight_decay_on_1d_params(tmp_path):
+    t = Trainer(compose([*TINY, "trainer.resume=never"]), tmp_path / "r")
+    decay, no_decay = t.optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and any(p is t.model.blocks[0].norm1.alpha for p in no_decay["params"])
+    t.close()
+
+
+def test_wandb_offline_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    s = run(tmp_path, "w", "logger=wandb", "trainer.max_steps=3", "trainer.eval_every=3")
+    assert s["status"] == "completed"
+    runs = list((tmp_path / "w/wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and (tmp_path / "w/wandb_id").read_text() in runs[0].name
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    run(tmp_path, "r")
+    (tmp_path / "r/checkpoints/step_00000012.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "r/summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"checkpoint .*step_00000012.pt is corrupt or unreadable"):
+        run(tmp_path, "r")
+
+
+def test_checkpoint_of_another_model_is_one_clear_error(tmp_path):
+    run(tmp_path, "r")
+    (tmp_path / "r/summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"does not match the configured model .*shape mismatch: "):
+        run(tmp_path, "r", "model.kwargs.embed_dim=48")
+
+
+def test_batch_not_divisible_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=30 is not divisible by world_size x grad_accum = 1 x 4"):
+        run(tmp_path, "r", "trainer.batch_size=30", "trainer.grad_accum=4")
