@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return summary.get("best/" + summary.get("metric", ""), None)
+    return summary.get(f"best/{summary.get('metric')}")  # the objective, for Hydra's optimizing sweepers
 
 
 if __name__ == "__main__":

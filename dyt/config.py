@@ -33,6 +33,7 @@ class TimmModelConfig:
 
 @dataclass
 class AugmentConfig:
+    shift: int = 0  # random translation by up to this many pixels (embedded tensor datasets: digits, fashion_mnist)
     randaugment: Optional[str] = None  # timm RandAugment spec, e.g. 'rand-m9-mstd0.5-inc1'
     hflip: float = 0.0
     random_resized_crop: bool = False

@@ -63,8 +63,9 @@ def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048):
         def __init__(self):
             super().__init__()
             self.model, self.tok, self.bs, self.max_length = model.eval(), tok, batch_size, max_length
-            self.device = next(model.parameters()).device
+            self._device = next(model.parameters()).device
 
+        @torch.no_grad()
         def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
             """Sum of log p(continuation | context) and whether greedy decoding gives it, in padded batches."""
             out = []
@@ -75,7 +76,7 @@ def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048):
                 x = torch.full((len(seqs), width), self.tok.eos_id, dtype=torch.long)
                 for j, s in enumerate(seqs):
                     x[j, : len(s) - 1] = torch.tensor(s[:-1])  # right padding: causal, so it never leaks left
-                logp = F.log_softmax(self.model(x.to(self.device)).float(), dim=-1).cpu()
+                logp = F.log_softmax(self.model(x.to(self._device)).float(), dim=-1).cpu()
                 for j, ((_, cont), s) in enumerate(zip(chunk, seqs)):
                     n = len(cont)
                     lp = logp[j, len(s) - 1 - n: len(s) - 1]  # positions predicting the continuation

@@ -214,6 +214,7 @@ class Trainer:
                 signal.signal(s, h)
         summary["wall_time_s"] = round(time.time() - start, 2)
         best_name, best_mode = self.task.summary_metric()
+        summary["metric"] = best_name
         if self.val_history:
             summary[f"best/{best_name}"] = (max if best_mode == "max" else min)(self.val_history)
         summary.update(self.last_val)

@@ -36,6 +36,12 @@ def test_multirun_sweep_then_rerun_skips(tmp_path):
         assert summary(tmp_path / "multirun/sweep" / r)["status"] == "completed"
     again = run_script(args, cwd=tmp_path)
     assert again.stdout.count("already completed") == 3
+    # the comparison report puts the three norms of the cell on one row
+    out = run_script(["python", str(ROOT / "scripts/compare.py"), str(tmp_path / "multirun"), "--out",
+                      str(tmp_path / "cmp")], cwd=tmp_path)
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| vit_pico-*-digits")]
+    assert len(rows) == 1 and rows[0].count("|") == 7 and "val/top1" in rows[0]
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):

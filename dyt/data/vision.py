@@ -29,6 +29,22 @@ def _normalize(images: torch.Tensor, cfg) -> torch.Tensor:
     return (images - mean) / std
 
 
+class RandomShift(Dataset):
+    """Translates each training image by up to `pad` pixels (edge-replicated), like a padded random crop."""
+
+    def __init__(self, ds: Dataset, pad: int):
+        self.ds, self.pad = ds, pad
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        p, (h, w) = self.pad, x.shape[-2:]
+        dy, dx = torch.randint(0, 2 * p + 1, (2,)).tolist()  # global RNG: restored on resume
+        return F.pad(x[None], (p, p, p, p), mode="replicate")[0, :, dy:dy + h, dx:dx + w], y
+
+
 def _digits(cfg):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -155,4 +171,9 @@ def build_vision_datasets(cfg) -> tuple[Dataset, Dataset]:
     """(train, val) datasets for a vision data config."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
-    return SOURCES[cfg.source](cfg)
+    train, val = SOURCES[cfg.source](cfg)
+    if cfg.augment.shift > 0:
+        if not isinstance(train, TensorDataset):
+            raise ConfigError("data.augment.shift applies to the embedded tensor datasets (digits, fashion_mnist)")
+        train = RandomShift(train, cfg.augment.shift)
+    return train, val

@@ -8,6 +8,8 @@ inner > 1 is channels-first (one program range per (n, c) plane, the channel's a
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -113,7 +115,17 @@ def _row_tiles(c: int, budget: int) -> tuple[int, int]:
     return max(1, budget // block_c), block_c
 
 
+def _on_device(x):
+    # Triton launches on torch's current CUDA device: make it x's (no-op for the CPU interpreter)
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
 def forward(x, y, alpha, w, b, outer: int, c: int, inner: int) -> None:
+    with _on_device(x):
+        _forward(x, y, alpha, w, b, outer, c, inner)
+
+
+def _forward(x, y, alpha, w, b, outer: int, c: int, inner: int) -> None:
     if inner == 1:
         block_m, block_c = _row_tiles(c, 4096)
         grid = (triton.cdiv(outer, block_m), triton.cdiv(c, block_c))
@@ -126,6 +138,11 @@ def forward(x, y, alpha, w, b, outer: int, c: int, inner: int) -> None:
 
 def backward(g, x, dx, alpha, w, outer: int, c: int, inner: int):
     """Fills dx; returns fp32 (d_alpha (1,), d_weight (C,), d_bias (C,))."""
+    with _on_device(x):
+        return _backward(g, x, dx, alpha, w, outer, c, inner)
+
+
+def _backward(g, x, dx, alpha, w, outer: int, c: int, inner: int):
     f32 = {"dtype": torch.float32, "device": x.device}
     if inner == 1:
         block_m, block_c = _row_tiles(c, 2048)

@@ -1,0 +1,119 @@
+"""Compare runs side by side (LN vs RMSNorm vs DyT) from their run records, next to the paper's numbers.
+
+    python scripts/compare.py multirun/sweep                     # every run under a folder
+    python scripts/compare.py runs/a runs/b --out docs/compare    # chosen runs; writes compare.md + compare.png
+
+Reads summary.json and metrics.jsonl (the source of truth; wandb only mirrors them). Rows are runs grouped by
+what they share except the norm; columns are the norms. The plot shows training loss and the summary metric
+over steps, one colour per norm.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dyt.logging import read_jsonl  # noqa: E402
+
+# Paper, Table 1 (ImageNet-1K top-1; arXiv v1): LN -> DyT.
+PAPER = {("table1", "vit_b"): {"layernorm": 82.3, "dyt": 82.5}, ("table1", "vit_l"): {"layernorm": 83.1, "dyt": 83.6},
+         ("table1", "convnext_b"): {"layernorm": 83.7, "dyt": 83.7}, ("table1", "convnext_l"): {"layernorm": 84.3, "dyt": 84.4}}
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    runs = []
+    for p in paths:
+        runs += [s.parent for s in sorted(p.rglob("summary.json"))] if p.is_dir() else []
+    return runs
+
+
+def load(run: Path) -> dict:
+    import yaml
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    return {"dir": run, "summary": json.loads((run / "summary.json").read_text()), "cfg": cfg,
+            "events": read_jsonl(run / "metrics.jsonl")}
+
+
+def cell(r: dict) -> str:
+    """What a run shares with its LN/DyT counterparts: the run name without the norm."""
+    c = r["cfg"]
+    return r["dir"].name.replace(f"-{c.get('norm', {}).get('name', '')}-", "-*-", 1)
+
+
+def table(runs: list[dict]) -> str:
+    groups, norms = defaultdict(dict), []
+    for r in runs:
+        n = r["summary"].get("norm", "?")
+        groups[cell(r)][n] = r
+        norms += [n] if n not in norms else []
+    lines = ["| run (norm = *) | metric | " + " | ".join(norms) + " | paper |", "|---" * (len(norms) + 3) + "|"]
+    for name, by_norm in sorted(groups.items()):
+        s0 = next(iter(by_norm.values()))["summary"]
+        metric = s0.get("metric", "val/loss")
+        vals = []
+        for n in norms:
+            s = by_norm.get(n, {}).get("summary")
+            if s is None:
+                vals.append("")
+            elif s["status"] != "completed":
+                vals.append(f"{s['status']} @{s['step']}")
+            else:
+                vals.append(f"{s.get(metric, float('nan')):.2f}")
+        c = next(iter(by_norm.values()))["cfg"]
+        paper = PAPER.get((c.get("table"), c.get("model", {}).get("name")), {})
+        ref = ", ".join(f"{k} {v}" for k, v in paper.items()) or "-"
+        lines.append(f"| {name} | {metric} | " + " | ".join(vals) + f" | {ref} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5 + 0.15 * len(runs)))
+    colours = {}
+    for r in runs:
+        norm = r["summary"].get("norm", "?")
+        colour = colours.setdefault(norm, f"C{len(colours)}")
+        metric = r["summary"].get("metric", "val/loss")
+        tr = [(e["step"], e["train/loss"]) for e in r["events"] if e["split"] == "train" and isinstance(e.get("train/loss"), float)]
+        va = [(e["step"], e[metric]) for e in r["events"] if e["split"] == "val" and metric in e]
+        label = f"{r['dir'].name}"
+        if tr:
+            a.plot(*zip(*tr), color=colour, alpha=0.8, label=label)
+        if va:
+            b.plot(*zip(*va), color=colour, marker="o", alpha=0.8, label=label)
+        b.set_ylabel(metric)
+    a.set(xlabel="step", ylabel="train/loss", yscale="log", title="training loss")
+    b.set(xlabel="step", title="validation")
+    handles, labels = a.get_legend_handles_labels() or b.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
+    fig.savefig(out, dpi=120)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, help="run directories or folders holding them")
+    p.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.png")
+    args = p.parse_args(argv)
+    runs = [load(r) for r in find_runs(args.paths)]
+    if not runs:
+        print(f"error: no run (summary.json) under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 2
+    md = table(runs)
+    print(md)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(md + "\n")
+        plot(runs, args.out.with_suffix(".png"))
+        print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
