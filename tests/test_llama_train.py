@@ -50,7 +50,7 @@ def test_lm_resume_equals_uninterrupted(dyt_run, tmp_path):
 
 
 def test_lm_divergence_is_recorded(tmp_path):
-    s = run(tmp_path / "nan", "norm=rmsnorm", "model.init_std=1e30")  # inf logits: the first loss is NaN
+    s = run(tmp_path / "nan", "norm=dyt", "model.init_std=1e30")  # inf logits: the first loss is NaN
     assert s["status"] == "diverged" and s["step"] == 1
     assert json.loads((tmp_path / "nan/summary.json").read_text())["status"] == "diverged"
 
