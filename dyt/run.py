@@ -6,17 +6,21 @@ from pathlib import Path
 
 from dyt.trainer import Trainer
 
+FINISHED = ("completed", "diverged")
+
 
 def train(cfg, run_dir: str | Path) -> dict:
     """Train the run in `run_dir` to completion (resuming it if it has checkpoints); returns its summary.
 
-    A run whose summary.json says 'completed' is not trained again (re-running a sweep skips finished runs).
+    A finished run (summary.json says 'completed' or 'diverged') is not trained again, so re-running a sweep
+    only resumes the unfinished ones.
     """
     done = Path(run_dir) / "summary.json"
     if cfg.trainer.resume == "auto" and done.exists():
         summary = json.loads(done.read_text())
-        if summary.get("status") == "completed" and summary.get("max_steps") is not None:
-            print(f"[dyt] {run_dir} already completed; skipping (trainer.resume=never to train again)", flush=True)
+        if summary.get("status") in FINISHED:
+            print(f"[dyt] {run_dir} already {summary['status']}; skipping (trainer.resume=never to train again)",
+                  flush=True)
             return summary
     trainer = Trainer(cfg, run_dir)
     try:
