@@ -81,6 +81,7 @@ def main() -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
+    desc_start = machine(device)
     rows = []
     for model_name in args.models:
         for mode in args.modes:
@@ -117,7 +118,7 @@ def main() -> None:
     if args.no_write:
         return
     cmd = "python scripts/bench_models.py " + " ".join(sys.argv[1:])
-    body = (f"### Training step on {device.type}\n\nMachine: {machine(device)}. Command: `{cmd.strip()}`.\n"
+    body = (f"### Training step on {device.type}\n\nMachine: {desc_start} at start. Command: `{cmd.strip()}`.\n"
             f"Batch {batch}, data={args.data}, amp={args.amp or 'off (fp32)'}, median of {steps} steps after 2 "
             f"warmup steps, LN and DyT steps alternating; one step = forward, cross-entropy, backward, AdamW. DyT uses `impl=auto` (the fused "
             f"kernels).\n\n{md}\n")
