@@ -62,6 +62,7 @@ class LlamaModelConfig:
     norm_eps: float = 1e-5  # RMSNorm / LayerNorm eps
     tie_embeddings: bool = False
     init_std: float = 0.02
+    embed_init_std: Optional[float] = None  # untied token embedding init std; null = init_std (llama_tiny: 1/sqrt(dim))
     max_seq_len: int = 4096  # the paper's context; informational (RoPE is computed for any length)
     # The paper's DyT specifics (used only when norm=dyt): alpha0 per site kind; null = Table 12 rule by width.
     alpha_attn: Optional[float] = None
@@ -177,6 +178,8 @@ class Llama(nn.Module):
                 nn.init.normal_(m.weight, std=self.cfg.init_std)
             elif m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()  # RMSNorm / LayerNorm / DynamicTanh (alpha0 per site)
+        if self.cfg.embed_init_std is not None and not self.cfg.tie_embeddings:
+            nn.init.normal_(self.tok_embeddings.weight, std=self.cfg.embed_init_std)
         if self.embed_scale is not None:
             self.embed_scale.fill_(math.sqrt(self.cfg.dim))
 
