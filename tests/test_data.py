@@ -98,3 +98,19 @@ def test_sampler_shards_form_the_single_process_batches():
         assert got == set(single[k * batch:(k + 1) * batch])
     assert list(ShardedSampler(n, seed=3, epoch=1, start=16)) == single[16:]
     assert list(ShardedSampler(n, seed=3, epoch=2)) != single
+
+
+def test_random_shift_translates_training_images_only():
+    cfg = compose(["data.augment.shift=1"]).data
+    train, val = build_vision_datasets(cfg)
+    plain, _ = build_vision_datasets(compose().data)
+    torch.manual_seed(0)
+    shifted = [train[0][0] for _ in range(20)]
+    original = plain[0][0]
+    assert all(s.shape == original.shape for s in shifted)
+    assert any(torch.equal(s, original) for s in shifted) and not all(torch.equal(s, original) for s in shifted)
+    # a shift moves the interior: some shifted copy matches the original moved by one pixel
+    assert any(torch.equal(s[:, 1:, :], original[:, :-1, :]) or torch.equal(s[:, :, 1:], original[:, :, :-1])
+               or torch.equal(s[:, :-1, :], original[:, 1:, :]) or torch.equal(s[:, :, :-1], original[:, :, 1:])
+               for s in shifted)
+    assert len(val) == 360 and torch.equal(val[0][0], build_vision_datasets(compose().data)[1][0][0])
