@@ -29,7 +29,8 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     _CFLAGS += ["-mrecip", "-mprefer-vector-width=512"]  # 512-bit only where -march=native has AVX-512
 _LDFLAGS = ["-shared", "-fopenmp"]
 _CTYPE = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
-_MIN_PER_THREAD = 16384  # elements: below this, waking the thread pool costs more than it saves
+_MIN_PER_THREAD = 65536  # elements per extra thread: below, a fork-join costs more than it saves (and on
+# shared cores a parallel region waits for a descheduled thread)
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
