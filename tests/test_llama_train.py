@@ -81,7 +81,7 @@ def test_eval_and_zero_shot_on_local_task(dyt_run, tmp_path):
     d, s = dyt_run
     again = evaluate_run(d)
     assert again["val/loss"] == pytest.approx(s["val/loss"], rel=1e-5) and "val/ppl" in again
-    rows = [{"question": f"The keyword to define a function in Python is", "choices": [" def", " zz"], "answer": 0},
+    rows = [{"question": "The keyword to define a function in Python is", "choices": [" def", " zz"], "answer": 0},
             {"question": "A for loop", "choices": [" iterates", " qqqq"], "answer": 0},
             {"question": "x = 1", "choices": ["\n", "}}}}"], "answer": 0}]
     (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
