@@ -41,3 +41,8 @@ def run_script(args, cwd, timeout=300, env=None, check=True) -> subprocess.Compl
 @pytest.fixture
 def compose_cfg():
     return compose
+
+
+def pytest_configure(config):
+    import torch
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to a busy second core

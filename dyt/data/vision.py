@@ -6,7 +6,9 @@ held as one tensor (no per-sample decoding); Hugging Face / image-folder sets us
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.util
 import os
 from pathlib import Path
 
@@ -45,15 +47,36 @@ class RandomShift(Dataset):
         return F.pad(x[None], (p, p, p, p), mode="replicate")[0, :, dy:dy + h, dx:dx + w], y
 
 
-def _digits(cfg):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a seeded random `test_fraction` goes to test: both splits keep the class balance."""
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(len(idx) * test_fraction))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # 8x8, values 0..16
-    y = torch.tensor(d.target, dtype=torch.long)
-    tr, te = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=d.target)
-    x = _normalize(x, cfg)
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's embedded digits (1797 x 8x8, values 0..16), read from its data file.
+
+    Reading the CSV directly skips importing scikit-learn and SciPy, which costs seconds per process.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the digits dataset ships with scikit-learn: pip install scikit-learn")
+    data = np.loadtxt(Path(spec.submodule_search_locations[0]) / "datasets/data/digits.csv.gz", delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8).astype(np.float32), data[:, -1].astype(np.int64)
+
+
+def _digits(cfg):
+    images, labels = _digits_arrays()
+    x = _normalize(torch.from_numpy(images).unsqueeze(1) / 16.0, cfg)
+    y = torch.from_numpy(labels)
+    tr, te = _stratified_split(labels, test_fraction=0.2, seed=0)
     return TensorDataset(x[tr], y[tr]), TensorDataset(x[te], y[te])
 
 
