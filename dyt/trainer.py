@@ -22,7 +22,7 @@ from dyt import distributed as D
 from dyt.checkpoint import (list_checkpoints, load_checkpoint, load_model_state, rng_state, save_checkpoint,
                             set_rng_state)
 from dyt.errors import ConfigError
-from dyt.logging import RunLogger, progress_bar
+from dyt.logging import RunLogger, progress_bar, read_jsonl
 from dyt.nn import DynamicTanh
 from dyt.optim import build_optimizer, build_scheduler
 from dyt.tasks import build_task
@@ -107,12 +107,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ddp = D.wrap_model(self.model, self.dist)  # DDP (or the model itself on one process)
         self.net = torch.compile(self.ddp) if self.tc.compile else self.ddp
-        self.val_history: list[float] = []  # the summary metric at each eval, for best/<metric>
         self.last_val: dict[str, float] = {}
 
         self.step = 0
         self._resume()
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step)
+        best_name, _ = self.task.summary_metric()  # a resumed run's best/<metric> covers its earlier evals too
+        self.val_history = [e[best_name] for e in read_jsonl(self.logger.metrics_path)
+                            if e["split"] == "val" and best_name in e and e["step"] <= self.step]
         self._stop_signal = None
 
     # --- setup helpers --------------------------------------------------------------------------------

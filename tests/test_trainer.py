@@ -44,6 +44,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     (tmp_path / "cut/summary.json").unlink()
     resumed = run(tmp_path, "cut", "trainer.keep_checkpoints=2")
     assert resumed["train/loss"] == full["train/loss"] and resumed["val/loss"] == full["val/loss"]
+    assert resumed["best/val/top1"] == full["best/val/top1"]  # the best includes the eval before the cut
     steps = [e["step"] for e in read_jsonl(tmp_path / "cut/metrics.jsonl") if e["split"] == "train"]
     assert steps == [3, 6, 9, 12]  # no duplicated events after resuming
 
