@@ -75,7 +75,6 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, path) -> None:
     """Strict load with a one-line error when the checkpoint is for another model."""
-    missing, unexpected = [], []
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]

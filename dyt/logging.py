@@ -19,16 +19,28 @@ def _clean(v):
     return v if math.isfinite(v) else str(v)  # JSON has no NaN/Inf
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a crash never leaves a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
+def write_json(path: Path, obj: dict) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
 def read_jsonl(path: Path) -> list[dict]:
+    """The events of a metrics.jsonl; a last line cut short by a killed process is dropped."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines[:-1]]
+    try:
+        events += [json.loads(lines[-1])] if lines else []
+    except json.JSONDecodeError:
+        pass
+    return events
 
 
 class RunLogger:
@@ -38,13 +50,14 @@ class RunLogger:
         self.run_dir, self.cfg, self.enabled = Path(run_dir), cfg, enabled
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
+        self.events: list[dict] = []  # events kept from before a resume (main rank)
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         # Drop events a killed run logged after its last checkpoint: the resumed run logs them again.
-        kept = [e for e in read_jsonl(self.metrics_path) if e.get("step", 0) <= resume_step]
-        self.metrics_path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        self.events = [e for e in read_jsonl(self.metrics_path) if e.get("step", 0) <= resume_step]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(e) + "\n" for e in self.events))
         self._init_wandb()
 
     def _init_wandb(self) -> None:

@@ -22,7 +22,7 @@ from dyt import distributed as D
 from dyt.checkpoint import (list_checkpoints, load_checkpoint, load_model_state, rng_state, save_checkpoint,
                             set_rng_state)
 from dyt.errors import ConfigError
-from dyt.logging import RunLogger, progress_bar, read_jsonl
+from dyt.logging import RunLogger, progress_bar
 from dyt.nn import DynamicTanh
 from dyt.optim import build_optimizer, build_scheduler
 from dyt.tasks import build_task
@@ -113,8 +113,7 @@ class Trainer:
         self._resume()
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step)
         best_name, _ = self.task.summary_metric()  # a resumed run's best/<metric> covers its earlier evals too
-        self.val_history = [e[best_name] for e in read_jsonl(self.logger.metrics_path)
-                            if e["split"] == "val" and best_name in e and e["step"] <= self.step]
+        self.val_history = [e[best_name] for e in self.logger.events if e["split"] == "val" and best_name in e]
         self._stop_signal = None
 
     # --- setup helpers --------------------------------------------------------------------------------
@@ -187,7 +186,9 @@ class Trainer:
         return evaluate(self.task, model, self.device, bs, self.amp_dtype)
 
     def _eval_and_log(self) -> dict[str, float]:
-        metrics = {f"val/{k}": v for k, v in self.evaluate(self.net).items()}
+        # The raw module, not DDP: ranks may hold one eval batch more than others, and DDP's forward
+        # (buffer broadcast) is a collective that would then wait forever.
+        metrics = {f"val/{k}": v for k, v in self.evaluate(self.model).items()}
         if self.ema is not None:
             metrics.update({f"val_ema/{k}": v for k, v in self.evaluate(self.ema.module).items()})
         self.logger.log(self.step, "val", metrics)

@@ -104,3 +104,15 @@ def test_checkpoint_of_another_model_is_one_clear_error(tmp_path):
 def test_batch_not_divisible_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.batch_size=30 is not divisible by world_size x grad_accum = 1 x 4"):
         run(tmp_path, "r", "trainer.batch_size=30", "trainer.grad_accum=4")
+
+
+def test_resume_after_a_write_cut_short(tmp_path):
+    """A process killed mid-append leaves half a line in metrics.jsonl: resuming drops it and goes on."""
+    run(tmp_path, "r", "trainer.keep_checkpoints=2")
+    (tmp_path / "r/checkpoints/step_00000012.pt").unlink()
+    (tmp_path / "r/summary.json").unlink()
+    with (tmp_path / "r/metrics.jsonl").open("a") as f:
+        f.write('{"step": 13, "split": "tra')
+    s = run(tmp_path, "r", "trainer.keep_checkpoints=2")
+    assert s["status"] == "completed"
+    assert [e["step"] for e in read_jsonl(tmp_path / "r/metrics.jsonl") if e["split"] == "train"] == [3, 6, 9, 12]
