@@ -171,11 +171,10 @@ def _transforms(cfg, train: bool):
     if not train:
         return create_transform(cfg.image_size, is_training=False, mean=cfg.mean, std=cfg.std,
                                 interpolation="bicubic", crop_pct=1.0 if cfg.image_size < 224 else 0.875)
-    return create_transform(
-        cfg.image_size, is_training=True, mean=cfg.mean, std=cfg.std, interpolation="bicubic",
-        auto_augment=a.randaugment, re_prob=a.reprob, hflip=a.hflip,
-        scale=(0.08, 1.0) if a.random_resized_crop else (1.0, 1.0), ratio=(3 / 4, 4 / 3) if a.random_resized_crop else (1.0, 1.0),
-    )
+    # Without random-resized-crop, timm's crop with scale = ratio = 1 is a plain resize.
+    scale, ratio = ((0.08, 1.0), (3 / 4, 4 / 3)) if a.random_resized_crop else ((1.0, 1.0), (1.0, 1.0))
+    return create_transform(cfg.image_size, is_training=True, mean=cfg.mean, std=cfg.std, interpolation="bicubic",
+                            auto_augment=a.randaugment, re_prob=a.reprob, hflip=a.hflip, scale=scale, ratio=ratio)
 
 
 def _hf(cfg):
