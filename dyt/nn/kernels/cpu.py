@@ -2,8 +2,9 @@
 
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$DYT_KERNEL_CACHE`` (default ``~/.cache/dyt/kernels``), keyed by the source, the flags and the CPU, so it
-is built once per machine. If it cannot be built, ``load()`` returns ``None`` after one warning and callers
-fall back to the eager formula.
+is built once per machine. ``$DYT_KERNEL_CFLAGS`` appends compiler flags (e.g. ``-mno-avx512f`` builds the
+portable spans instead of the AVX-512 ones). If it cannot be built, ``load()`` returns ``None`` after one
+warning and callers fall back to the eager formula.
 """
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ def _build() -> Path:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC)")
+    cflags = _CFLAGS + os.environ.get("DYT_KERNEL_CFLAGS", "").split()
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cc, *_CFLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join([cc, *cflags, _cpu_id()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("DYT_KERNEL_CACHE", Path.home() / ".cache" / "dyt" / "kernels"))
     target = cache / f"dyt_cpu_{key}.so"
     if target.exists():
@@ -58,7 +60,7 @@ def _build() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then rename: safe under parallel tests
         obj, out = Path(tmp) / "dyt_cpu.o", Path(tmp) / target.name
-        for cmd in ([cc, *_CFLAGS, "-c", str(_SOURCE), "-o", str(obj)], [cc, *_LDFLAGS, str(obj), "-o", str(out)]):
+        for cmd in ([cc, *cflags, "-c", str(_SOURCE), "-o", str(obj)], [cc, *_LDFLAGS, str(obj), "-o", str(out)]):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}")
@@ -74,6 +76,7 @@ def _declare(lib: ctypes.CDLL) -> None:
             getattr(lib, "dyt_fwd_" + name).argtypes = [p, p, f, p, p, i64, i64, i64, i]
             getattr(lib, "dyt_bwd_" + name).argtypes = [p, p, p, f, p, i64, i64, i64, p, p, p, i]
     lib.dyt_tanh_f32.argtypes = [p, p, i64]
+    lib.dyt_simd_lanes.restype = i
 
 
 def load() -> ctypes.CDLL | None:
@@ -123,6 +126,11 @@ def backward(g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor, alpha: float, w
     fn(g.data_ptr(), x.data_ptr(), dx.data_ptr(), alpha, w.data_ptr(), outer, channels, inner,
        dw.data_ptr(), db.data_ptr(), da.data_ptr(), _threads(x.numel()))
     return da, dw, db
+
+
+def simd_lanes() -> int:
+    """16 where the library was built with the AVX-512 spans, 1 for the portable (compiler-vectorised) ones."""
+    return load().dyt_simd_lanes()
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
