@@ -181,6 +181,30 @@ def run(device, dtypes, quick: bool, min_run_time: float) -> list[dict]:
     return results
 
 
+def cpu_kernel_floor(c: int = 1024, rows: int = 128) -> str:
+    """The C kernel alone on one thread: no allocation, no dispatch, 1 MiB of data that stays in L2.
+
+    Its ns per element is the arithmetic cost of the kernel, the floor under every CPU figure above.
+    """
+    from dyt.nn.kernels import cpu
+    lib = cpu.load()
+    if lib is None:
+        return ""
+    x, g = torch.randn(rows, c) * 3, torch.randn(rows, c)
+    y, dx, w, b = torch.empty_like(x), torch.empty_like(x), torch.randn(c), torch.randn(c)
+    sums = [torch.empty(n) for n in (c, c, 1)]
+    calls = {"forward": lambda: lib.dyt_fwd_f32_f32(x.data_ptr(), y.data_ptr(), 0.8, w.data_ptr(), b.data_ptr(),
+                                                    rows, c, 1, 1),
+             "backward": lambda: lib.dyt_bwd_f32_f32(g.data_ptr(), x.data_ptr(), dx.data_ptr(), 0.8, w.data_ptr(),
+                                                     rows, c, 1, *(t.data_ptr() for t in sums), 1)}
+    med = interleaved_medians(calls, 1.0, torch.device("cpu"))
+    lanes = cpu.simd_lanes()
+    build = "AVX-512 spans" if lanes == 16 else "portable spans"
+    return (f"C kernel alone ({build}; one thread, fp32 {rows}x{c} in L2, no allocation or dispatch): forward "
+            f"{med['forward'] * 1e9 / x.numel():.3f} ns/element, backward {med['backward'] * 1e9 / x.numel():.3f} "
+            f"ns/element per thread.")
+
+
 def table(results: list[dict]) -> str:
     head = ("| dtype | shape | impl | fwd ms | fwd x LN | fwd % copy BW | fwd+bwd ms | fwd+bwd x LN | fwd+bwd % copy BW |\n"
             "|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -237,7 +261,8 @@ def main() -> None:
     results = run(device, args.dtypes, args.quick, min_run_time)
     desc = f"{desc_start} at start, {os.getloadavg()[0]:.1f} at end" if hasattr(os, "getloadavg") else desc_start
     md = table(results)
-    print(md)
+    floor = cpu_kernel_floor() if device.type == "cpu" else ""
+    print(md + ("\n\n" + floor if floor else ""))
     if args.no_write:
         return
     png = DOC.parent / f"bench_norms_{device.type}.png"
@@ -249,7 +274,7 @@ def main() -> None:
             f"copy bandwidth `y.copy_(x)` measured at each size: {min(r['copy_gbs'] for r in results):.1f}.."
             f"{max(r['copy_gbs'] for r in results):.1f} GB/s. `x LN`: time / nn.LayerNorm time (lower is "
             f"faster). `% copy BW`: bytes a fused kernel must move (fwd 2, fwd+bwd 5 tensors) per second, "
-            f"over the copy bandwidth.\n\n" + md + "\n")
+            f"over the copy bandwidth.\n\n" + md + "\n" + (f"\n{floor}\n" if floor else ""))
     if has_plot:
         body += f"\n![norm benchmark]({png.name})\n"
     write_section(f"bench_norms_{device.type}", body)

@@ -1,0 +1,28 @@
+"""Smoke tests of the benchmark scripts: they run end to end on tiny settings and print their tables.
+
+The numbers themselves are not asserted (speed is measured by the scripts, never by timed tests).
+"""
+from __future__ import annotations
+
+from conftest import ROOT, run_script
+
+
+def test_bench_norms_quick(tmp_path):
+    out = run_script(["python", str(ROOT / "scripts/bench_norms.py"), "--quick", "--no-write", "--dtypes", "fp32",
+                      "--min-run-time", "0.05"], cwd=tmp_path, timeout=600)
+    for impl in ("layernorm", "rmsnorm", "dyt-eager", "dyt-compile", "dyt-ours"):
+        assert f"| fp32 | 4x1024x1024 | {impl} |" in out.stdout
+        assert f"| fp32 | 8x96x56x56 NCHW | {impl} |" in out.stdout
+    assert "C kernel alone" in out.stdout and "ns/element per thread" in out.stdout
+
+
+def test_bench_models_every_family(tmp_path):
+    cmd = ["python", str(ROOT / "scripts/bench_models.py"), "--no-write", "--steps", "1", "--modes", "eager"]
+    vision = run_script(cmd + ["--models", "vit_pico", "convnext_atto", "--channels-last", "data.image_size=32"],
+                        cwd=tmp_path, timeout=600).stdout
+    for model in ("vit_pico", "convnext_atto"):
+        assert f"| {model} | 8x32px | layernorm | eager |" in vision and f"| {model} | 8x32px | dyt | eager |" in vision
+    assert "images/s | 1.00x |" in vision
+    lm = run_script(cmd + ["--models", "llama_tiny", "--seq-len", "32"], cwd=tmp_path, timeout=600).stdout
+    assert "| llama_tiny | 4x32 | rmsnorm | eager |" in lm and "| llama_tiny | 4x32 | dyt | eager |" in lm
+    assert "tokens/s | 1.00x |" in lm
