@@ -90,6 +90,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
+    channels_last: bool = False  # image models and batches in channels_last memory (timm's --channels-last)
     ema_decay: Optional[float] = None  # model EMA (timm ModelEmaV3); null = off
     keep_checkpoints: int = 1
     progress: str = "auto"  # auto (a bar on a tty, quiet otherwise) | on | off

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, compose
+from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
 from dyt.run import evaluate_run, train
 
@@ -47,6 +48,11 @@ def test_lm_resume_equals_uninterrupted(dyt_run, tmp_path):
     (tmp_path / "cut/summary.json").unlink()
     resumed = run(tmp_path / "cut", "norm=dyt", "trainer.keep_checkpoints=2")
     assert resumed["train/loss"] == full["train/loss"] and resumed["val/loss"] == full["val/loss"]
+
+
+def test_lm_rejects_channels_last(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.channels_last is a memory format for image models"):
+        run(tmp_path / "r", "trainer.channels_last=true")
 
 
 def test_lm_divergence_is_recorded(tmp_path):

@@ -106,6 +106,18 @@ def test_batch_not_divisible_is_one_clear_error(tmp_path):
         run(tmp_path, "r", "trainer.batch_size=30", "trainer.grad_accum=4")
 
 
+def test_channels_last_trains_like_default_format(tmp_path):
+    """trainer.channels_last changes memory layout only: same losses as the default format, layouts as asked."""
+    t = Trainer(compose([*TINY, "trainer.channels_last=true", "trainer.resume=never"]), tmp_path / "t")
+    assert t.model.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last)
+    images, _ = next(t._batches())
+    assert images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+    default, last = run(tmp_path, "nchw"), run(tmp_path, "nhwc", "trainer.channels_last=true")
+    assert last["status"] == "completed"
+    for key in ("train/loss", "val/loss"):
+        assert last[key] == pytest.approx(default[key], rel=1e-4)
+
+
 def test_resume_after_a_write_cut_short(tmp_path):
     """A process killed mid-append leaves half a line in metrics.jsonl: resuming drops it and goes on."""
     run(tmp_path, "r", "trainer.keep_checkpoints=2")

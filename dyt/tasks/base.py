@@ -22,11 +22,14 @@ class Task:
     def __init__(self, cfg, dist: DistInfo):
         self.cfg, self.dist = cfg, dist
         self._datasets: tuple[Dataset, Dataset] | None = None
+        # getattr: configs saved by older runs have no such key
+        self.channels_last = bool(getattr(cfg.trainer, "channels_last", False))
 
     # --- model and data -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from dyt.models import build_model
-        return build_model(self.cfg)
+        model = build_model(self.cfg)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         raise NotImplementedError
@@ -66,7 +69,12 @@ class Task:
 
     # --- steps ----------------------------------------------------------------------------------------
     def to_device(self, batch, device: torch.device):
-        return [t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+        return [self._to_device(t, device) if torch.is_tensor(t) else t for t in batch]
+
+    def _to_device(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        channels_last = self.channels_last and t.dim() == 4  # image batches only
+        return t.to(device, non_blocking=True,
+                    memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
     def batch_units(self, batch) -> int:
         """Samples (or tokens) in a batch, for throughput."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dyt.data.text import StreamingPacked, build_text_datasets, load_tokenizer, unigram_loss, vocab_size
+from dyt.errors import ConfigError
 from dyt.tasks.base import Task
 
 # Dense bf16 peak FLOP/s by GPU name (no sparsity), for MFU. Override with $DYT_PEAK_FLOPS (e.g. for a CPU).
@@ -30,6 +31,9 @@ class LanguageTask(Task):
 
     def __init__(self, cfg, dist):
         super().__init__(cfg, dist)
+        if self.channels_last:
+            raise ConfigError("trainer.channels_last is a memory format for image models; a language model has "
+                              "no 4-D activations (drop the override)")
         self.seq_len = cfg.data.seq_len
         self.streaming = cfg.data.source == "hf" and cfg.data.streaming
         self._flops_per_token = None
