@@ -199,7 +199,7 @@ def cpu_kernel_floor(c: int = 1024, rows: int = 128) -> str:
                                                      rows, c, 1, *(t.data_ptr() for t in sums), 1)}
     med = interleaved_medians(calls, 1.0, torch.device("cpu"))
     lanes = cpu.simd_lanes()
-    build = "AVX-512 spans" if lanes == 16 else "portable spans"
+    build = {16: "AVX-512 spans", 8: "AVX2 spans"}.get(lanes, "portable spans")
     return (f"C kernel alone ({build}; one thread, fp32 {rows}x{c} in L2, no allocation or dispatch): forward "
             f"{med['forward'] * 1e9 / x.numel():.3f} ns/element, backward {med['backward'] * 1e9 / x.numel():.3f} "
             f"ns/element per thread.")

@@ -2,8 +2,8 @@
 
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$DYT_KERNEL_CACHE`` (default ``~/.cache/dyt/kernels``), keyed by the source, the flags and the CPU, so it
-is built once per machine. ``$DYT_KERNEL_CFLAGS`` appends compiler flags (e.g. ``-mno-avx512f`` builds the
-portable spans instead of the AVX-512 ones). If it cannot be built, ``load()`` returns ``None`` after one
+is built once per machine. ``$DYT_KERNEL_CFLAGS`` appends compiler flags: ``-mno-avx512f`` builds the AVX2
+spans, ``-mno-avx2`` the portable ones, on a CPU that has more. If it cannot be built, ``load()`` returns ``None`` after one
 warning and callers fall back to the eager formula.
 """
 from __future__ import annotations
@@ -129,7 +129,7 @@ def backward(g: torch.Tensor, x: torch.Tensor, dx: torch.Tensor, alpha: float, w
 
 
 def simd_lanes() -> int:
-    """16 where the library was built with the AVX-512 spans, 1 for the portable (compiler-vectorised) ones."""
+    """Vector lanes of the built spans: 16 (AVX-512), 8 (AVX2) or 1 (portable, compiler-vectorised C)."""
     return load().dyt_simd_lanes()
 
 

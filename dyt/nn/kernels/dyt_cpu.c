@@ -6,10 +6,11 @@
  * through double per thread. tanh is a rational minimax approximation, so the code vectorises: exact tanh
  * is what makes eager DyT compute-bound on CPU.
  *
- * One skeleton (threads, tiles, reductions: DEFINE_DYT) over "spans" of contiguous elements, which come in
- * two builds of the same math: AVX-512 intrinsics where the compiler targets AVX-512 F/BW/VL (16 lanes,
- * masked tails, the division by rcp14 + one Newton step: ~20 vector ops per 16 elements), and portable C
- * that the compiler vectorises itself (`omp simd`) everywhere else.
+ * One skeleton (threads, tiles, reductions: DEFINE_DYT) over "spans" of contiguous elements, written once
+ * over a few vector primitives with three builds of the same math, picked by what the compiler targets:
+ * AVX-512 F/BW/VL (16 lanes), AVX2 + FMA + F16C (8 lanes), both with the division by a hardware reciprocal
+ * plus one Newton step (~20 vector ops per VL elements), and portable C that the compiler vectorises itself
+ * (`omp simd`) everywhere else.
  */
 #include <math.h>
 #include <stdint.h>
@@ -19,11 +20,14 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define DYT_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define DYT_AVX2 1
 #endif
 
 /* tanh(z) ~= z * P(z^2) / Q(z^2), fitted (minimax, differential correction) on [0, 9], highest power first.
- * Max abs error vs exact tanh, exhaustive over fp32 [0, 9]: 3.52e-7 (AVX-512 spans), 3.96e-7 (portable);
- * guaranteed and tested: 5e-7. */
+ * Max abs error vs exact tanh, exhaustive over every fp32 in [0, 9.5]: 3.49e-7 (AVX-512 spans), 3.80e-7
+ * (AVX2), 4.20e-7 (portable); guaranteed and tested: 5e-7. */
 static const float TP[5] = {1.0570305519763679e-08f, 1.8481570805306546e-05f, 0.0033613122068345547f,
                             0.13266316056251526f, 0.9999997019767761f};
 static const float TQ[5] = {6.601831614716502e-07f, 0.00030695294844917953f, 0.025361044332385063f,
@@ -66,113 +70,157 @@ int dyt_has_f16(void) { return 1; }
 int dyt_has_f16(void) { return 0; }
 #endif
 
+#if defined(DYT_AVX512) || defined(DYT_AVX2)
+/* ---- vector primitives: the only width-specific code; the spans below are written once over them ---- */
 #ifdef DYT_AVX512
-int dyt_simd_lanes(void) { return 16; }
-
-/* tanh on 16 lanes. The clamp point 7.9704175 is the first fp32 where this arithmetic's rational reaches 1.0f
- * (and it stays below 1 before it), so |t| <= 1 and tanh(+-inf) = +-1 exactly with no clamp on the output;
- * tanh there is 1 - 2.4e-7. fixupimm puts NaN inputs back (token table: QNaN -> input, SNaN -> quieted
- * input); it is an instruction, not IEEE arithmetic, so -ffinite-math-only cannot fold it away. */
-static inline __m512 tanh16(__m512 v) {
-    const __m512 lim = _mm512_set1_ps(7.9704175f);
-    __m512 z = _mm512_max_ps(_mm512_set1_ps(-7.9704175f), _mm512_min_ps(lim, v));
-    __m512 s = _mm512_mul_ps(z, z), p = _mm512_set1_ps(TP[0]), q = _mm512_set1_ps(TQ[0]);
-    for (int k = 1; k < 5; k++) {
-        p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(TP[k]));
-        q = _mm512_fmadd_ps(q, s, _mm512_set1_ps(TQ[k]));
-    }
-    __m512 n = _mm512_mul_ps(z, p), r = _mm512_rcp14_ps(q);      /* r = 1/q to 2^-14 */
-    __m512 t0 = _mm512_mul_ps(n, r);
-    __m512 t = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(q, t0, n), t0);  /* Newton step on the quotient n/q */
-    return _mm512_fixupimm_ps(t, v, _mm512_set1_epi32(0x21), 0);
-}
-
-static inline __mmask16 tail_mask(int64_t left) { return (__mmask16)((1u << left) - 1u); }
-
-/* 16-lane loads and stores per storage type; `full` is a constant after inlining (masked only for tails) */
-static inline __m512 vld_f32(const f32 *p, __mmask16 m, int full) {
-    return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
-}
-static inline void vst_f32(f32 *p, __m512 v, __mmask16 m, int full) {
-    if (full) _mm512_storeu_ps(p, v); else _mm512_mask_storeu_ps(p, m, v);
-}
-static inline __m256i ld_half(const uint16_t *p, __mmask16 m, int full) {
-    return full ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(m, p);
-}
-static inline void st_half(uint16_t *p, __m256i h, __mmask16 m, int full) {
-    if (full) _mm256_storeu_si256((__m256i *)p, h); else _mm256_mask_storeu_epi16(p, m, h);
-}
-static inline __m512 vld_bf16(const bf16 *p, __mmask16 m, int full) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(ld_half(p, m, full)), 16));
-}
-static inline void vst_bf16(bf16 *p, __m512 v, __mmask16 m, int full) {  /* as bf16_store, 16 at a time */
-    __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                                                   _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+#define VL 16
+typedef __m512 vf;
+typedef __m512i vi;
+#define V(op) _mm512_##op
+static inline vf v_rcp(vf q) { return _mm512_rcp14_ps(q); }  /* 1/q to 2^-14 */
+/* NaN inputs back into t: fixupimm token table QNaN -> input, SNaN -> quieted input. An instruction, not IEEE
+ * arithmetic, so -ffinite-math-only cannot fold it away. */
+static inline vf v_keep_nan(vf t, vf v) { return _mm512_fixupimm_ps(t, v, _mm512_set1_epi32(0x21), 0); }
+static inline float v_sum(vf v) { return _mm512_reduce_add_ps(v); }
+static inline vf v_from16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+static inline __m256i v_to16(vi r) { return _mm512_cvtepi32_epi16(r); }  /* low halves of 32-bit lanes */
+#define V_CASTI _mm512_castps_si512
+#define VI_AND _mm512_and_si512
+#define VI_OR _mm512_or_si512
+static inline vi v_nan_select(vf v, vi alt, vi r) {  /* alt in the lanes where v is NaN, r elsewhere */
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(VI_AND(V_CASTI(v), _mm512_set1_epi32(0x7fffffff)),
                                             _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40));
-    st_half(p, _mm512_cvtepi32_epi16(r), m, full);
+    return _mm512_mask_blend_epi32(nan, r, alt);
+}
+#define HALF_T __m256i
+#define HALF_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define HALF_STORE(p, h) _mm256_storeu_si256((__m256i *)(p), h)
+#define CVT_PH(v) _mm512_cvtph_ps(v)
+#define CVT_PS_PH(v) _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#else
+#define VL 8
+typedef __m256 vf;
+typedef __m256i vi;
+#define V(op) _mm256_##op
+static inline vf v_rcp(vf q) { return _mm256_rcp_ps(q); }  /* 1/q to 1.5 * 2^-12 */
+static inline vf v_keep_nan(vf t, vf v) {  /* on the bits: -ffinite-math-only may fold a float NaN compare */
+    vi bits = _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff));
+    return _mm256_blendv_ps(t, v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(bits, _mm256_set1_epi32(0x7f800000))));
+}
+static inline float v_sum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline vf v_from16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+static inline __m128i v_to16(vi r) {  /* pack the (< 2^16) 32-bit lanes, then undo the per-128-bit-lane order */
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+}
+#define V_CASTI _mm256_castps_si256
+#define VI_AND _mm256_and_si256
+#define VI_OR _mm256_or_si256
+static inline vi v_nan_select(vf v, vi alt, vi r) {
+    vi nan = _mm256_cmpgt_epi32(VI_AND(V_CASTI(v), _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    return _mm256_blendv_epi8(r, alt, nan);
+}
+#define HALF_T __m128i
+#define HALF_LOAD(p) _mm_loadu_si128((const __m128i *)(p))
+#define HALF_STORE(p, h) _mm_storeu_si128((__m128i *)(p), h)
+#define CVT_PH(v) _mm256_cvtph_ps(v)
+#define CVT_PS_PH(v) _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#endif
+int dyt_simd_lanes(void) { return VL; }
+
+/* tanh on VL lanes. The clamp point 7.9704175 is the first fp32 where this arithmetic's rational reaches 1.0f
+ * (and it stays below 1 before it), so |t| <= 1 and tanh(+-inf) = +-1 exactly with no clamp on the output;
+ * tanh there is 1 - 2.4e-7. */
+static inline vf tanh_v(vf v) {
+    const vf lim = V(set1_ps)(7.9704175f);
+    vf z = V(max_ps)(V(set1_ps)(-7.9704175f), V(min_ps)(lim, v));
+    vf s = V(mul_ps)(z, z), p = V(set1_ps)(TP[0]), q = V(set1_ps)(TQ[0]);
+    for (int k = 1; k < 5; k++) {
+        p = V(fmadd_ps)(p, s, V(set1_ps)(TP[k]));
+        q = V(fmadd_ps)(q, s, V(set1_ps)(TQ[k]));
+    }
+    vf n = V(mul_ps)(z, p), r = v_rcp(q);
+    vf t0 = V(mul_ps)(n, r);
+    vf t = V(fmadd_ps)(r, V(fnmadd_ps)(q, t0, n), t0);  /* Newton step on the quotient n/q */
+    return v_keep_nan(t, v);
+}
+
+/* VL-lane loads and stores per storage type */
+static inline vf vld_f32(const f32 *p) { return V(loadu_ps)(p); }
+static inline void vst_f32(f32 *p, vf v) { V(storeu_ps)(p, v); }
+static inline vf vld_bf16(const bf16 *p) { return v_from16(HALF_LOAD(p)); }
+static inline void vst_bf16(bf16 *p, vf v) {  /* as bf16_store, VL at a time */
+    vi u = V_CASTI(v), hi = V(srli_epi32)(u, 16);
+    vi r = V(srli_epi32)(V(add_epi32)(V(add_epi32)(u, V(set1_epi32)(0x7fff)), VI_AND(hi, V(set1_epi32)(1))), 16);
+    HALF_STORE(p, v_to16(v_nan_select(v, VI_OR(hi, V(set1_epi32)(0x40)), r)));
 }
 #ifdef __FLT16_MAX__
-static inline __m512 vld_f16(const f16 *p, __mmask16 m, int full) {
-    return _mm512_cvtph_ps(ld_half((const uint16_t *)p, m, full));
-}
-static inline void vst_f16(f16 *p, __m512 v, __mmask16 m, int full) {
-    st_half((uint16_t *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), m, full);
-}
+static inline vf vld_f16(const f16 *p) { return CVT_PH(HALF_LOAD(p)); }
+static inline void vst_f16(f16 *p, vf v) { HALF_STORE(p, CVT_PS_PH(v)); }
 #endif
 
 /* Spans. Forward: y = w*tanh(alpha*x) + b over n elements, w/b per element (a channels-last row) or, with
  * w == NULL, the scalars wc/bc (a channels-first plane). Backward: dx = g*w*alpha*(1-t^2) with t recomputed
- * from x; returns sum g*w*x*(1-t^2) (d_alpha); adds g*t and g per element into fw/fb, or into *sw and *sb. */
+ * from x; returns sum g*w*x*(1-t^2) (d_alpha); adds g*t and g per element into fw/fb, or into *sw and *sb.
+ * Full vectors run in place; a tail of fewer than VL elements runs through zero-padded stack copies (zero g
+ * adds nothing to the sums). */
 #define DEFINE_SPANS(TX, TY)                                                                               \
-static inline void fwd16_##TX##_##TY(const TX *x, TY *y, __m512 a, const float *w, const float *b,          \
-                                     __m512 wc, __m512 bc, __mmask16 m, int full) {                        \
-    __m512 t = tanh16(_mm512_mul_ps(a, vld_##TX(x, m, full)));                                             \
-    __m512 wv = w ? vld_f32(w, m, full) : wc, bv = w ? vld_f32(b, m, full) : bc;                           \
-    vst_##TY(y, _mm512_fmadd_ps(wv, t, bv), m, full);                                                      \
+static inline void fwdv_##TX##_##TY(const TX *x, TY *y, vf a, const float *w, const float *b, vf wc, vf bc) { \
+    vf t = tanh_v(V(mul_ps)(a, vld_##TX(x)));                                                              \
+    vst_##TY(y, V(fmadd_ps)(w ? vld_f32(w) : wc, t, w ? vld_f32(b) : bc));                                 \
 }                                                                                                          \
 static inline void fwd_span_##TX##_##TY(const TX *x, TY *y, int64_t n, float alpha, const float *w,         \
                                         const float *b, float wc, float bc) {                              \
-    const __m512 a = _mm512_set1_ps(alpha), wv = _mm512_set1_ps(wc), bv = _mm512_set1_ps(bc);              \
+    const vf a = V(set1_ps)(alpha), wv = V(set1_ps)(wc), bv = V(set1_ps)(bc);                              \
     int64_t i = 0;                                                                                         \
-    for (; i + 16 <= n; i += 16)                                                                           \
-        fwd16_##TX##_##TY(x + i, y + i, a, w ? w + i : w, w ? b + i : b, wv, bv, 0xffff, 1);               \
-    if (i < n)                                                                                             \
-        fwd16_##TX##_##TY(x + i, y + i, a, w ? w + i : w, w ? b + i : b, wv, bv, tail_mask(n - i), 0);     \
-}                                                                                                          \
-static inline __m512 bwd16_##TX##_##TY(const TY *g, const TX *x, TX *dx, __m512 a, const float *w,          \
-                                       __m512 wc, float *fw, float *fb, __m512 *sw, __m512 *sb, __m512 da,  \
-                                       __mmask16 m, int full) {                                            \
-    __m512 xv = vld_##TX(x, m, full), gv = vld_##TY(g, m, full);  /* masked lanes load 0: add nothing */   \
-    __m512 t = tanh16(_mm512_mul_ps(a, xv));                                                               \
-    __m512 d = _mm512_fnmadd_ps(t, t, _mm512_set1_ps(1.0f));                                               \
-    __m512 gwd = _mm512_mul_ps(_mm512_mul_ps(gv, w ? vld_f32(w, m, full) : wc), d);                        \
-    vst_##TX(dx, _mm512_mul_ps(gwd, a), m, full);                                                          \
-    if (fw) {                                                                                              \
-        vst_f32(fw, _mm512_fmadd_ps(gv, t, vld_f32(fw, m, full)), m, full);                                \
-        vst_f32(fb, _mm512_add_ps(gv, vld_f32(fb, m, full)), m, full);                                     \
-    } else {                                                                                               \
-        *sw = _mm512_fmadd_ps(gv, t, *sw);                                                                 \
-        *sb = _mm512_add_ps(gv, *sb);                                                                      \
+    for (; i + VL <= n; i += VL) fwdv_##TX##_##TY(x + i, y + i, a, w ? w + i : w, w ? b + i : b, wv, bv);   \
+    if (i < n) {                                                                                           \
+        TX xt[VL] = {0}; TY yt[VL]; float wt[VL] = {0}, bt[VL] = {0}; size_t k = (size_t)(n - i);          \
+        memcpy(xt, x + i, k * sizeof(TX));                                                                 \
+        if (w) { memcpy(wt, w + i, k * sizeof(float)); memcpy(bt, b + i, k * sizeof(float)); }             \
+        fwdv_##TX##_##TY(xt, yt, a, w ? wt : w, w ? bt : b, wv, bv);                                       \
+        memcpy(y + i, yt, k * sizeof(TY));                                                                 \
     }                                                                                                      \
-    return _mm512_fmadd_ps(gwd, xv, da);                                                                   \
+}                                                                                                          \
+static inline vf bwdv_##TX##_##TY(const TY *g, const TX *x, TX *dx, vf a, const float *w, vf wc, float *fw, \
+                                  float *fb, vf *sw, vf *sb, vf da) {                                      \
+    vf xv = vld_##TX(x), gv = vld_##TY(g);                                                                 \
+    vf t = tanh_v(V(mul_ps)(a, xv));                                                                       \
+    vf gwd = V(mul_ps)(V(mul_ps)(gv, w ? vld_f32(w) : wc), V(fnmadd_ps)(t, t, V(set1_ps)(1.0f)));          \
+    vst_##TX(dx, V(mul_ps)(gwd, a));                                                                       \
+    if (fw) {                                                                                              \
+        vst_f32(fw, V(fmadd_ps)(gv, t, vld_f32(fw)));                                                      \
+        vst_f32(fb, V(add_ps)(gv, vld_f32(fb)));                                                           \
+    } else {                                                                                               \
+        *sw = V(fmadd_ps)(gv, t, *sw);                                                                     \
+        *sb = V(add_ps)(gv, *sb);                                                                          \
+    }                                                                                                      \
+    return V(fmadd_ps)(gwd, xv, da);                                                                       \
 }                                                                                                          \
 static inline float bwd_span_##TX##_##TY(const TY *g, const TX *x, TX *dx, int64_t n, float alpha,          \
                                          const float *w, float wc, float *fw, float *fb, float *sw,        \
                                          float *sb) {                                                      \
-    const __m512 a = _mm512_set1_ps(alpha), wv = _mm512_set1_ps(wc);                                       \
-    __m512 da = _mm512_setzero_ps(), vw = _mm512_setzero_ps(), vb = _mm512_setzero_ps();                   \
+    const vf a = V(set1_ps)(alpha), wv = V(set1_ps)(wc);                                                   \
+    vf da = V(setzero_ps)(), vw = V(setzero_ps)(), vb = V(setzero_ps)();                                   \
     int64_t i = 0;                                                                                         \
-    for (; i + 16 <= n; i += 16)                                                                           \
-        da = bwd16_##TX##_##TY(g + i, x + i, dx + i, a, w ? w + i : w, wv, fw ? fw + i : fw,               \
-                               fw ? fb + i : fb, &vw, &vb, da, 0xffff, 1);                                 \
-    if (i < n)                                                                                             \
-        da = bwd16_##TX##_##TY(g + i, x + i, dx + i, a, w ? w + i : w, wv, fw ? fw + i : fw,               \
-                               fw ? fb + i : fb, &vw, &vb, da, tail_mask(n - i), 0);                       \
-    if (!fw) { *sw += _mm512_reduce_add_ps(vw); *sb += _mm512_reduce_add_ps(vb); }                         \
-    return _mm512_reduce_add_ps(da);                                                                       \
+    for (; i + VL <= n; i += VL)                                                                           \
+        da = bwdv_##TX##_##TY(g + i, x + i, dx + i, a, w ? w + i : w, wv, fw ? fw + i : fw,                \
+                              fw ? fb + i : fb, &vw, &vb, da);                                             \
+    if (i < n) {                                                                                           \
+        TY gt[VL] = {0}; TX xt[VL] = {0}, dxt[VL]; size_t k = (size_t)(n - i);                             \
+        float wt[VL] = {0}, fwt[VL] = {0}, fbt[VL] = {0};                                                  \
+        memcpy(gt, g + i, k * sizeof(TY)); memcpy(xt, x + i, k * sizeof(TX));                              \
+        if (w) memcpy(wt, w + i, k * sizeof(float));                                                       \
+        if (fw) { memcpy(fwt, fw + i, k * sizeof(float)); memcpy(fbt, fb + i, k * sizeof(float)); }        \
+        da = bwdv_##TX##_##TY(gt, xt, dxt, a, w ? wt : w, wv, fw ? fwt : fw, fw ? fbt : fb, &vw, &vb, da);  \
+        memcpy(dx + i, dxt, k * sizeof(TX));                                                               \
+        if (fw) { memcpy(fw + i, fwt, k * sizeof(float)); memcpy(fb + i, fbt, k * sizeof(float)); }        \
+    }                                                                                                      \
+    if (!fw) { *sw += v_sum(vw); *sb += v_sum(vb); }                                                       \
+    return v_sum(da);                                                                                      \
 }
 
 #else  /* portable spans: the same contract, vectorised by the compiler */
