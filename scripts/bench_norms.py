@@ -205,6 +205,19 @@ def cpu_kernel_floor(c: int = 1024, rows: int = 128) -> str:
             f"ns/element per thread.")
 
 
+def call_overhead(device) -> str:
+    """Fixed cost per call, on a 2x16 tensor where the arithmetic is nil: Python, dispatch, autograd, allocation."""
+    x, g = torch.randn(2, 16, device=device), torch.randn(2, 16, device=device)
+    stmts = {}
+    for name, m in (("layernorm", nn.LayerNorm(16, device=device)), ("dyt-ours", DynamicTanh(16, device=device))):
+        stmts[name + "/fwd"], stmts[name + "/fwdbwd"] = closures(m, x, g)
+    med = interleaved_medians(stmts, 1.0, device)
+    us = {k: v * 1e6 for k, v in med.items()}
+    return (f"Fixed cost per call (2x16 input, {device.type}): forward {us['dyt-ours/fwd']:.1f} us for DyT vs "
+            f"{us['layernorm/fwd']:.1f} us for nn.LayerNorm, forward+backward {us['dyt-ours/fwdbwd']:.1f} vs "
+            f"{us['layernorm/fwdbwd']:.1f} us (DyT's kernels are called from a Python autograd.Function).")
+
+
 def table(results: list[dict]) -> str:
     head = ("| dtype | shape | impl | fwd ms | fwd x LN | fwd % copy BW | fwd+bwd ms | fwd+bwd x LN | fwd+bwd % copy BW |\n"
             "|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -261,8 +274,8 @@ def main() -> None:
     results = run(device, args.dtypes, args.quick, min_run_time)
     desc = f"{desc_start} at start, {os.getloadavg()[0]:.1f} at end" if hasattr(os, "getloadavg") else desc_start
     md = table(results)
-    floor = cpu_kernel_floor() if device.type == "cpu" else ""
-    print(md + ("\n\n" + floor if floor else ""))
+    notes = " ".join(filter(None, [cpu_kernel_floor() if device.type == "cpu" else "", call_overhead(device)]))
+    print(md + "\n\n" + notes)
     if args.no_write:
         return
     png = DOC.parent / f"bench_norms_{device.type}.png"
@@ -274,7 +287,7 @@ def main() -> None:
             f"copy bandwidth `y.copy_(x)` measured at each size: {min(r['copy_gbs'] for r in results):.1f}.."
             f"{max(r['copy_gbs'] for r in results):.1f} GB/s. `x LN`: time / nn.LayerNorm time (lower is "
             f"faster). `% copy BW`: bytes a fused kernel must move (fwd 2, fwd+bwd 5 tensors) per second, "
-            f"over the copy bandwidth.\n\n" + md + "\n" + (f"\n{floor}\n" if floor else ""))
+            f"over the copy bandwidth.\n\n" + md + "\n\n" + notes + "\n")
     if has_plot:
         body += f"\n![norm benchmark]({png.name})\n"
     write_section(f"bench_norms_{device.type}", body)

@@ -14,6 +14,7 @@ def test_bench_norms_quick(tmp_path):
         assert f"| fp32 | 4x1024x1024 | {impl} |" in out.stdout
         assert f"| fp32 | 8x96x56x56 NCHW | {impl} |" in out.stdout
     assert "C kernel alone" in out.stdout and "ns/element per thread" in out.stdout
+    assert "Fixed cost per call (2x16 input, cpu): forward" in out.stdout
 
 
 def test_bench_models_every_family(tmp_path):

@@ -45,6 +45,8 @@ def _out_dtype(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optiona
 def _vec(p: Optional[Tensor], c: int, fill: float, device) -> Tensor:
     if p is None:
         return torch.full((c,), fill, dtype=torch.float32, device=device)
+    if p.dtype == torch.float32 and p.dim() == 1 and p.is_contiguous():
+        return p  # the usual case, as is: kernels only read it (and autograd is off inside the op)
     return p.detach().reshape(-1).to(torch.float32).contiguous()
 
 
