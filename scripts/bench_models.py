@@ -158,13 +158,13 @@ def main() -> None:
     if args.no_write:
         return
     cmd = "python scripts/bench_models.py " + " ".join(sys.argv[1:])
-    fmt = " (channels_last)" if args.channels_last else ""
-    body = (f"### Training step on {device.type}{fmt}\n\nMachine: {desc_start} at start. Command: `{cmd.strip()}`.\n"
-            f"amp={args.amp or 'off (fp32)'}, memory format {'channels_last' if args.channels_last else 'default (NCHW)'}"
+    fmt = "channels_last" if args.channels_last else ""
+    body = (f"### Training step on {device.type}{f' ({fmt})' if fmt else ''}\n\nMachine: {desc_start} at start. "
+            f"Command: `{cmd.strip()}`.\namp={args.amp or 'off (fp32)'}, memory format {fmt or 'default (NCHW)'}"
             f", median of {steps} steps after 2 warmup steps (step IQR: interquartile range over the median, the noise), "
             f"baseline and DyT steps alternating; one step = forward, "
             f"cross-entropy, backward, AdamW. DyT uses `impl=auto` (the fused kernels).\n\n{md}\n")
-    write_section(f"bench_models_{device.type}" + ("_channels_last" if args.channels_last else ""), body)
+    write_section(f"bench_models_{device.type}" + (f"_{fmt}" if fmt else ""), body)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``/``gcc``) into
 ``$DYT_KERNEL_CACHE`` (default ``~/.cache/dyt/kernels``), keyed by the source, the flags and the CPU, so it
 is built once per machine. ``$DYT_KERNEL_CFLAGS`` appends compiler flags: ``-mno-avx512f`` builds the AVX2
-spans, ``-mno-avx2`` the portable ones, on a CPU that has more. If it cannot be built, ``load()`` returns ``None`` after one
-warning and callers fall back to the eager formula.
+spans, ``-mno-avx2`` the portable ones, on a CPU that has more. If it cannot be built, ``load()`` returns
+``None`` after one warning and callers fall back to the eager formula.
 """
 from __future__ import annotations
 

@@ -92,7 +92,6 @@ static inline vi v_nan_select(vf v, vi alt, vi r) {  /* alt in the lanes where v
                                             _mm512_set1_epi32(0x7f800000));
     return _mm512_mask_blend_epi32(nan, r, alt);
 }
-#define HALF_T __m256i
 #define HALF_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
 #define HALF_STORE(p, h) _mm256_storeu_si256((__m256i *)(p), h)
 #define CVT_PH(v) _mm512_cvtph_ps(v)
@@ -123,7 +122,6 @@ static inline vi v_nan_select(vf v, vi alt, vi r) {
     vi nan = _mm256_cmpgt_epi32(VI_AND(V_CASTI(v), _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
     return _mm256_blendv_epi8(r, alt, nan);
 }
-#define HALF_T __m128i
 #define HALF_LOAD(p) _mm_loadu_si128((const __m128i *)(p))
 #define HALF_STORE(p, h) _mm_storeu_si128((__m128i *)(p), h)
 #define CVT_PH(v) _mm256_cvtph_ps(v)
