@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import OFFLINE_ENV, ROOT, TINY, run_script
+from dyt.logging import read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_multirun_sweep_then_rerun_skips(tmp_path):
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_steps=60", "trainer.ckpt_every=5",
-           "trainer.eval_every=30"]
+           "trainer.eval_every=30", "data.augment.shift=1", "data.num_workers=2", "model.drop_path=0.1"]
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,15 +77,20 @@ def test_eval_script(tmp_path):
 
 
 def test_torchrun_two_processes_match_single_process(tmp_path):
-    common = [*TINY, "trainer.batch_size=32", "data.augment.hflip=0.0"]
+    """With random augmentation drawn in data workers: each sample's draws are its own, so 2 ranks (gloo) see
+    exactly the batches of one process (and never share draws, or the sums would differ)."""
+    common = [*TINY, "trainer.batch_size=32", "data.augment.shift=1", "data.num_workers=2"]
     run_script(["python", str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path)
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *common,
                 f"hydra.run.dir={tmp_path}/ddp"], cwd=tmp_path)
     a, b = summary(tmp_path / "single"), summary(tmp_path / "ddp")
     assert b["world_size"] == 2 and b["status"] == "completed"
-    assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4)
-    assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)
+    # Every logged loss agrees to float reduction order (~1e-7 measured); shared or per-worker draws gave ~1e-4.
+    losses = [[(e["step"], e.get("train/loss", e.get("val/loss"))) for e in read_jsonl(d / "metrics.jsonl")]
+              for d in (tmp_path / "single", tmp_path / "ddp")]
+    assert [s for s, _ in losses[1]] == [s for s, _ in losses[0]]
+    assert [v for _, v in losses[1]] == pytest.approx([v for _, v in losses[0]], rel=1e-5)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,5 +1,6 @@
 """Datasets (embedded, local files, Hugging Face local copies), the sampler, and clear errors for bad input."""
 import gzip
+import random
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ from PIL import Image
 from conftest import compose
 from dyt.data.sampler import ShardedSampler
 from dyt.data.vision import build_vision_datasets
+from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
+from dyt.tasks import build_task
 
 
 def test_digits_split_and_shapes():
@@ -114,3 +117,43 @@ def test_random_shift_translates_training_images_only():
                or torch.equal(s[:, :-1, :], original[:, 1:, :]) or torch.equal(s[:, :, :-1], original[:, :, 1:])
                for s in shifted)
     assert len(val) == 359 and torch.equal(val[0][0], build_vision_datasets(compose().data)[1][0][0])
+
+
+class Draws(torch.utils.data.Dataset):
+    """Sample i is what an augmentation would draw for it from each global RNG timm/torchvision use, and i."""
+
+    def __len__(self):
+        return 96
+
+    def __getitem__(self, i):
+        return torch.tensor([torch.rand(()).item(), random.random(), np.random.rand(), i], dtype=torch.float64)
+
+
+def _draws(rank=0, world=1, workers=0, epoch=0, start_batch=0, batch=4):
+    """{sample index: its draws} over one epoch of a rank's train loader."""
+    task = build_task(compose([f"data.num_workers={workers}"]), DistInfo(rank=rank, world_size=world))
+    task._datasets = (Draws(), Draws())
+    rows = torch.cat(list(task.train_loader(batch, epoch, start_batch)))
+    return {int(r[-1]): tuple(r[:-1].tolist()) for r in rows}
+
+
+def test_augmentation_draws_are_per_sample_not_per_worker():
+    """Two ranks with data workers never share draws, and a sample's draws depend only on (seed, epoch, index):
+    not on the rank, the world size, the worker count or a mid-epoch restart."""
+    ranks = [_draws(rank=r, world=2, workers=2) for r in range(2)]
+    firsts = [list(d.values())[:8] for d in ranks]  # the k-th samples of each rank
+    assert all(a != b for a, b in zip(*firsts)), "rank 0 and rank 1 drew the same numbers"
+    single = _draws(workers=0)
+    assert {**ranks[0], **ranks[1]} == single  # same draws for every sample, 1 process or 2 ranks
+    assert _draws(workers=2, start_batch=5) == {i: single[i] for i in list(single)[20:]}  # resumed mid-epoch
+    other_epoch = _draws(epoch=1)
+    assert all(other_epoch[i] != single[i] for i in single)
+
+
+def test_loading_data_does_not_move_the_training_rng():
+    """num_workers=0 loads in the main process: dropout / mixup draws must not depend on the data."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    _draws(workers=0)
+    assert torch.equal(torch.rand(3), expected)

@@ -36,13 +36,18 @@ def test_run_records(tmp_path):
     assert again["val/top1"] == pytest.approx(s["val/top1"]) and again["val/loss"] == pytest.approx(s["val/loss"], rel=1e-5)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    full = run(tmp_path, "full", "trainer.keep_checkpoints=2")
+# Random augmentation on (a random shift per image, drawn in the data workers) and dropout-like drop path.
+AUGMENTED = ["data.augment.shift=1", "model.drop_path=0.1", "trainer.keep_checkpoints=2"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_equals_uninterrupted(tmp_path, workers):
+    full = run(tmp_path, "full", *AUGMENTED, f"data.num_workers={workers}")
     # The same run "killed" after its step-6 checkpoint: drop what came later, then run the same config again.
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     (tmp_path / "cut/checkpoints/step_00000012.pt").unlink()
     (tmp_path / "cut/summary.json").unlink()
-    resumed = run(tmp_path, "cut", "trainer.keep_checkpoints=2")
+    resumed = run(tmp_path, "cut", *AUGMENTED, f"data.num_workers={workers}")
     assert resumed["train/loss"] == full["train/loss"] and resumed["val/loss"] == full["val/loss"]
     assert resumed["best/val/top1"] == full["best/val/top1"]  # the best includes the eval before the cut
     steps = [e["step"] for e in read_jsonl(tmp_path / "cut/metrics.jsonl") if e["split"] == "train"]

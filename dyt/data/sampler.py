@@ -1,8 +1,18 @@
-"""A deterministic, rank-sharded, resumable sampler: the data position of a run is just a batch count."""
+"""Where a run is in its data and what its random augmentation draws, both pure functions of the run's position.
+
+- `ShardedSampler`: the data position of a run is just a sample count; epoch ``e`` is one seeded permutation.
+- `SeededSamples`: sample ``i`` of epoch ``e`` is produced under RNGs seeded by ``(seed, e, i)``, so its augmentation
+  (crop, flip, RandAugment, erasing, shift...) is the same whichever rank, data worker or resumed process loads it,
+  and two ranks never share draws (they load different sample indices).
+"""
 from __future__ import annotations
 
+import contextlib
+import random
+
+import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class ShardedSampler(Sampler[int]):
@@ -33,3 +43,40 @@ class ShardedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, len(self._indices()) - self.start)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed for sample ``index`` of ``epoch`` (SeedSequence: well mixed, no overlap between keys)."""
+    words = np.random.SeedSequence([seed % 2**64, epoch, index]).generate_state(2, np.uint32)
+    return int(words[0]) << 32 | int(words[1])
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int):
+    """Seed the RNGs that transforms draw from (torch's CPU generator, ``random``, NumPy's legacy global) for
+    the block, then restore them: in the main process (``num_workers=0``) loading data must not move the
+    training RNG (dropout, drop path, mixup). CUDA generators are never touched."""
+    torch_state, py_state, np_state = torch.random.default_generator.get_state(), random.getstate(), np.random.get_state()
+    torch.random.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.random.default_generator.set_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+class SeededSamples(Dataset):
+    """``ds[i]`` of one epoch, loaded under RNGs seeded by ``(seed, epoch, i)`` (see the module docstring)."""
+
+    def __init__(self, ds: Dataset, seed: int, epoch: int):
+        self.ds, self.seed, self.epoch = ds, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        with seeded_rngs(sample_seed(self.seed, self.epoch, int(i))):
+            return self.ds[i]

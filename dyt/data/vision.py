@@ -43,7 +43,7 @@ class RandomShift(Dataset):
     def __getitem__(self, i):
         x, y = self.ds[i]
         p, (h, w) = self.pad, x.shape[-2:]
-        dy, dx = torch.randint(0, 2 * p + 1, (2,)).tolist()  # global RNG: restored on resume
+        dy, dx = torch.randint(0, 2 * p + 1, (2,)).tolist()  # seeded per sample by the train loader
         return F.pad(x[None], (p, p, p, p), mode="replicate")[0, :, dy:dy + h, dx:dx + w], y
 
 

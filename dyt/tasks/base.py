@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from dyt.data.sampler import ShardedSampler
+from dyt.data.sampler import SeededSamples, ShardedSampler
 from dyt.distributed import DistInfo
 
 
@@ -51,9 +51,11 @@ class Task:
         train, _ = self.datasets
         sampler = ShardedSampler(len(train), self.dist.rank, self.dist.world_size, seed=self.cfg.seed,
                                  epoch=epoch, start=start_batch * micro_batch)
-        # A private generator: creating the iterator must not consume the global RNG (exact resume).
+        # Augmentation draws are seeded per sample (SeededSamples), so workers' own seeds do not matter; the
+        # private generator only keeps the iterator from consuming the global RNG (exact resume).
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
-        return DataLoader(train, batch_size=micro_batch, sampler=sampler, drop_last=True, generator=g,
+        return DataLoader(SeededSamples(train, self.cfg.seed, epoch), batch_size=micro_batch, sampler=sampler,
+                          drop_last=True, generator=g,
                           num_workers=self.num_workers(), collate_fn=self.collate,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
