@@ -38,6 +38,8 @@ class AugmentConfig:
     hflip: float = 0.0
     random_resized_crop: bool = False
     reprob: float = 0.0  # random erasing probability
+    remode: str = "pixel"  # random erasing fill: pixel (per-pixel noise, the paper's recipe) | rand | const
+    recount: int = 1  # erased boxes per image
     mixup: float = 0.0  # mixup alpha (0 = off)
     cutmix: float = 0.0  # cutmix alpha (0 = off)
     label_smoothing: float = 0.0
@@ -67,11 +69,13 @@ class VisionDataConfig:
 class OptimConfig:
     name: str = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.05  # never applied to 1-D parameters (alpha, weights of norms, biases)
+    weight_decay: float = 0.05
+    decay_1d: bool = False  # also decay 1-D parameters (alpha, norm weights, biases): the released LLaMA code does
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     warmup_steps: int = 0
     warmup_epochs: Optional[float] = None  # when set, replaces warmup_steps
+    warmup_shape: str = "linear"  # linear: lr * x | quadratic: lr * (1 - (1 - x)^2), x = step / warmup (LLaMA code)
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     clip_grad: Optional[float] = None  # max global grad norm (null = off)
 
@@ -82,7 +86,8 @@ class TrainerConfig:
     epochs: Optional[float] = None
     batch_size: int = 64  # GLOBAL batch (all ranks, all accumulation micro-steps)
     grad_accum: int = 1
-    eval_every: int = 100
+    eval_every: int = 100  # optimizer steps between evaluations
+    eval_every_epochs: Optional[float] = None  # when set, replaces eval_every (e.g. 1 = every epoch, as the paper)
     ckpt_every: int = 100
     log_every: int = 10
     eval_batch_size: Optional[int] = None  # per rank; null = batch_size / world

@@ -28,7 +28,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     finally:
         trainer.close()
     print(f"[dyt] {summary['status']} at step {summary['step']}: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k.startswith(("val/", "best/")) and isinstance(v, float)),
+          + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k.startswith(("val/", "val_ema/", "best/")) and isinstance(v, float)),
           flush=True)
     return summary
 

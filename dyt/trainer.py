@@ -92,6 +92,8 @@ class Trainer:
                               f"epoch, fewer than trainer.grad_accum={self.tc.grad_accum}; lower trainer.batch_size")
         self.steps_per_epoch = self.bpe // self.tc.grad_accum
         self.max_steps = self._max_steps()
+        self.eval_every = self._every(self.tc.eval_every, self.tc.eval_every_epochs)
+        self.task.check_micro_batch(self.micro_batch)
         warmup = (round(cfg.optim.warmup_epochs * self.steps_per_epoch) if cfg.optim.warmup_epochs is not None
                   else cfg.optim.warmup_steps)
 
@@ -112,8 +114,12 @@ class Trainer:
         self.step = 0
         self._resume()
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step)
-        best_name, _ = self.task.summary_metric()  # a resumed run's best/<metric> covers its earlier evals too
-        self.val_history = [e[best_name] for e in self.logger.events if e["split"] == "val" and best_name in e]
+        # Every evaluation of the summary metric, of the raw model and of its EMA (the official trainer reports
+        # both maxima); a resumed run's history starts with its earlier evaluations.
+        best_name, self.best_mode = self.task.summary_metric()
+        self.best_names = [best_name] + ([best_name.replace("val/", "val_ema/", 1)] if self.ema is not None else [])
+        self.val_history = {k: [e[k] for e in self.logger.events if e["split"] == "val" and k in e]
+                            for k in self.best_names}
         self._stop_signal = None
 
     # --- setup helpers --------------------------------------------------------------------------------
@@ -130,6 +136,10 @@ class Trainer:
         if self.tc.epochs is None:
             raise ConfigError("set trainer.max_steps or trainer.epochs")
         return max(1, round(self.tc.epochs * self.steps_per_epoch))
+
+    def _every(self, steps: int, epochs: float | None) -> int:
+        """An interval in optimizer steps, given in steps or (when set) in epochs."""
+        return max(1, round(epochs * self.steps_per_epoch)) if epochs is not None else steps
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -216,10 +226,10 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
         summary["wall_time_s"] = round(time.time() - start, 2)
-        best_name, best_mode = self.task.summary_metric()
-        summary["metric"] = best_name
-        if self.val_history:
-            summary[f"best/{best_name}"] = (max if best_mode == "max" else min)(self.val_history)
+        summary["metric"] = self.best_names[0]
+        for name, history in self.val_history.items():
+            if history:
+                summary[f"best/{name}"] = (max if self.best_mode == "max" else min)(history)
         summary.update(self.last_val)
         self.logger.summary(summary)
         self.logger.finish(exit_code=0 if summary["status"] == "completed" else 1)
@@ -256,7 +266,6 @@ class Trainer:
 
     def _loop(self, summary: dict) -> dict:
         tc = self.tc
-        best_name, _ = self.task.summary_metric()
         batches = self._batches()
         self.net.train()
         bar = progress_bar(self.max_steps, self.step, tc.progress, self.dist.is_main)
@@ -284,9 +293,10 @@ class Trainer:
                                      f"{self.task.throughput_unit}/s": f"{metrics['train/throughput']:.0f}"})
                     summary["train/loss"] = metrics["train/loss"]
                     win_loss, win_steps, win_units, win_t = 0.0, 0, 0, time.time()
-                if self.step % tc.eval_every == 0 or self.step == self.max_steps:
+                if self.step % self.eval_every == 0 or self.step == self.max_steps:
                     self.last_val = self._eval_and_log()
-                    self.val_history.append(self.last_val[best_name])
+                    for name, history in self.val_history.items():
+                        history.append(self.last_val[name])
                 stop = self._stop_signal is not None
                 if self.step % tc.ckpt_every == 0 or self.step == self.max_steps or stop:
                     self.save()

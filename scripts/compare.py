@@ -4,8 +4,9 @@
     python scripts/compare.py runs/a runs/b --out docs/compare    # chosen runs; writes compare.md + compare.png
 
 Reads summary.json and metrics.jsonl (the source of truth; wandb only mirrors them). Rows are runs grouped by
-what they share except the norm; columns are the norms. The plot shows training loss and the summary metric
-over steps, one colour per norm.
+what they share except the norm, one row per metric: the best of the summary metric and, for runs that keep an
+EMA, the best of the EMA's (the official trainer reports both); columns are the norms. The plot shows training
+loss and the summary metric over steps, one colour per norm.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dyt.logging import read_jsonl  # noqa: E402
 # Paper, Table 1 (ImageNet-1K top-1; arXiv v1): LN -> DyT.
 PAPER = {("table1", "vit_b"): {"layernorm": 82.3, "dyt": 82.5}, ("table1", "vit_l"): {"layernorm": 83.1, "dyt": 83.6},
          ("table1", "convnext_b"): {"layernorm": 83.7, "dyt": 83.7}, ("table1", "convnext_l"): {"layernorm": 84.3, "dyt": 84.4}}
+NORM_ORDER = ["layernorm", "rmsnorm", "dyt"]  # columns as the paper reads: baseline -> DyT
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -43,29 +45,36 @@ def cell(r: dict) -> str:
     return r["dir"].name.replace(f"-{c.get('norm', {}).get('name', '')}-", "-*-", 1)
 
 
+def metrics_of(runs: list[dict]) -> list[str]:
+    """The summary metric, and its EMA twin when any run kept an EMA (the paper's recipe reports both)."""
+    metric = runs[0]["summary"].get("metric", "val/loss")
+    ema = metric.replace("val/", "val_ema/", 1)
+    return [metric] + ([ema] if any(f"best/{ema}" in r["summary"] or ema in r["summary"] for r in runs) else [])
+
+
+def value(s: dict, metric: str) -> str:
+    """A run's best value of `metric` (its last one for runs recorded without bests), or how it ended."""
+    if s["status"] != "completed":
+        return f"{s['status']} @{s['step']}"
+    v = s.get(f"best/{metric}", s.get(metric))
+    return f"{v:.2f}" if isinstance(v, (int, float)) else ""
+
+
 def table(runs: list[dict]) -> str:
     groups, norms = defaultdict(dict), []
     for r in runs:
         n = r["summary"].get("norm", "?")
         groups[cell(r)][n] = r
         norms += [n] if n not in norms else []
+    norms.sort(key=lambda n: NORM_ORDER.index(n) if n in NORM_ORDER else len(NORM_ORDER))  # baselines first
     lines = ["| run (norm = *) | metric | " + " | ".join(norms) + " | paper |", "|---" * (len(norms) + 3) + "|"]
     for name, by_norm in sorted(groups.items()):
-        s0 = next(iter(by_norm.values()))["summary"]
-        metric = s0.get("metric", "val/loss")
-        vals = []
-        for n in norms:
-            s = by_norm.get(n, {}).get("summary")
-            if s is None:
-                vals.append("")
-            elif s["status"] != "completed":
-                vals.append(f"{s['status']} @{s['step']}")
-            else:
-                vals.append(f"{s.get(metric, float('nan')):.2f}")
         c = next(iter(by_norm.values()))["cfg"]
         paper = PAPER.get((c.get("table"), c.get("model", {}).get("name")), {})
         ref = ", ".join(f"{k} {v}" for k, v in paper.items()) or "-"
-        lines.append(f"| {name} | {metric} | " + " | ".join(vals) + f" | {ref} |")
+        for metric in metrics_of(list(by_norm.values())):
+            vals = [value(by_norm[n]["summary"], metric) if n in by_norm else "" for n in norms]
+            lines.append(f"| {name} | best {metric} | " + " | ".join(vals) + f" | {ref} |")
     return "\n".join(lines)
 
 

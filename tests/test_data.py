@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import compose
 from dyt.data.sampler import ShardedSampler
-from dyt.data.vision import build_vision_datasets
+from dyt.data.vision import _transforms, build_vision_datasets
 from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
 from dyt.tasks import build_task
@@ -157,3 +157,20 @@ def test_loading_data_does_not_move_the_training_rng():
     torch.manual_seed(0)
     _draws(workers=0)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_random_erasing_fills_with_per_pixel_noise_as_the_recipe():
+    """The official recipe erases with re_mode='pixel', re_count=1: an erased box of per-pixel normal noise."""
+    recipe = compose(["experiment=table1_vit_b"]).data.augment
+    assert (recipe.reprob, recipe.remode, recipe.recount) == (0.25, "pixel", 1)
+    cfg = compose(["data=cifar10", "data.augment.reprob=1.0"]).data
+    erase = _transforms(cfg, True).transforms[-1]
+    assert type(erase).__name__ == "RandomErasing" and (erase.mode, erase.max_count) == ("pixel", 1)
+    gray = Image.new("RGB", (32, 32), (128, 128, 128))
+    torch.manual_seed(0)
+    random.seed(0)
+    x = _transforms(cfg, True)(gray)
+    changed = x != x[:, :1, :1]  # everything outside the erased box keeps the gray value
+    assert changed.any() and len(torch.unique(x[changed])) > 0.9 * int(changed.sum())  # noise, not a constant
+    with pytest.raises(ConfigError, match=r"unknown data.augment.remode 'zeros'; choose one of: pixel, rand, const"):
+        _transforms(compose(["data=cifar10", "data.augment.remode=zeros"]).data, True)

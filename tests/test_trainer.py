@@ -37,7 +37,7 @@ def test_run_records(tmp_path):
 
 
 # Random augmentation on (a random shift per image, drawn in the data workers) and dropout-like drop path.
-AUGMENTED = ["data.augment.shift=1", "model.drop_path=0.1", "trainer.keep_checkpoints=2"]
+AUGMENTED = ["data.augment.shift=1", "model.drop_path=0.1", "trainer.ema_decay=0.9", "trainer.keep_checkpoints=2"]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -49,7 +49,8 @@ def test_resume_equals_uninterrupted(tmp_path, workers):
     (tmp_path / "cut/summary.json").unlink()
     resumed = run(tmp_path, "cut", *AUGMENTED, f"data.num_workers={workers}")
     assert resumed["train/loss"] == full["train/loss"] and resumed["val/loss"] == full["val/loss"]
-    assert resumed["best/val/top1"] == full["best/val/top1"]  # the best includes the eval before the cut
+    for best in ("best/val/top1", "best/val_ema/top1"):  # the bests include the evals before the cut
+        assert resumed[best] == full[best]
     steps = [e["step"] for e in read_jsonl(tmp_path / "cut/metrics.jsonl") if e["split"] == "train"]
     assert steps == [3, 6, 9, 12]  # no duplicated events after resuming
 
@@ -73,6 +74,27 @@ def test_ema_mixup_smoothing_accumulation(tmp_path):
             "data.augment.label_smoothing=0.1", "trainer.grad_accum=2", "trainer.batch_size=32")
     assert s["status"] == "completed" and {"val_ema/top1", "val/top1"} <= set(s)
     assert "ema" in torch.load(list_checkpoints(tmp_path / "r/checkpoints")[-1], weights_only=True)
+
+
+def test_ema_best_is_summarised_and_eval_every_epochs(tmp_path, capsys):
+    """The official trainer reports the best raw AND the best EMA accuracy; both land in summary.json and the
+    console line. trainer.eval_every_epochs=0.5 evaluates every half epoch (1438 // 64 = 22 steps per epoch)."""
+    s = run(tmp_path, "r", "trainer.ema_decay=0.5", "trainer.eval_every_epochs=0.5", "trainer.max_steps=33",
+            "trainer.eval_every=1000")
+    val = [e for e in read_jsonl(tmp_path / "r/metrics.jsonl") if e["split"] == "val"]
+    assert [e["step"] for e in val] == [11, 22, 33]
+    for name in ("val/top1", "val_ema/top1"):
+        assert s[f"best/{name}"] == max(e[name] for e in val)
+    assert json.loads((tmp_path / "r/summary.json").read_text())["best/val_ema/top1"] == s["best/val_ema/top1"]
+    assert f"best/val_ema/top1={s['best/val_ema/top1']:.4g}" in capsys.readouterr().out
+
+
+def test_mixup_with_an_odd_micro_batch_is_one_clear_error(tmp_path):
+    """timm's Mixup pairs samples within a micro-batch: an odd one used to turn mixing off silently."""
+    with pytest.raises(ConfigError, match=r"Mixup/CutMix needs an even micro-batch per rank, got 15 "
+                                          r"\(trainer.batch_size=30 / \(world_size 1 x trainer.grad_accum 2\)\)"):
+        run(tmp_path, "r", "data.augment.mixup=0.8", "trainer.batch_size=30", "trainer.grad_accum=2")
+    assert not (tmp_path / "r").exists()
 
 
 def test_no_weight_decay_on_1d_params(tmp_path):

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, TensorDataset
 from dyt.errors import ConfigError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+ERASE_MODES = ("pixel", "rand", "const")  # timm RandomErasing fills: per-pixel noise, per-channel noise, zeros
 
 
 def _normalize(images: torch.Tensor, cfg) -> torch.Tensor:
@@ -173,8 +174,11 @@ def _transforms(cfg, train: bool):
                                 interpolation="bicubic", crop_pct=1.0 if cfg.image_size < 224 else 0.875)
     # Without random-resized-crop, timm's crop with scale = ratio = 1 is a plain resize.
     scale, ratio = ((0.08, 1.0), (3 / 4, 4 / 3)) if a.random_resized_crop else ((1.0, 1.0), (1.0, 1.0))
+    if a.remode not in ERASE_MODES:
+        raise ConfigError(f"unknown data.augment.remode {a.remode!r}; choose one of: {', '.join(ERASE_MODES)}")
     return create_transform(cfg.image_size, is_training=True, mean=cfg.mean, std=cfg.std, interpolation="bicubic",
-                            auto_augment=a.randaugment, re_prob=a.reprob, hflip=a.hflip, scale=scale, ratio=ratio)
+                            auto_augment=a.randaugment, re_prob=a.reprob, re_mode=a.remode, re_count=a.recount,
+                            hflip=a.hflip, scale=scale, ratio=ratio)
 
 
 def _hf(cfg):

@@ -59,6 +59,9 @@ class Task:
                           num_workers=self.num_workers(), collate_fn=self.collate,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
+    def check_micro_batch(self, micro_batch: int) -> None:
+        """Raise a ConfigError when this task cannot train on per-rank micro-batches of this size."""
+
     def batches_per_epoch(self, micro_batch: int) -> int:
         train, _ = self.datasets
         return len(train) // self.dist.world_size // micro_batch

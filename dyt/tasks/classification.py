@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dyt.data.vision import build_vision_datasets
+from dyt.errors import ConfigError
 from dyt.tasks.base import Task
 
 
@@ -19,12 +20,19 @@ class ClassificationTask(Task):
                                num_classes=cfg.data.num_classes)
         self.label_smoothing = a.label_smoothing
 
+    def check_micro_batch(self, micro_batch):
+        if self.mixup is not None and micro_batch % 2:  # timm's Mixup pairs each sample with its mirror in the batch
+            t = self.cfg.trainer
+            raise ConfigError(f"Mixup/CutMix needs an even micro-batch per rank, got {micro_batch} (trainer.batch_size="
+                              f"{t.batch_size} / (world_size {self.dist.world_size} x trainer.grad_accum "
+                              f"{t.grad_accum})); change trainer.batch_size or turn off data.augment.mixup/cutmix")
+
     def build_datasets(self):
         return build_vision_datasets(self.cfg.data)
 
     def loss(self, model, batch):
         x, y = batch
-        if self.mixup is not None and len(x) % 2 == 0:  # timm's Mixup needs an even batch
+        if self.mixup is not None:  # micro-batches are full (drop_last) and even (check_micro_batch)
             x, soft = self.mixup(x, y)
             logits = model(x)
             return torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
