@@ -27,3 +27,10 @@ def test_bench_models_every_family(tmp_path):
     lm = run_script(cmd + ["--models", "llama_tiny", "--seq-len", "32"], cwd=tmp_path, timeout=600).stdout
     assert "| llama_tiny | 4x32 | rmsnorm | eager |" in lm and "| llama_tiny | 4x32 | dyt | eager |" in lm
     assert "tokens/s | 1.00x |" in lm
+
+
+def test_bench_default_job_runs_train_py(tmp_path):
+    out = run_script(["python", str(ROOT / "scripts/bench_default_job.py"), "--repeats", "1", "--no-write",
+                      "trainer.max_steps=3", "trainer.eval_every=3"], cwd=tmp_path, timeout=600).stdout
+    assert "## The default job (`python train.py trainer.max_steps=3 trainer.eval_every=3`)" in out
+    assert "| 1 |" in out and "| 3 |" in out and "Median process wall time" in out

@@ -20,9 +20,13 @@ def summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.timeout(3600)
 def test_default_job_reaches_90_percent(tmp_path):
-    """`python train.py` exactly as the README says (only the output folder differs)."""
-    run_script(["python", str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=600,
+    """`python train.py` exactly as the README says (only the output folder differs) learns the digits.
+
+    About a minute on an idle 2-core machine, but its time is not what this checks: the limit is generous so a
+    busy machine cannot fail it (scripts/bench_default_job.py measures the README's one-minute claim)."""
+    run_script(["python", str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=3000,
                env={"OMP_NUM_THREADS": "2"})
     s = summary(tmp_path / "run")
     assert s["status"] == "completed" and s["val/top1"] > 90.0, s
