@@ -9,6 +9,7 @@ kernels compute tanh from exp2 in fp32 (abs error ~1e-7).
 """
 from __future__ import annotations
 
+import collections
 import copy
 import os
 import platform
@@ -20,12 +21,16 @@ import warnings
 import pytest
 import torch
 
-from dyt.nn import DynamicTanh
-from dyt.nn.kernels import cpu, ops
+from dyt.nn import DynamicTanh, norms
+from dyt.nn.kernels import cpu, dyt_fused, ops
 from dyt.nn.norms import dyt_forward
 
 TANH_ABS_ERR = 5e-7
 FP32_TOL = {"atol": 2e-6, "rtol": 1e-5}
+U32 = 2.0 ** -24  # fp32 unit roundoff
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+FUSED_DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, gpu])]
 
 
 def _layer(c, channels_last=True, impl="auto", affine=True, bias=True, dtype=torch.float32, seed=0):
@@ -155,7 +160,8 @@ def test_other_builds_pass_kernel_tests(tmp_path, flags, lanes):
     if lanes == 8 and got.stdout.strip() == "1":
         pytest.skip("this CPU has no AVX2/FMA/F16C")
     assert got.stdout.strip() == str(lanes), got.stderr[-2000:]
-    select = "accuracy or matches_eager or non_contiguous or affine or low_precision or nan_propagates or collapse"
+    select = ("accuracy or matches_eager or non_contiguous or affine or low_precision or nan_propagates or collapse"
+              " or float64_reference")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", select],
                           env=env, capture_output=True, text=True, cwd=root, timeout=600)
     assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -224,6 +230,177 @@ def test_auto_dispatch_and_contract():
     assert torch.autograd.gradcheck(double, (x,))
 
 
+@pytest.mark.parametrize("shape,channels_last", [((3, 4, 5), True), ((2, 5, 3, 4), False)])
+@pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)])
+def test_fused_impl_float64_is_the_reference(shape, channels_last, affine, bias):
+    """impl="fused" on float64 is the reference formula, not fp32 kernel math (which is off by ~4e-8)."""
+    c = shape[-1] if channels_last else shape[1]
+    fused = _layer(c, channels_last, "fused", affine, bias, dtype=torch.float64)
+    eager = _layer(c, channels_last, "eager", affine, bias, dtype=torch.float64)
+    x, g = torch.randn(shape, dtype=torch.float64) * 3, torch.randn(shape, dtype=torch.float64)
+    for name, a, b in zip(["y", "dx", "d_alpha", "d_weight", "d_bias"], _run(fused, x, g), _run(eager, x, g)):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, atol=1e-15, rtol=1e-15, msg=lambda m: f"{name}: {m}")
+    assert torch.autograd.gradcheck(fused, (x.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("x_dtype,p_dtype", [(torch.float64, torch.float64), (torch.float32, torch.float64),
+                                             (torch.float64, torch.float32)])
+def test_dyt_fused_with_float64_operands_is_the_reference(x_dtype, p_dtype):
+    """The public functional entry point, eager and under torch.compile: any float64 operand -> dyt_forward."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 5, dtype=x_dtype) * 3
+    operands = (x, torch.tensor([0.8], dtype=p_dtype), torch.randn(6, dtype=p_dtype), torch.randn(6, dtype=p_dtype))
+    g = torch.randn(x.shape, dtype=torch.promote_types(x_dtype, p_dtype))
+    results = []
+    for fn in (dyt_forward, dyt_fused, torch.compile(dyt_fused, backend="eager", fullgraph=True)):
+        leaves = [t.clone().requires_grad_() for t in operands]
+        y = fn(*leaves, False)
+        y.backward(g)
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for got in results[1:]:
+        for name, a, b in zip(["y", "dx", "d_alpha", "d_weight", "d_bias"], got, results[0]):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=1e-15, rtol=1e-15, msg=lambda m: f"{name}: {m}")
+
+
+def test_fused_ops_refuse_dtypes_they_cannot_compute_exactly():
+    x, a, w = torch.randn(3, 4), torch.tensor([0.5]), torch.randn(4)
+    with pytest.raises(TypeError, match=r"x has dtype float64; .*accept float32, bfloat16, float16"):
+        ops.fused_fwd(x.double(), a, w, None, True)
+    with pytest.raises(TypeError, match="weight has dtype float64"):
+        ops.fused_fwd(x, a, w.double(), None, True)
+    with pytest.raises(TypeError, match="grad has dtype float64"):
+        ops.fused_bwd(x.double(), x, a, w, True)
+
+
+# Fused fp32 gradients against the formula in float64 on the same values. Error bounds (u = 2^-24, fp32 unit
+# roundoff; dt = TANH_ABS_ERR + u bounds |t - tanh(alpha x)| including the rounding of alpha*x, whose effect on
+# tanh is at most 0.45 u): y: |w| dt + 2u(|w t| + |y|). dx = g w alpha (1 - t^2): |1 - t^2| is off by at most
+# 2 dt + 2u (+ dt^2), then three products: |g w alpha| (2 dt + 8u). Reductions of n fp32 terms in ANY order
+# (SIMD lanes, row tiles, threads, Triton partials) add at most gamma_n = n u / (1 - n u) times the sum of the
+# terms' magnitudes, on top of the summed per-term errors; the final fp32 rounding adds u |result|. Sizes stay
+# below ~1500 elements so that gamma_n bound is tight enough to notice even a single dropped term.
+_GRAD_CASES = [  # odd sizes and SIMD tails, > 64 rows (the CPU row tile), channels-first planes, NHWC storage
+    pytest.param((7,), True, None, id="cl-7"),
+    pytest.param((3, 5, 17), True, None, id="cl-3x5x17"),
+    pytest.param((130, 9), True, None, id="cl-130x9"),
+    pytest.param((1, 1025), True, None, id="cl-1x1025"),
+    pytest.param((2, 3, 5, 7), False, None, id="cf-2x3x5x7"),
+    pytest.param((1, 2, 23, 29), False, None, id="cf-1x2x23x29"),
+    pytest.param((1, 1, 33, 35), False, None, id="cf-1x1x33x35"),  # a plane longer than the CPU's 1024 chunk
+    pytest.param((2, 6, 5, 7), False, torch.channels_last, id="cf-nhwc-2x6x5x7"),
+]
+
+
+def _gamma(n: int) -> float:
+    return n * U32 / (1 - n * U32)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the device kernels' calls; every other DyT path (the eager formula, the torch fallback) raises."""
+    calls = collections.Counter()
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls[f"{module.__name__.rsplit('.', 1)[-1]}.{name}"] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a non-kernel DyT path ran")
+
+    for module in (m for m in (cpu, ops.triton_dyt) if m is not None):
+        spy(module, "forward")
+        spy(module, "backward")
+    monkeypatch.setattr(ops, "_torch_fwd", fail)
+    monkeypatch.setattr(ops, "_torch_bwd", fail)
+    monkeypatch.setattr(norms, "dyt_forward", fail)  # this module keeps the real one as `dyt_forward`
+    return calls
+
+
+def _assert_within(name, got, want, bound):
+    err = (got.detach().cpu().double() - want).abs()
+    assert got.shape == want.shape, name
+    worst = (err / bound.clamp_min(1e-300)).max().item()
+    assert bool((err <= bound).all()), f"{name}: max error {err.max().item():.3g}, {worst:.3g}x its fp32 bound"
+
+
+@pytest.mark.parametrize("device", FUSED_DEVICES)
+@pytest.mark.parametrize("entry", ["module", "custom_op"])
+@pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)],
+                         ids=["affine", "no_bias", "no_affine"])
+@pytest.mark.parametrize("shape,channels_last,memory_format", _GRAD_CASES)
+def test_fused_fp32_grads_match_float64_reference(kernel_calls, device, entry, affine, bias, shape, channels_last,
+                                                  memory_format):
+    if device == "cpu" and cpu.load() is None:
+        pytest.skip("no C compiler here: the CPU kernel cannot be built")
+    gen = torch.Generator().manual_seed(0)
+    c = shape[-1] if channels_last else shape[1]
+    x = torch.randn(shape, generator=gen) * 3  # alpha x up to ~10: linear and saturated tanh both
+    g = torch.randn(shape, generator=gen)
+    if memory_format is not None:
+        x, g = x.contiguous(memory_format=memory_format), g.contiguous(memory_format=memory_format)
+    alpha = torch.tensor([0.8])
+    w = torch.randn(c, generator=gen) if affine else None
+    b = torch.randn(c, generator=gen) if bias else None
+
+    ref = [t.double().requires_grad_() if t is not None else None for t in (x, alpha, w, b)]
+    y_ref = dyt_forward(*ref, channels_last)
+    y_ref.backward(g.double())
+
+    if entry == "module":
+        m = DynamicTanh(c, channels_last=channels_last, elementwise_affine=affine, bias=bias, impl="fused",
+                        device=device)
+        with torch.no_grad():
+            for p, v in ((m.alpha, alpha), (m.weight, w), (m.bias, b)):
+                if p is not None:
+                    p.copy_(v)
+        x_in = x.detach().to(device).requires_grad_()
+        y, node = m(x_in), "_EagerDyTBackward"
+        leaves = [x_in, m.alpha, m.weight, m.bias]
+    else:
+        leaves = [t.detach().to(device).requires_grad_() if t is not None else None for t in (x, alpha, w, b)]
+        y, node = ops.fused_fwd(*leaves, channels_last), "GeneratedBackwardFor_dyt_fused_fwd_defaultBackward"
+    assert y.grad_fn.name() == node and y.dtype == torch.float32
+    y.backward(g.to(device))
+    kernel = "cpu" if device == "cpu" else "triton_dyt"
+    assert dict(kernel_calls) == {f"{kernel}.forward": 1, f"{kernel}.backward": 1}
+
+    xd, gd, ad = x.double(), g.double(), alpha.double()
+    view = (-1,) if channels_last else (-1, 1, 1)
+    wd = w.double().view(view) if w is not None else torch.ones((), dtype=torch.float64)
+    t = torch.tanh(ad * xd)
+    dt = TANH_ABS_ERR + U32
+    channel_dim = x.dim() - 1 if channels_last else 1
+    red = tuple(i for i in range(x.dim()) if i != channel_dim)
+
+    def per_channel(v):
+        return v.sum(red) if red else v
+
+    n, n_c = x.numel(), x.numel() // c
+    term_a = (gd * wd * xd).abs() * (2 * dt + 8 * U32)  # per-term error bound of d_alpha's terms
+    bounds = {
+        "y": wd.abs() * dt + 2 * U32 * ((wd * t).abs() + y_ref.detach().abs()),
+        "dx": (gd * wd * ad).abs() * (2 * dt + 8 * U32),
+        "d_alpha": (term_a.sum() + _gamma(n + 2) * ((gd * wd * xd * (1 - t * t)).abs() + term_a).sum()).view(1),
+    }
+    if w is not None:
+        term_w = gd.abs() * (dt + U32)
+        bounds["d_weight"] = per_channel(term_w) + _gamma(n_c + 1) * per_channel((gd * t).abs() + term_w)
+    if b is not None:
+        bounds["d_bias"] = _gamma(n_c + 1) * per_channel(gd.abs())
+    got = {"y": y, "dx": leaves[0].grad, "d_alpha": leaves[1].grad, "d_weight": w is not None and leaves[2].grad,
+           "d_bias": b is not None and leaves[3].grad}
+    want = {"y": y_ref.detach(), "dx": ref[0].grad, "d_alpha": ref[1].grad,
+            "d_weight": w is not None and ref[2].grad, "d_bias": b is not None and ref[3].grad}
+    for name, bound in bounds.items():
+        _assert_within(name, got[name], want[name], bound + U32 * want[name].abs())
+
+
 def test_torch_fallback_when_kernel_unavailable(monkeypatch):
     monkeypatch.setattr(cpu, "_tried", True)
     monkeypatch.setattr(cpu, "_lib", None)
@@ -263,9 +440,6 @@ def test_triton_kernels_in_interpreter():
     proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
-
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.mark.gpu

@@ -37,12 +37,13 @@ def test_channels_first_matches_channels_last():
     torch.testing.assert_close(cf(x), cl(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
 
 
+@pytest.mark.parametrize("impl", ["auto", "fused"])  # float64 is the reference formula whatever the impl
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)])
-def test_gradcheck_float64(channels_last, affine, bias):
+def test_gradcheck_float64(channels_last, affine, bias, impl):
     torch.manual_seed(0)
     m = dyt.DynamicTanh(3, channels_last=channels_last, alpha_init=0.9, elementwise_affine=affine, bias=bias,
-                        dtype=torch.float64)
+                        dtype=torch.float64, impl=impl)
     x = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True) if not channels_last else \
         torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
     names = [n for n, _ in m.named_parameters()]

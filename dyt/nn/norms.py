@@ -50,7 +50,8 @@ class DynamicTanh(nn.Module):
         bias: learn ``bias`` (``False`` for LLaMA: ``weight * tanh(alpha * x)``).
         impl: ``"auto"`` (fused kernels from ``dyt.nn.kernels`` where they apply: Triton on CUDA, the C kernel
             on CPU, for fp32/bf16/fp16; eager otherwise, e.g. float64 or the meta device), ``"eager"`` (the
-            reference formula ``dyt_forward``) or ``"fused"`` (always the fused op).
+            reference formula ``dyt_forward``) or ``"fused"`` (``dyt_fused`` whatever the device; it too runs
+            the reference formula for dtypes the kernels cannot match exactly, e.g. float64).
     """
 
     IMPLS = ("auto", "eager", "fused")

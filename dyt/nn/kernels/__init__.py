@@ -10,17 +10,16 @@ import importlib.util
 
 import torch
 
-from dyt.nn.kernels.ops import dyt_fused
+from dyt.nn.kernels.ops import FUSED_DTYPES, dyt_fused
 
-__all__ = ["dyt_fused", "fused_supported", "HAS_TRITON"]
+__all__ = ["dyt_fused", "fused_supported", "FUSED_DTYPES", "HAS_TRITON"]
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-# float64 stays eager: the rational tanh (error 4e-7) is not exact enough for gradcheck-level math.
-_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def fused_supported(x: torch.Tensor) -> bool:
-    if x.dtype not in _FUSED_DTYPES or x.dim() == 0:
+    # float64 stays eager (dyt_fused itself routes it there too): the kernels compute in fp32
+    if x.dtype not in FUSED_DTYPES or x.dim() == 0:
         return False
     if x.device.type == "cpu":
         return True  # the op itself falls back to torch math (warning once) if the C kernel cannot build

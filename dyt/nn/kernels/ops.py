@@ -3,6 +3,10 @@
 Custom ops are opaque to Dynamo, so ``torch.compile`` (fullgraph too) keeps them in the graph instead of
 tracing ctypes or Triton launches. Each op picks its kernel by device: Triton on CUDA, the C kernel on CPU,
 and the same math in plain torch when neither can run (no compiler, an exotic device).
+
+Every path computes in fp32, which is what the reference formula does for the storage dtypes in
+``FUSED_DTYPES`` (fp32 math, one rounding to bf16/fp16). Any other dtype (float64, ...) would silently lose
+precision, so ``dyt_fused`` sends it to the reference formula and the ops themselves refuse it.
 """
 from __future__ import annotations
 
@@ -17,6 +21,25 @@ try:
     from dyt.nn.kernels import triton_dyt
 except ImportError:  # no triton: CUDA tensors take the torch fallback inside the op
     triton_dyt = None
+
+
+#: Storage dtypes of x, alpha, weight and bias that the kernels compute as the reference does (fp32 math).
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def dtypes_supported(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> bool:
+    """Whether every operand's dtype is in ``FUSED_DTYPES`` (else fp32 math would not match the reference)."""
+    return (x.dtype in FUSED_DTYPES and alpha.dtype in FUSED_DTYPES
+            and (weight is None or weight.dtype in FUSED_DTYPES) and (bias is None or bias.dtype in FUSED_DTYPES))
+
+
+def _check_dtypes(op: str, **tensors: Optional[Tensor]) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in FUSED_DTYPES:
+            accepted = ", ".join(str(d).removeprefix("torch.") for d in FUSED_DTYPES)
+            raise TypeError(f"{op}: {name} has dtype {str(t.dtype).removeprefix('torch.')}; the fused DyT kernels "
+                            f"compute in fp32 and accept {accepted} (dyt_fused runs other dtypes with the "
+                            "reference formula dyt.nn.norms.dyt_forward)")
 
 
 def _layout(x: Tensor, channels_last: bool, weight: Optional[Tensor]):
@@ -83,11 +106,13 @@ def _forward_impl(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Opti
 @torch.library.custom_op("dyt::fused_fwd", mutates_args=())
 def fused_fwd(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               channels_last: bool) -> Tensor:
+    _check_dtypes("dyt::fused_fwd", x=x, alpha=alpha, weight=weight, bias=bias)
     return _forward_impl(x, alpha, weight, bias, channels_last)
 
 
 @fused_fwd.register_fake
 def _(x, alpha, weight, bias, channels_last):
+    _check_dtypes("dyt::fused_fwd", x=x, alpha=alpha, weight=weight, bias=bias)
     fmt = _layout(x, channels_last, weight)[3]
     return torch.empty(x.shape, dtype=_out_dtype(x, alpha, weight, bias), device=x.device, memory_format=fmt)
 
@@ -115,6 +140,7 @@ def _backward_impl(grad: Tensor, x: Tensor, alpha: Tensor, weight: Optional[Tens
 @torch.library.custom_op("dyt::fused_bwd", mutates_args=())
 def fused_bwd(grad: Tensor, x: Tensor, alpha: Tensor, weight: Optional[Tensor],
               channels_last: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_dtypes("dyt::fused_bwd", grad=grad, x=x, alpha=alpha, weight=weight)
     return _backward_impl(grad, x, alpha, weight, channels_last)
 
 
@@ -161,7 +187,14 @@ class _EagerDyT(torch.autograd.Function):
 
 def dyt_fused(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               channels_last: bool = True) -> Tensor:
-    """Fused DyT, same contract as ``dyt.nn.norms.dyt_forward``."""
+    """Fused DyT, same contract as ``dyt.nn.norms.dyt_forward``.
+
+    Operands of a dtype outside ``FUSED_DTYPES`` (float64, ...) take that reference formula itself: the kernels
+    compute in fp32 and would not match it.
+    """
+    if not dtypes_supported(x, alpha, weight, bias):
+        from dyt.nn.norms import dyt_forward  # here, not at the top: dyt.nn.norms imports this module
+        return dyt_forward(x, alpha, weight, bias, channels_last)
     if torch.compiler.is_compiling():
         return fused_fwd(x, alpha, weight, bias, channels_last)
     return _EagerDyT.apply(x, alpha, weight, bias, channels_last)
