@@ -55,8 +55,11 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 100, temperature: fl
     return tok.decode(ids[start:])
 
 
-def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048):
-    """Our model + tokenizer as an lm-eval LM (a function so lm-eval is imported only when used)."""
+def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048, add_bos: bool = False):
+    """Our model + tokenizer as an lm-eval LM (a function so lm-eval is imported only when used).
+
+    Every request starts as a document did in training: after an EOS, then a BOS for runs packed with
+    ``data.add_bos`` (BOS + document + EOS)."""
     LM = _lm_base()
 
     class DytLM(LM):
@@ -64,6 +67,7 @@ def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048):
             super().__init__()
             self.model, self.tok, self.bs, self.max_length = model.eval(), tok, batch_size, max_length
             self._device = next(model.parameters()).device
+            self.doc_start = [tok.eos_id] + ([tok.bos_id] if add_bos else [])
 
         @torch.no_grad()
         def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -89,7 +93,7 @@ def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048):
             n = len(context) - len(context.rstrip())
             context, continuation = context[: len(context) - n], context[len(context) - n:] + continuation
             ctx = self.tok.encode(context) if context else []
-            return [self.tok.eos_id] + ctx, self.tok.encode(continuation)
+            return self.doc_start + ctx, self.tok.encode(continuation)
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return self._score([self._encode_pair(*r.args[:2]) for r in requests])
@@ -99,7 +103,7 @@ def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048):
             out = []
             for r in requests:
                 windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                    self.tok.encode(r.args[0]), prefix_token=self.tok.eos_id, max_seq_len=self.max_length,
+                    self.tok.encode(r.args[0]), prefix_token=self.doc_start[-1], max_seq_len=self.max_length,
                     context_len=1)]
                 out.append(sum(lp for lp, _ in self._score(windows)))
             return out
@@ -138,7 +142,7 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     load_model_state(model, load_checkpoint(path, map_location=device)["model"], path)
     if cfg.data.source == "shards":
         name = shard_meta(cfg.data.root)["tokenizer"]
-        tok = ByteTokenizer() if name == "bytes" else HFTokenizer(name, cfg.data.eos_token)
+        tok = ByteTokenizer() if name == "bytes" else HFTokenizer(name, cfg.data.eos_token, cfg.data.get("bos_token"))
     else:
         tok = load_tokenizer(cfg.data)
     return model.eval(), tok, cfg
@@ -154,7 +158,7 @@ def run_lm_eval(run_dir, tasks: list[str], include_path: Optional[str] = None, l
 
     names = [t for name in tasks for t in TASK_LISTS.get(name, (name,))]
     model, tok, cfg = load_run_model(run_dir, checkpoint, device)
-    lm = make_lm(model, tok, batch_size, max_length=cfg.data.seq_len)
+    lm = make_lm(model, tok, batch_size, max_length=cfg.data.seq_len, add_bos=bool(cfg.data.get("add_bos", False)))
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     res = simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit, task_manager=manager,
                           log_samples=False, bootstrap_iters=0)

@@ -1,7 +1,13 @@
-"""AdamW with the paper's weight-decay rule, and warmup + cosine through timm's scheduler."""
-from __future__ import annotations
+"""AdamW with the paper's weight-decay rule, and warmup + cosine through timm's scheduler.
 
-import warnings
+Two switches exist for the LLaMA recipe, whose released code (fms-fsdp, as modified in jiachenzhu/DyT) differs
+from the vision recipes:
+  optim.decay_1d      the released LLaMA code builds AdamW on ``model.parameters()`` with weight decay 0.1, so
+                      every parameter is decayed: alpha, norm weights, the embedding scale, biases.
+  optim.warmup_shape  ``quadratic``: lr * (1 - (1 - s/w)^2) over the warmup, the released LLaMA schedule;
+                      ``linear``: lr * s/w, timm's (and the vision recipes').
+"""
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -9,33 +15,75 @@ from timm.scheduler import CosineLRScheduler
 
 from dyt.errors import ConfigError
 
+WARMUP_SHAPES = ("linear", "quadratic")
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on 1-D parameters (alpha, norm weights, biases) nor on the model's own skip list."""
+
+def param_groups(model: nn.Module, weight_decay: float, decay_1d: bool = False) -> list[dict]:
+    """[decayed, not decayed] parameter groups.
+
+    By default (the paper's vision recipes) 1-D parameters (alpha, norm weights, biases, the LLaMA embedding
+    scale) and the model's own ``no_weight_decay()`` names are not decayed. With `decay_1d` every trainable
+    parameter is decayed, as the released LLaMA code does; the second group is then empty (kept, so optimizer
+    states always have the same two groups).
+    """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
+        exempt = not decay_1d and (p.ndim <= 1 or name.endswith(".bias") or name in skip)
+        (no_decay if exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.name != "adamw":
         raise ConfigError(f"unknown optim.name {cfg.name!r}; choose one of: adamw")
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    groups = param_groups(model, cfg.weight_decay, bool(getattr(cfg, "decay_1d", False)))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, warmup_steps: int) -> CosineLRScheduler:
-    """Linear warmup from 0 over `warmup_steps`, then cosine to ``lr * min_lr_ratio`` at `total_steps`.
+class WarmupCosineScheduler(CosineLRScheduler):
+    """timm's warmup-prefixed cosine, with a choice of warmup shape.
+
+    At update ``s`` (``step_update(s)``), with warmup ``w`` and ``x = s / w``: ``lr * x`` (linear) or
+    ``lr * (1 - (1 - x)^2)`` (quadratic) while ``s < w``; then timm's cosine from ``lr`` at ``s = w`` to
+    ``lr_min`` at ``s = w + t_initial``.
+    """
+
+    def __init__(self, optimizer, t_initial: int, lr_min: float, warmup_t: int, warmup_shape: str = "linear"):
+        if warmup_shape not in WARMUP_SHAPES:
+            raise ConfigError(f"unknown optim.warmup_shape {warmup_shape!r}; choose one of: {', '.join(WARMUP_SHAPES)}")
+        self.warmup_shape = warmup_shape
+        # timm warns that a cosine of t_initial = 1 "will have no effect" (it has in mind restart cycles); here it
+        # is a one-update decay (lr at the first update after warmup, lr_min at the last). Build with 2, then set
+        # the real length: _get_lr reads self.t_initial.
+        super().__init__(optimizer, t_initial=max(2, t_initial), lr_min=lr_min, warmup_t=warmup_t,
+                         warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+        self.t_initial = t_initial
+
+    def _get_lr(self, t: int) -> list[float]:
+        if t < self.warmup_t and self.warmup_shape == "quadratic":
+            frac = 1.0 - (1.0 - t / self.warmup_t) ** 2
+            return [self.warmup_lr_init + (v - self.warmup_lr_init) * frac for v in self.base_values]
+        return super()._get_lr(t)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, warmup_steps: int,
+                    verbose: bool = True) -> WarmupCosineScheduler:
+    """Warmup from 0 over `warmup_steps` (``cfg.warmup_shape``), then cosine to ``lr * min_lr_ratio`` at
+    `total_steps`.
 
     The lr is a pure function of the step (``scheduler.step_update(step + 1)`` before each update), so resuming
-    needs no scheduler state.
+    needs no scheduler state. A run shorter than its warmup (a smoke run of a long recipe) keeps a cosine phase:
+    the warmup becomes a tenth of the run, said in one line when `verbose` (the main process).
     """
-    if warmup_steps >= total_steps:  # e.g. a short smoke run of a long recipe: keep a cosine phase
-        warnings.warn(f"warmup ({warmup_steps} steps) >= training ({total_steps} steps); "
-                      f"using {total_steps // 10} warmup steps", stacklevel=2)
-        warmup_steps = total_steps // 10
-    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=cfg.lr * cfg.min_lr_ratio,
-                             warmup_t=warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    if warmup_steps >= total_steps:
+        shortened = total_steps // 10
+        if verbose:
+            print(f"[dyt] warmup of {warmup_steps} steps >= the run's {total_steps} steps; warming up over "
+                  f"{shortened} steps instead", flush=True)
+        warmup_steps = shortened
+    return WarmupCosineScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps),
+                                 lr_min=cfg.lr * cfg.min_lr_ratio, warmup_t=warmup_steps,
+                                 warmup_shape=getattr(cfg, "warmup_shape", "linear"))

@@ -100,7 +100,7 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)  # the raw module: checkpoints and EMA use it
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.max_steps, warmup)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.max_steps, warmup, verbose=self.dist.is_main)
         self.ema = None
         if self.tc.ema_decay:
             from timm.utils import ModelEmaV3

@@ -5,8 +5,9 @@
     python train.py model=llama_350m data=text_shards data.root=/data/pile_llama2
 
 ``--data`` names a configs/data/text_*.yaml; extra key=value arguments override it (``data.`` prefix). Writes
-``{train,val}_NNNNN.bin`` (uint16 when the vocabulary fits, else uint32; documents packed with EOS between
-them) and ``meta.json`` (tokenizer, vocab_size, eos_id, dtype, shard files, token counts). Each shard is
+``{train,val}_NNNNN.bin`` (uint16 when the vocabulary fits, else uint32; documents packed as document + EOS, or
+BOS + document + EOS with ``data.add_bos=true`` as the LLaMA recipe does) and ``meta.json`` (tokenizer,
+vocab_size, eos_id, bos_id, add_bos, dtype, shard files, token counts). Each shard is
 written under a temporary name and renamed, so an interrupted run leaves only whole shards.
 """
 from __future__ import annotations
@@ -32,7 +33,10 @@ def data_config(name: str, overrides: list[str]):
         return compose("train", overrides=[f"data={name}", *overrides]).data
 
 
-def write_split(docs, tok, out: Path, split: str, shard_tokens: int, max_tokens: int | None) -> tuple[list[str], int]:
+def write_split(docs, tok, out: Path, split: str, shard_tokens: int, max_tokens: int | None,
+                add_bos: bool = False) -> tuple[list[str], int]:
+    from dyt.data.text import document_ids
+
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     files, total, buf, n_buf = [], 0, [], 0
 
@@ -48,7 +52,7 @@ def write_split(docs, tok, out: Path, split: str, shard_tokens: int, max_tokens:
         buf, n_buf = [], 0
 
     for doc in docs:
-        ids = np.asarray(tok.encode(doc) + [tok.eos_id], dtype=dtype)
+        ids = np.asarray(document_ids(tok, doc, add_bos), dtype=dtype)
         if max_tokens is not None:
             ids = ids[: max_tokens - total]
         buf.append(ids)
@@ -84,9 +88,11 @@ def main(argv=None) -> int:
     max_val = int(args.max_val_tokens) if args.max_val_tokens else cfg.max_val_tokens
     max_train = int(args.max_train_tokens) if args.max_train_tokens else cfg.max_train_tokens
     shards, tokens = {}, {}
-    shards["val"], tokens["val"] = write_split(val_docs, tok, out, "val", int(args.shard_tokens), max_val)
-    shards["train"], tokens["train"] = write_split(train_docs, tok, out, "train", int(args.shard_tokens), max_train)
-    meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+    per_shard = int(args.shard_tokens)
+    shards["val"], tokens["val"] = write_split(val_docs, tok, out, "val", per_shard, max_val, cfg.add_bos)
+    shards["train"], tokens["train"] = write_split(train_docs, tok, out, "train", per_shard, max_train, cfg.add_bos)
+    meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "bos_id": tok.bos_id,
+            "add_bos": bool(cfg.add_bos),
             "dtype": "uint16" if tok.vocab_size <= 2**16 else "uint32", "shards": shards, "tokens": tokens,
             "source": {k: cfg[k] for k in ("source", "hub_id", "hub_config", "root", "text_column")}}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))

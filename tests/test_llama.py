@@ -82,7 +82,7 @@ def test_norm_sites_and_causality(norm, cls):
     y[:, -1] = (y[:, -1] + 1) % 257
     with torch.no_grad():
         a, b = m(x), m(y)
-    assert a.shape == (2, 12, 320)  # vocab 257 (bytes + EOS) padded to a multiple of 64
+    assert a.shape == (2, 12, 320)  # vocab 258 (bytes, EOS, BOS) padded to a multiple of 64
     torch.testing.assert_close(a[:, :-1], b[:, :-1])  # a later token never changes earlier logits
     assert not torch.allclose(a[:, -1], b[:, -1])
 

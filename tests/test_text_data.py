@@ -1,5 +1,6 @@
 """Text data: the embedded pydoc corpus, local folders with a local tokenizer file, pre-tokenized shards, packing
-with EOS between documents, and exact data positions (map-style and streaming)."""
+with EOS between documents (BOS + document + EOS with data.add_bos, as the released LLaMA code), and exact data
+positions (map-style and streaming)."""
 import json
 import sys
 
@@ -22,10 +23,10 @@ def test_pydoc_corpus_bytes_and_packing():
     cfg = data_cfg("data.seq_len=64")
     train, val = T.build_text_datasets(cfg)
     tok = T.load_tokenizer(cfg)
-    assert T.vocab_size(cfg) == 320 and tok.eos_id == 256
+    assert T.vocab_size(cfg) == 320 and tok.eos_id == 256 and tok.bos_id == 257
     n_docs = len(T.pydoc_documents())
     all_tokens = np.concatenate([train.shards[0], val.shards[0]])
-    assert (all_tokens == 256).sum() == n_docs  # one EOS after each document
+    assert (all_tokens == 256).sum() == n_docs and (all_tokens == 257).sum() == 0  # one EOS after each document
     assert len(all_tokens) == sum(len(d.encode()) for d in T.pydoc_documents()) + n_docs
     assert 0.04 < len(val.shards[0]) / len(all_tokens) < 0.2
     a, b = train[0], train[1]
@@ -37,7 +38,8 @@ def test_pydoc_corpus_bytes_and_packing():
 
 @pytest.fixture(scope="module")
 def local_corpus(tmp_path_factory):
-    """A local folder: .txt, .jsonl and .parquet documents with a train/val split, and a BPE tokenizer.json."""
+    """A local folder: .txt, .jsonl and .parquet documents with a train/val split, and a BPE tokenizer.json
+    (<unk> = 0, EOS </s> = 1, BOS <s> = 2)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     root = tmp_path_factory.mktemp("corpus")
     docs = T.pydoc_documents()
@@ -52,7 +54,7 @@ def local_corpus(tmp_path_factory):
     pq.write_table(pa.table({"text": docs[60:]}), root / "validation.parquet")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"]))
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>", "<s>"]))
     tok.save(str(root / "tokenizer.json"))
     return root
 
@@ -132,3 +134,76 @@ def test_streaming_skips_exactly_and_splits_ranks(monkeypatch):
     assert train is None and (val.shards[0] == 256).sum() == 5
     batches = task.train_loader(4, 0, 2)
     torch.testing.assert_close(next(iter(batches)), torch.stack(full[8:12]))
+
+
+def _assert_bos_doc_eos(tokens, bos, eos, n_docs):
+    """tokens = [BOS] doc [EOS] [BOS] doc [EOS] ...: every BOS opens a document right after the previous EOS."""
+    tokens = np.asarray(tokens)
+    b, e = np.flatnonzero(tokens == bos), np.flatnonzero(tokens == eos)
+    assert len(b) == len(e) == n_docs and tokens[0] == bos and tokens[-1] == eos
+    np.testing.assert_array_equal(b[1:], e[:-1] + 1)
+
+
+def test_bos_doc_eos_packing_with_a_tokenizer_json(local_corpus):
+    over = ["data=text_local", f"data.root={local_corpus}", f"data.tokenizer={local_corpus}/tokenizer.json",
+            "data.seq_len=32"]
+    tok = T.load_tokenizer(data_cfg(*over, "data.add_bos=true"))
+    assert tok.bos_id == 2 and tok.eos_id == 1  # found by name: <s>, </s>
+    docs = T.pydoc_documents()
+    train, val = T.build_text_datasets(data_cfg(*over, "data.add_bos=true"))
+    want_val = np.concatenate([[2] + tok.encode(d) + [1] for d in docs[60:]])  # validation.parquet: BOS + doc + EOS
+    np.testing.assert_array_equal(val.shards[0], want_val)
+    _assert_bos_doc_eos(train.shards[0], 2, 1, 60)
+    _, plain_val = T.build_text_datasets(data_cfg(*over))  # the default: document + EOS, no BOS
+    np.testing.assert_array_equal(plain_val.shards[0], want_val[want_val != 2])
+
+
+def test_byte_tokenizer_bos_on_the_embedded_corpus():
+    cfg = data_cfg("data.seq_len=64", "data.add_bos=true")
+    train, val = T.build_text_datasets(cfg)
+    n_docs = len(T.pydoc_documents())
+    all_tokens = np.concatenate([val.shards[0], train.shards[0]])
+    _assert_bos_doc_eos(all_tokens, 257, 256, n_docs)
+    assert T.vocab_size(cfg) == 320 and train[0][0] == 257  # same padded vocabulary with or without BOS
+    first = T.pydoc_documents()[1]  # document 0 is validation (every 10th)
+    assert T.ByteTokenizer().decode(train[0][1:21].tolist()) == first[:20]
+
+
+def test_add_bos_needs_a_tokenizer_with_a_bos(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "a": 2, "b": 3}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    over = ["data=text_local", f"data.root={tmp_path}", f"data.tokenizer={tmp_path}/tokenizer.json"]
+    assert T.load_tokenizer(data_cfg(*over)).bos_id is None  # fine without add_bos
+    with pytest.raises(ConfigError, match="data.add_bos=true but tokenizer .* has no BOS token; set data.bos_token"):
+        T.load_tokenizer(data_cfg(*over, "data.add_bos=true"))
+    assert T.load_tokenizer(data_cfg(*over, "data.add_bos=true", "data.bos_token=a")).bos_id == 2
+
+
+def test_pretokenized_shards_with_bos(tmp_path, local_corpus):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pretokenize
+    over = [f"data.root={local_corpus}", f"data.tokenizer={local_corpus}/tokenizer.json", "data.add_bos=true"]
+    assert pretokenize.main(["--data", "text_local", "--out", str(tmp_path), "--max-train-tokens", "30000", *over]) == 0
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["add_bos"] is True and meta["bos_id"] == 2 and meta["eos_id"] == 1
+    _, direct_val = T.build_text_datasets(data_cfg("data=text_local", *over))
+    train, val = T.build_text_datasets(data_cfg("data=text_shards", f"data.root={tmp_path}", "data.add_bos=true"))
+    np.testing.assert_array_equal(np.concatenate([np.asarray(s) for s in val.shards]), direct_val.shards[0])
+    assert np.asarray(train.shards[0])[0] == 2 and (np.asarray(train.shards[0]) == 2).sum() > 1
+    with pytest.raises(ConfigError, match="packed with add_bos=True but data.add_bos=False"):
+        T.build_text_datasets(data_cfg("data=text_shards", f"data.root={tmp_path}"))
+
+
+def test_streaming_packs_bos_doc_eos(monkeypatch):
+    monkeypatch.setattr(T, "hf_dataset", _fake_stream())
+    over = ["model=llama_tiny", "data=text_fineweb", "data.tokenizer=bytes", "data.vocab_size=null", "data.seq_len=16",
+            "data.val_docs=5", "data.shuffle_buffer=8", "data.add_bos=true"]
+    cfg = compose(over).data
+    seqs = [s for s, _ in zip(T.StreamingPacked(cfg, T.ByteTokenizer(), seed=0, rank=0, world=1, start=0), range(60))]
+    stream = torch.cat([seqs[0][:1]] + [s[1:] for s in seqs]).numpy()  # consecutive sequences share one token
+    stream = stream[: np.flatnonzero(stream == 256)[-1] + 1]  # up to the last whole document
+    _assert_bos_doc_eos(stream, 257, 256, int((stream == 256).sum()))
+    _, val = _task(compose(over)).datasets
+    _assert_bos_doc_eos(val.shards[0], 257, 256, 5)

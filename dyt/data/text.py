@@ -1,4 +1,5 @@
-"""Text corpora for language modeling: packed token sequences with EOS between documents.
+"""Text corpora for language modeling: packed token sequences, each document followed by EOS (and preceded by
+BOS with ``data.add_bos``, as the released LLaMA code packs The Pile: BOS + document + EOS).
 
 Sources (``data.source``):
   pydoc   Python's own ``pydoc_data.topics`` text (~466 KB), embedded: trains anywhere with no download.
@@ -6,8 +7,8 @@ Sources (``data.source``):
   hf      a Hugging Face dataset (``hub_id``); ``streaming: true`` for large ones (The Pile, FineWeb, ...).
   shards  a folder of memory-mapped token shards written by ``scripts/pretokenize.py`` (the fast path).
 
-Tokenizers (``data.tokenizer``): ``bytes`` (UTF-8 bytes, EOS = 256), a ``tokenizer.json`` file, or a Hugging
-Face tokenizer name / local folder (``transformers.AutoTokenizer``).
+Tokenizers (``data.tokenizer``): ``bytes`` (UTF-8 bytes, EOS = 256, BOS = 257), a ``tokenizer.json`` file, or a
+Hugging Face tokenizer name / local folder (``transformers.AutoTokenizer``).
 
 Training data are map-style (``PackedSequences``: sample i is tokens[i*L : i*L + L + 1], so the trainer's
 sharded sampler gives exact resume) except streaming corpora (``StreamingPacked``: a deterministic stream that
@@ -45,6 +46,8 @@ class TextDataConfig:
     text_column: str = "text"
     tokenizer: str = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder
     eos_token: Optional[str] = None  # for a bare tokenizer.json: the token put between documents
+    add_bos: bool = False  # pack BOS + document + EOS (the released LLaMA code) instead of document + EOS
+    bos_token: Optional[str] = None  # for a bare tokenizer.json: the token put before each document (add_bos)
     vocab_size: Optional[int] = None  # null = the tokenizer's, rounded up to pad_vocab_multiple
     pad_vocab_multiple: int = 64
     seq_len: int = 256  # tokens per training sequence (the model sees seq_len, predicts seq_len)
@@ -57,8 +60,12 @@ class TextDataConfig:
 
 # --- tokenizers -------------------------------------------------------------------------------------------
 class ByteTokenizer:
-    """UTF-8 bytes as tokens 0..255, EOS = 256."""
-    name, vocab_size, eos_id = "bytes", 257, 256
+    """UTF-8 bytes as tokens 0..255, EOS = 256, BOS = 257.
+
+    BOS is always in the vocabulary, used or not (``data.add_bos``): the vocabulary, and so the model's
+    embedding (258 padded to 320), never depends on the packing flag.
+    """
+    name, vocab_size, eos_id, bos_id = "bytes", 258, 256, 257
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -70,8 +77,9 @@ class ByteTokenizer:
 class HFTokenizer:
     """A ``tokenizers.Tokenizer`` or ``transformers`` tokenizer behind the same small interface."""
 
-    def __init__(self, spec: str, eos_token: Optional[str] = None):
+    def __init__(self, spec: str, eos_token: Optional[str] = None, bos_token: Optional[str] = None):
         self.name = spec
+        self.bos_id: Optional[int] = None
         path = Path(spec)
         if path.is_file():
             from tokenizers import Tokenizer
@@ -81,6 +89,9 @@ class HFTokenizer:
             self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
             candidates = [eos_token] if eos_token else ["</s>", "<|endoftext|>", "<eos>", "[SEP]", "<|eos|>"]
             ids = [self._tok.token_to_id(c) for c in candidates if self._tok.token_to_id(c) is not None]
+            bos = [bos_token] if bos_token else ["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "[CLS]"]
+            bos_ids = [self._tok.token_to_id(c) for c in bos if self._tok.token_to_id(c) is not None]
+            self.bos_id = bos_ids[0] if bos_ids else None
         else:
             try:
                 from transformers import AutoTokenizer
@@ -96,9 +107,11 @@ class HFTokenizer:
             self.vocab_size = len(self._tok)
             eos = self._tok.convert_tokens_to_ids(eos_token) if eos_token else self._tok.eos_token_id
             ids = [eos] if eos is not None else []
+            self.bos_id = self._tok.convert_tokens_to_ids(bos_token) if bos_token else self._tok.bos_token_id
         if not ids:
             raise ConfigError(f"tokenizer {spec!r} has no EOS token; set data.eos_token")
         self.eos_id = int(ids[0])
+        self.bos_id = None if self.bos_id is None else int(self.bos_id)
 
     def encode(self, text: str) -> list[int]:
         return self._encode(text)
@@ -108,7 +121,20 @@ class HFTokenizer:
 
 
 def load_tokenizer(cfg):
-    return ByteTokenizer() if cfg.tokenizer == "bytes" else HFTokenizer(cfg.tokenizer, cfg.eos_token)
+    """The tokenizer of a text data config; with ``add_bos`` it must have a BOS token (one clear error if not)."""
+    # .get: configs saved by runs older than the BOS option have neither key
+    tok = ByteTokenizer() if cfg.tokenizer == "bytes" else HFTokenizer(cfg.tokenizer, cfg.eos_token, cfg.get("bos_token"))
+    if cfg.get("add_bos", False) and tok.bos_id is None:
+        raise ConfigError(f"data.add_bos=true but tokenizer {cfg.tokenizer!r} has no BOS token; set data.bos_token "
+                          "or data.add_bos=false")
+    return tok
+
+
+def document_ids(tok, text: str, add_bos: bool = False) -> list[int]:
+    """One document's tokens as packed: [BOS] + text + [EOS] (BOS only with `add_bos`)."""
+    if add_bos and tok.bos_id is None:
+        raise ConfigError(f"data.add_bos=true but tokenizer {tok.name!r} has no BOS token; set data.bos_token")
+    return ([tok.bos_id] if add_bos else []) + tok.encode(text) + [tok.eos_id]
 
 
 def vocab_size(cfg) -> int:
@@ -215,12 +241,13 @@ def hf_documents(cfg, split: str) -> Iterator[str]:
         yield row[cfg.text_column]
 
 
-def tokenize(docs: Iterable[str], tok, max_tokens: Optional[int] = None) -> np.ndarray:
-    """Documents -> one packed 1-D token array, EOS after each document (capped at max_tokens)."""
+def tokenize(docs: Iterable[str], tok, max_tokens: Optional[int] = None, add_bos: bool = False) -> np.ndarray:
+    """Documents -> one packed 1-D token array, EOS after each document and BOS before it with `add_bos`
+    (capped at max_tokens)."""
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     chunks, n = [], 0
     for doc in docs:
-        ids = tok.encode(doc) + [tok.eos_id]
+        ids = document_ids(tok, doc, add_bos)
         chunks.append(np.asarray(ids, dtype=dtype))
         n += len(ids)
         if max_tokens and n >= max_tokens:
@@ -298,8 +325,7 @@ class StreamingPacked(IterableDataset):
             n = 0
             buf: list[int] = []
             for row in ds:
-                buf.extend(self.tok.encode(row[self.cfg.text_column]))
-                buf.append(self.tok.eos_id)
+                buf.extend(document_ids(self.tok, row[self.cfg.text_column], self.cfg.add_bos))
                 while len(buf) >= self.cfg.seq_len + 1:
                     yield buf[: self.cfg.seq_len + 1]
                     del buf[: self.cfg.seq_len]  # the next sequence starts at this one's last (target) token
@@ -320,7 +346,7 @@ def streaming_val_tokens(cfg, tok) -> np.ndarray:
         docs = (r[cfg.text_column] for r in hf_dataset(cfg, cfg.val_split, streaming=True))
     else:
         docs = (r[cfg.text_column] for r in hf_dataset(cfg, cfg.train_split, streaming=True).take(cfg.val_docs))
-    return tokenize(docs, tok, cfg.max_val_tokens)
+    return tokenize(docs, tok, cfg.max_val_tokens, cfg.add_bos)
 
 
 def build_text_datasets(cfg) -> tuple[Optional[PackedSequences], PackedSequences]:
@@ -328,14 +354,19 @@ def build_text_datasets(cfg) -> tuple[Optional[PackedSequences], PackedSequences
     if cfg.source not in SOURCES:
         raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
     if cfg.source == "shards":
+        packed_bos = bool(shard_meta(cfg.root).get("add_bos", False))  # shards written before the flag: no BOS
+        if packed_bos != bool(cfg.add_bos):
+            raise ConfigError(f"the shards at data.root={cfg.root} were packed with add_bos={packed_bos} but "
+                              f"data.add_bos={bool(cfg.add_bos)}; set data.add_bos={packed_bos} or re-run "
+                              "scripts/pretokenize.py with the same data.add_bos")
         train, val = load_shards(cfg.root, "train"), load_shards(cfg.root, "val")
         return PackedSequences(train, cfg.seq_len), PackedSequences(val, cfg.seq_len)
     tok = load_tokenizer(cfg)
     if cfg.source == "hf" and cfg.streaming:
         return None, PackedSequences([streaming_val_tokens(cfg, tok)], cfg.seq_len)
     train_docs, val_docs = documents(cfg)
-    train = tokenize(train_docs, tok, cfg.max_train_tokens)
-    val = tokenize(val_docs, tok, cfg.max_val_tokens)
+    train = tokenize(train_docs, tok, cfg.max_train_tokens, cfg.add_bos)
+    val = tokenize(val_docs, tok, cfg.max_val_tokens, cfg.add_bos)
     return PackedSequences([train], cfg.seq_len), PackedSequences([val], cfg.seq_len)
 
 

@@ -1,0 +1,106 @@
+"""The optimizer and schedule: which parameters are decayed (ours vs the released LLaMA code's), the warmup
+shapes (linear vs the released code's quadratic), short runs (one line, no warnings), and the Table 4 recipe's
+defaults."""
+import logging
+import warnings
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose
+from dyt.errors import ConfigError
+from dyt.models import build_model
+from dyt.optim import build_optimizer, build_scheduler, param_groups
+
+TINY_LM = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=4",
+           "model.n_kv_heads=2", "norm=dyt"]
+
+
+def _ids(params):
+    return {id(p) for p in params}
+
+
+def test_decay_1d_moves_alpha_norm_weight_and_embed_scale_into_the_decayed_group():
+    torch.manual_seed(0)
+    model = build_model(compose(TINY_LM))
+    special = {"alpha": model.layers[0].attn_norm.alpha, "norm weight": model.final_norm.weight,
+               "embed scale": model.embed_scale}
+    every = _ids(p for p in model.parameters() if p.requires_grad)
+
+    decay, no_decay = param_groups(model, 0.1)  # ours: 1-D parameters are not decayed
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(id(p) in _ids(no_decay["params"]) for p in special.values())
+    assert all(p.ndim == 2 for p in decay["params"]) and _ids(decay["params"]) | _ids(no_decay["params"]) == every
+
+    decay, no_decay = param_groups(model, 0.1, decay_1d=True)  # released LLaMA code: AdamW(model.parameters(), wd=0.1)
+    assert no_decay["params"] == [] and _ids(decay["params"]) == every
+    assert all(id(p) in _ids(decay["params"]) for p in special.values())
+
+
+def test_build_optimizer_reads_decay_1d_from_the_config():
+    torch.manual_seed(0)
+    model = build_model(compose(TINY_LM))
+    alpha = model.layers[1].ffn_norm.alpha
+    for optim, decayed in (("optim=adamw", False), ("optim=llama", True)):
+        opt = build_optimizer(model, compose([*TINY_LM, optim]).optim)
+        decay, no_decay = opt.param_groups
+        assert (id(alpha) in _ids(decay["params"])) is decayed
+        assert (id(alpha) in _ids(no_decay["params"])) is not decayed
+
+
+def _lrs(shape, steps, total=47684, warmup=2000, lr=3e-4, min_ratio=0.1):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+    cfg = OmegaConf.create({"lr": lr, "min_lr_ratio": min_ratio, "warmup_shape": shape})
+    sched = build_scheduler(opt, cfg, total, warmup, verbose=False)
+    out = []
+    for s in steps:
+        sched.step_update(s)
+        out.append(opt.param_groups[0]["lr"] / lr)
+    return out
+
+
+def test_warmup_shapes_then_cosine_to_a_tenth():
+    steps = [0, 500, 1000, 1500, 2000, 24842, 47684]  # 24842 = 2000 + 45684 / 2: the cosine's midpoint
+    # linear: s / 2000; quadratic (released code): 1 - (1 - s/2000)^2 = 0.4375, 0.75, 0.9375 at 500, 1000, 1500
+    assert _lrs("linear", steps) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 0.55, 0.1], abs=1e-9)
+    assert _lrs("quadratic", steps) == pytest.approx([0.0, 0.4375, 0.75, 0.9375, 1.0, 0.55, 0.1], abs=1e-9)
+    # a pure function of the step: asking again, in any order, gives the same values
+    assert _lrs("quadratic", steps[::-1]) == pytest.approx([0.1, 0.55, 1.0, 0.9375, 0.75, 0.4375, 0.0], abs=1e-9)
+
+
+def test_unknown_warmup_shape_names_the_choices():
+    with pytest.raises(ConfigError, match="optim.warmup_shape 'cubic'.*linear, quadratic"):
+        _lrs("cubic", [0])
+
+
+def test_short_run_one_line_no_warnings(capsys, recwarn, caplog):
+    caplog.set_level(logging.WARNING)
+    # warmup 2000 >= a 4-step run: warmup becomes 0 (a tenth of the run), said once, in our own line
+    # (cosine over all 4 steps: 0.1 + 0.45 * (1 + cos(pi / 4)) at step 1, 0.1 at step 4)
+    assert _lrs("quadratic", [1, 4], total=4, warmup=2000, lr=1.0) == pytest.approx([0.1 + 0.45 * (1 + 2 ** -0.5), 0.1])
+    assert capsys.readouterr().out == ""  # verbose=False: silent
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    build_scheduler(opt, OmegaConf.create({"lr": 1.0, "min_lr_ratio": 0.1, "warmup_shape": "linear"}), 4, 2000)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["[dyt] warmup of 2000 steps >= the run's 4 steps; warming up over 0 steps instead"]
+    # one cosine step after the warmup (timm would log "will have no effect" for t_initial = 1): lr, then lr_min
+    assert _lrs("linear", [1, 2, 3], total=3, warmup=2, lr=1.0) == pytest.approx([0.5, 1.0, 0.1])
+    assert _lrs("linear", [1], total=1, warmup=0, lr=1.0) == pytest.approx([0.1])
+    assert len(recwarn) == 0 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _lrs("quadratic", [1], total=5, warmup=30)
+
+
+def test_table4_recipe_defaults_are_the_released_code():
+    cfg = compose(["experiment=table4_7b"])
+    assert cfg.optim.decay_1d is True and cfg.optim.warmup_shape == "quadratic" and cfg.data.add_bos is True
+    assert cfg.optim.weight_decay == 0.1 and cfg.optim.warmup_steps == 2000 and cfg.optim.min_lr_ratio == 0.1
+    for name in ("table11_alpha", "table12_alpha"):
+        c = compose([f"experiment={name}"])
+        assert c.optim.decay_1d and c.optim.warmup_shape == "quadratic" and c.data.add_bos
+    ours = compose(["experiment=table4_7b", "optim.decay_1d=false", "optim.warmup_shape=linear", "data.add_bos=false"])
+    assert not ours.optim.decay_1d and ours.optim.warmup_shape == "linear" and not ours.data.add_bos
+    plain = compose(["model=llama_tiny", "data=text_pydoc"])  # outside the LLaMA recipe: our defaults
+    assert not plain.optim.decay_1d and plain.optim.warmup_shape == "linear" and not plain.data.add_bos
