@@ -148,20 +148,98 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     return model.eval(), tok, cfg
 
 
+LOCAL_TASKS = ("point at a local copy: --include-path <folder of task YAMLs whose dataset_path is a local folder, "
+               "or `json` with dataset_kwargs.data_files of local files>")
+_FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
+
+
+def _offline() -> bool:
+    import os
+    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def _task_config(manager, name: str) -> Optional[dict]:
+    entry = manager.task_index.get(name)
+    cfg = getattr(entry, "cfg", None) if entry is not None else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _hub_dataset(task_cfg: Optional[dict]) -> Optional[str]:
+    """The hub dataset a task downloads, or None when its data are local (a folder, local files) or unknown."""
+    path = (task_cfg or {}).get("dataset_path")
+    if not isinstance(path, str) or path in _FILE_BUILDERS or Path(path).expanduser().exists():
+        return None
+    return path
+
+
+def _in_hf_cache(dataset: str) -> bool:
+    """Whether `datasets` or the hub cache holds a copy of `dataset` (then offline mode can load it)."""
+    try:
+        from datasets.config import HF_DATASETS_CACHE
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        return False
+    return ((Path(HF_DATASETS_CACHE) / dataset.replace("/", "___")).exists()
+            or (Path(HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}").exists())
+
+
+def check_tasks(names: list[str], manager) -> None:
+    """Unknown task names, and (offline) tasks whose hub data are not in the local cache: one line, at once."""
+    index = manager.task_index
+    unknown = [n for n in names if n not in index and "*" not in n]
+    if unknown:
+        raise ConfigError(f"unknown lm-eval task(s): {', '.join(unknown)} (task lists: {', '.join(TASK_LISTS)}; "
+                          "`lm-eval ls tasks` lists the harness's tasks; add your own with --include-path)")
+    if not _offline():
+        return
+    missing = [n for n in names if (ds := _hub_dataset(_task_config(manager, n))) and not _in_hf_cache(ds)]
+    if missing:
+        raise ConfigError(f"lm-eval task(s) {', '.join(missing)} need data from the Hugging Face hub, which is not "
+                          f"available offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) nor in the local cache; "
+                          f"{LOCAL_TASKS}")
+
+
+def _network_error(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        name = type(e).__name__
+        if isinstance(e, (ConnectionError, TimeoutError)) or "Connect" in name or "Timeout" in name \
+                or name in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def evaluate_tasks(lm, names: list[str], manager, limit: Optional[float] = None) -> dict:
+    """lm-eval's simple_evaluate, with an unreachable hub as one clear error."""
+    from lm_eval import simple_evaluate
+    try:
+        return simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit, task_manager=manager,
+                               log_samples=False, bootstrap_iters=0)
+    except Exception as e:
+        if not _network_error(e):
+            raise
+        hub = [n for n in names if manager is None or _hub_dataset(_task_config(manager, n))] or names
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
+        raise ConfigError(f"could not download the data of lm-eval task(s) {', '.join(hub)} ({type(e).__name__}: "
+                          f"{line}); {LOCAL_TASKS}") from None
+
+
 def run_lm_eval(run_dir, tasks: list[str], include_path: Optional[str] = None, limit: Optional[float] = None,
                 checkpoint: Optional[str] = None, batch_size: int = 8, device: str = "cpu") -> dict:
     """Zero-shot lm-eval scores of a run: {'lm_eval/<task>/<metric>': value, 'lm_eval/avg': mean of each task's
-    acc_norm (else acc)}. `tasks` may name task lists (paper15)."""
+    acc_norm (else acc)}. `tasks` may name task lists (paper15). Task names and (offline) the availability of
+    their data are checked before the model is loaded."""
     _lm_base()
-    from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     names = [t for name in tasks for t in TASK_LISTS.get(name, (name,))]
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    check_tasks(names, manager)
     model, tok, cfg = load_run_model(run_dir, checkpoint, device)
     lm = make_lm(model, tok, batch_size, max_length=cfg.data.seq_len, add_bos=bool(cfg.data.get("add_bos", False)))
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
-    res = simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit, task_manager=manager,
-                          log_samples=False, bootstrap_iters=0)
+    res = evaluate_tasks(lm, names, manager, limit)
     out, main = {}, []
     for task, metrics in res["results"].items():
         for k, v in metrics.items():

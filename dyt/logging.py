@@ -1,6 +1,9 @@
 """Run records: metrics.jsonl (always), summary.json, wandb (optional, rank 0 only), and the progress bar.
 
-The files are the source of truth for comparison tables; wandb mirrors the same metric names.
+The files are the source of truth for comparison tables; wandb mirrors the same metric names. Rewrites are atomic
+and durable (fsync around the rename). Damaged records never stop a run: what is readable is kept (every line of
+metrics.jsonl that parses as a JSON object, in order), the damaged file is kept aside as ``<name>.corrupt[.N]``,
+and one warning line says so. A damaged summary.json makes the run unfinished: it resumes from its checkpoints.
 """
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dyt.errors import ConfigError
+from dyt.rundir import check_config_change, describe_changes, fsync_dir, os_error, read_config, set_aside, warn
+
+_DECODER = json.JSONDecoder()
+
 
 def _clean(v):
     v = float(v)
@@ -20,45 +28,157 @@ def _clean(v):
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a crash never leaves a half-written file."""
+    """Write to a temporary name, fsync, rename, fsync the directory: a crash never leaves a half-written file,
+    and a failed write (disk full) leaves no temporary file behind."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: dict) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The events of a metrics.jsonl; a last line cut short by a killed process is dropped."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    events = [json.loads(line) for line in lines[:-1]]
+def _parse_line(raw: bytes):
     try:
-        events += [json.loads(lines[-1])] if lines else []
-    except json.JSONDecodeError:
-        pass
-    return events
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _salvage(raw: bytes) -> list[dict]:
+    """The complete log events inside a damaged line (e.g. a cut line that the next event was appended to)."""
+    text = raw.decode("utf-8", "replace")
+    found, i = [], 0
+    while (i := text.find("{", i)) >= 0:
+        try:
+            obj, end = _DECODER.raw_decode(text, i)
+        except (ValueError, RecursionError):
+            i += 1
+            continue
+        if isinstance(obj, dict) and "step" in obj and "split" in obj and "\ufffd" not in text[i:end]:
+            found.append(obj)
+            i = end
+        else:
+            i += 1
+    return found
+
+
+def scan_jsonl(data: bytes) -> tuple[list[dict], int]:
+    """(every readable JSON object, in order; the number of damaged lines).
+
+    A last line cut short (no newline, the start of an object) is what a killed process leaves: dropped, and not
+    counted as damage. Any other line that is not a JSON object counts; the complete events inside it are kept."""
+    lines = data.split(b"\n")
+    objects, damaged = [], 0
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        obj = _parse_line(raw)
+        if obj is not None:
+            objects.append(obj)
+            continue
+        salvaged = _salvage(raw)
+        objects += salvaged
+        cut_tail = i == len(lines) - 1 and raw.lstrip().startswith(b"{") and _is_utf8(raw)
+        damaged += not (cut_tail and not salvaged)
+    return objects, damaged
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The events of a metrics.jsonl: every line that is a JSON object, in order (a damaged line is skipped; a last
+    line cut short by a killed process is dropped). No side effects (RunLogger keeps a damaged file aside)."""
+    try:
+        return scan_jsonl(Path(path).read_bytes())[0]
+    except FileNotFoundError:
+        return []
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """A run's summary.json as a dict; None when it is absent or unreadable (truncated, not UTF-8, not a JSON
+    object). An unreadable summary means an unfinished run: it resumes from its checkpoints."""
+    try:
+        obj = json.loads((Path(run_dir) / "summary.json").read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _is_event(e: dict) -> bool:
+    return isinstance(e.get("step"), int) and not isinstance(e.get("step"), bool) and isinstance(e.get("split"), str)
 
 
 class RunLogger:
     """Writes log events of one run. Non-main ranks get an inert logger."""
 
     def __init__(self, run_dir: Path, cfg, enabled: bool, resume_step: int = 0):
+        """`resume_step` > 0: the run resumed from its checkpoint at that step. Its config is checked against the
+        run's config.yaml first (ConfigChanged, before anything is written); allowed changes are recorded as a
+        ``{"split": "config", "changed": {key: {"old", "new"}}}`` event."""
         self.run_dir, self.cfg, self.enabled = Path(run_dir), cfg, enabled
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
-        self.events: list[dict] = []  # events kept from before a resume (main rank)
+        self.events: list[dict] = []  # well-formed events kept from before a resume (main rank)
         if not enabled:
             return
+        changes = check_config_change(self.run_dir, cfg) if resume_step > 0 else {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        for name in ("config.yaml.tmp", "metrics.jsonl.tmp", "summary.json.tmp"):  # a write cut short by a kill
+            (self.run_dir / name).unlink(missing_ok=True)
+        self._keep_aside_if_damaged(self.run_dir / "summary.json", read_summary(self.run_dir) is None,
+                                    "a JSON object", "the run is treated as unfinished")
+        config_path = self.run_dir / "config.yaml"
+        self._keep_aside_if_damaged(config_path, read_config(config_path) is None, "readable YAML",
+                                    "it is written again")
+        write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
         # Drop events a killed run logged after its last checkpoint: the resumed run logs them again.
-        self.events = [e for e in read_jsonl(self.metrics_path) if e.get("step", 0) <= resume_step]
-        write_text_atomic(self.metrics_path, "".join(json.dumps(e) + "\n" for e in self.events))
+        kept = self._recover_metrics()
+        kept = [e for e in kept if not isinstance(e.get("step"), (int, float)) or e["step"] <= resume_step]
+        if changes:
+            kept.append({"step": resume_step, "split": "config",
+                         "changed": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}})
+            print(f"[dyt] resuming {self.run_dir} at step {resume_step} with changed settings: "
+                  f"{describe_changes(changes)}", flush=True)
+        write_text_atomic(self.metrics_path, "".join(json.dumps(e) + "\n" for e in kept))
+        self.events = [e for e in kept if _is_event(e)]
         self._init_wandb()
+
+    @staticmethod
+    def _keep_aside_if_damaged(path: Path, unreadable: bool, what: str, consequence: str) -> None:
+        if unreadable and path.exists():
+            kept = set_aside(path)
+            warn(f"{path} is corrupt (not {what}); {consequence} (the damaged file is kept as {kept.name})")
+
+    def _recover_metrics(self) -> list[dict]:
+        """Every readable object of metrics.jsonl; a damaged file is copied aside first (never overwritten)."""
+        try:
+            data = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        objects, damaged = scan_jsonl(data)
+        if damaged:
+            kept = set_aside(self.metrics_path, copy=True)
+            warn(f"{self.metrics_path} has {damaged} damaged line(s); its {len(objects)} readable events are kept "
+                 f"and the damaged file is kept as {kept.name}")
+        return objects
 
     def _init_wandb(self) -> None:
         lc = self.cfg.logger
@@ -81,8 +201,12 @@ class RunLogger:
         if not self.enabled:
             return
         event = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(event) + "\n")
+        try:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(event) + "\n")
+        except OSError as e:  # a line cut short by a full disk is dropped on resume, like a killed write
+            raise ConfigError(f"could not append to {self.metrics_path}: {os_error(e)}; free space and run the same "
+                              f"command to resume") from e
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
@@ -90,7 +214,12 @@ class RunLogger:
         if not self.enabled:
             return
         summary = {k: (_clean(v) if isinstance(v, float) else v) for k, v in summary.items()}
-        write_json(self.run_dir / "summary.json", summary)
+        path = self.run_dir / "summary.json"
+        try:
+            write_json(path, summary)
+        except OSError as e:  # say why in one line; the error that ended the run (if any) is the one raised
+            print(f"[dyt] error: could not write {path} (status {summary.get('status')!r}): {os_error(e)}",
+                  file=sys.stderr, flush=True)
         if self.wandb is not None:
             self.wandb.summary.update(summary)
 

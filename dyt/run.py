@@ -1,7 +1,6 @@
 """Run-level glue shared by train.py and the tests: skip finished runs, train, always clean up."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dyt.trainer import Trainer
@@ -15,22 +14,60 @@ def train(cfg, run_dir: str | Path) -> dict:
     A finished run (summary.json says 'completed' or 'diverged') is not trained again, so re-running a sweep
     only resumes the unfinished ones.
     """
-    done = Path(run_dir) / "summary.json"
-    if cfg.trainer.resume == "auto" and done.exists():
-        summary = json.loads(done.read_text())
-        if summary.get("status") in FINISHED:
+    from dyt.logging import read_summary
+    from dyt.rundir import RunLock, check_config_change
+    from dyt.validate import validate
+
+    validate(cfg)  # every bad value, mandatory key or model/data mismatch: one ConfigError before anything runs
+    with RunLock(run_dir):  # one process per run directory (rank 0 holds it); a second one stops with one line
+        summary = read_summary(run_dir) if cfg.trainer.resume == "auto" else None  # None: absent or damaged
+        if summary is not None and summary.get("status") in FINISHED:
             print(f"[dyt] {run_dir} already {summary['status']}; skipping (trainer.resume=never to train again)",
                   flush=True)
             return summary
-    trainer = Trainer(cfg, run_dir)
-    try:
-        summary = trainer.fit()
-    finally:
-        trainer.close()
+        check_config_change(run_dir, cfg)  # resuming with another definition of the run: one line, before building
+        trainer = Trainer(cfg, run_dir)
+        try:
+            summary = trainer.fit()
+        finally:
+            trainer.close()
     print(f"[dyt] {summary['status']} at step {summary['step']}: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k.startswith(("val/", "val_ema/", "best/")) and isinstance(v, float)),
+          + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k.startswith(("val/", "val_ema/", "best/")) and not k.endswith("time_s") and isinstance(v, float)),
           flush=True)
     return summary
+
+
+def run_config(run_dir: Path, overrides: list[str] = ()):
+    """A run directory's own config.yaml with `overrides` (key=value) applied; unknown keys are errors."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dyt.errors import ConfigError
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax, unreadable file
+        raise ConfigError(f"{path} is not a valid config ({type(e).__name__}: {_first_line(e)})") from e
+    if not isinstance(cfg, DictConfig) or "model" not in cfg or "data" not in cfg:
+        raise ConfigError(f"{path} is not a dyt run config (no model / data sections)")
+    for o in overrides:
+        if "=" not in o or o.startswith("="):
+            raise ConfigError(f"override {o!r} is not key=value (e.g. trainer.device=cpu)")
+    OmegaConf.set_struct(cfg, True)  # a misspelt key is an error, not a new key nobody reads
+    for o in overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {o!r} does not apply to this run's config ({_first_line(e)})") from e
+    OmegaConf.set_struct(cfg, False)  # readers use .get() for keys that older runs' configs lack
+    return cfg
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str | None = None) -> dict:
@@ -39,7 +76,6 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
     Writes ``eval.json`` into the run directory and returns the metrics (``val/...``, ``val_ema/...``).
     """
     import torch
-    from omegaconf import OmegaConf
 
     from dyt import distributed as D
     from dyt.checkpoint import list_checkpoints, load_checkpoint, load_model_state
@@ -49,9 +85,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
     from dyt.trainer import amp_dtype, evaluate
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = OmegaConf.merge(OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(list(overrides)))
+    cfg = run_config(run_dir, overrides)
     path = Path(checkpoint) if checkpoint else (list_checkpoints(run_dir / "checkpoints") or [None])[-1]
     if path is None:
         raise ConfigError(f"{run_dir} has no checkpoint in {run_dir / 'checkpoints'}")

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 
 from dyt import distributed as D
-from dyt.checkpoint import (list_checkpoints, load_checkpoint, load_model_state, rng_state, save_checkpoint,
-                            set_rng_state)
+from dyt.checkpoint import (load_checkpoint, load_latest, load_model_state, remove_leftovers, rng_state,
+                            save_checkpoint, set_rng_state)
 from dyt.errors import ConfigError
 from dyt.logging import RunLogger, progress_bar
 from dyt.nn import DynamicTanh
@@ -112,6 +112,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
 
         self.step = 0
+        self.window = self._empty_window()
         self._resume()
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step)
         # Every evaluation of the summary metric, of the raw model and of its EMA (the official trainer reports
@@ -120,6 +121,10 @@ class Trainer:
         self.best_names = [best_name] + ([best_name.replace("val/", "val_ema/", 1)] if self.ema is not None else [])
         self.val_history = {k: [e[k] for e in self.logger.events if e["split"] == "val" and k in e]
                             for k in self.best_names}
+        # The last metrics logged before a resume: a run resumed at its final step reports them in its summary.
+        last = {sp: next((e for e in reversed(self.logger.events) if e["split"] == sp), {}) for sp in ("train", "val")}
+        self.last_val = {k: v for k, v in last["val"].items() if k not in ("step", "split")}
+        self.last_train = {k: v for k, v in last["train"].items() if k == "train/loss"}
         self._stop_signal = None
 
     # --- setup helpers --------------------------------------------------------------------------------
@@ -146,17 +151,19 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _resume(self) -> None:
-        r = self.tc.resume
+        r, ckpt_dir = self.tc.resume, self.run_dir / "checkpoints"
+        if self.dist.is_main:
+            remove_leftovers(ckpt_dir)  # partial files of a run killed while writing a checkpoint
         if r == "never":
             return
-        if r == "auto":
-            found = list_checkpoints(self.run_dir / "checkpoints")
-            if not found:
+        if r == "auto":  # the newest intact checkpoint: a damaged newer one is skipped with a warning
+            found = load_latest(ckpt_dir, map_location=self.device, is_main=self.dist.is_main)
+            if found is None:
                 return
-            path = found[-1]
+            state, path = found
         else:
             path = Path(r)
-        state = load_checkpoint(path, map_location=self.device)
+            state = load_checkpoint(path, map_location=self.device)
         load_model_state(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and "ema" in state:
@@ -164,6 +171,7 @@ class Trainer:
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.window.update(state.get("window", {}))  # the log window open at the checkpoint (older ones: none)
         rngs = state.get("rng", [])
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
@@ -175,7 +183,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                 "rng": rngs, "scaler": self.scaler.state_dict()}
+                 "rng": rngs, "scaler": self.scaler.state_dict(), "window": dict(self.window)}
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
         save_checkpoint(state, self.run_dir / "checkpoints", self.step, keep=self.tc.keep_checkpoints)
@@ -198,13 +206,20 @@ class Trainer:
     def _eval_and_log(self) -> dict[str, float]:
         # The raw module, not DDP: ranks may hold one eval batch more than others, and DDP's forward
         # (buffer broadcast) is a collective that would then wait forever.
+        start = time.perf_counter()
         metrics = {f"val/{k}": v for k, v in self.evaluate(self.model).items()}
         if self.ema is not None:
             metrics.update({f"val_ema/{k}": v for k, v in self.evaluate(self.ema.module).items()})
+        metrics["val/time_s"] = time.perf_counter() - start  # kept out of train/throughput
         self.logger.log(self.step, "val", metrics)
         return metrics
 
     # --- the loop -------------------------------------------------------------------------------------
+    @staticmethod
+    def _empty_window() -> dict:
+        """Sums over the steps since the last train log event (its loss is their mean)."""
+        return {"loss": 0.0, "steps": 0, "units": 0, "time": 0.0}
+
     def _on_signal(self, signum, frame):
         self._stop_signal = signum  # finish the current step, checkpoint, exit (SLURM preemption, Ctrl-C)
 
@@ -213,7 +228,7 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         summary = {"status": "running", "step": self.step, "reason": None, "model": self.cfg.model.name,
                    "norm": self.cfg.norm.name, "data": self.cfg.data.name, "params": self.n_params,
-                   "max_steps": self.max_steps, "world_size": self.dist.world_size}
+                   "max_steps": self.max_steps, "world_size": self.dist.world_size, **self.last_train}
         start = time.time()
         try:
             summary.update(self._loop(summary))
@@ -269,21 +284,24 @@ class Trainer:
         batches = self._batches()
         self.net.train()
         bar = progress_bar(self.max_steps, self.step, tc.progress, self.dist.is_main)
-        win_loss, win_steps, win_units, win_t = 0.0, 0, 0, time.time()
+        win = self.window  # restored from the checkpoint on resume: a resumed run logs what the uninterrupted one did
         try:
             while self.step < self.max_steps:
+                t0 = time.perf_counter()
                 loss, grad_norm, units = self._train_step(batches)
+                step_time = time.perf_counter() - t0  # data + forward/backward/update; never eval or checkpoint time
                 if not math.isfinite(loss):
                     reason = f"non-finite training loss ({loss}) at step {self.step + 1}"
                     self.logger.log(self.step + 1, "train", {"train/loss": loss})
                     if self.dist.is_main:
                         print(f"[dyt] diverged: {reason}", flush=True)
                     return {"status": "diverged", "step": self.step + 1, "reason": reason}
-                win_loss, win_steps, win_units = win_loss + loss, win_steps + 1, win_units + units
+                win.update(loss=win["loss"] + loss, steps=win["steps"] + 1, units=win["units"] + units,
+                           time=win["time"] + step_time)
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == self.max_steps:
-                    metrics = {"train/loss": win_loss / win_steps, "train/lr": self.optimizer.param_groups[0]["lr"],
-                               "train/throughput": win_units * self.dist.world_size / max(time.time() - win_t, 1e-9),
+                    metrics = {"train/loss": win["loss"] / win["steps"], "train/lr": self.optimizer.param_groups[0]["lr"],
+                               "train/throughput": win["units"] * self.dist.world_size / max(win["time"], 1e-9),
                                "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model)}
                     if grad_norm is not None:
                         metrics["train/grad_norm"] = grad_norm
@@ -292,7 +310,7 @@ class Trainer:
                     bar.set_postfix({"loss": f"{metrics['train/loss']:.4f}", "lr": f"{metrics['train/lr']:.2e}",
                                      f"{self.task.throughput_unit}/s": f"{metrics['train/throughput']:.0f}"})
                     summary["train/loss"] = metrics["train/loss"]
-                    win_loss, win_steps, win_units, win_t = 0.0, 0, 0, time.time()
+                    win.update(self._empty_window())
                 if self.step % self.eval_every == 0 or self.step == self.max_steps:
                     self.last_val = self._eval_and_log()
                     for name, history in self.val_history.items():
@@ -301,7 +319,7 @@ class Trainer:
                 if self.step % tc.ckpt_every == 0 or self.step == self.max_steps or stop:
                     self.save()
                 if stop:
-                    return {"status": "interrupted", "step": self.step,
+                    return {"status": "interrupted", "step": self.step, "signal": signal.Signals(self._stop_signal).name,
                             "reason": f"signal {signal.Signals(self._stop_signal).name}; resume with the same command"}
             return {"status": "completed", "step": self.step}
         finally:

@@ -174,3 +174,65 @@ def test_random_erasing_fills_with_per_pixel_noise_as_the_recipe():
     assert changed.any() and len(torch.unique(x[changed])) > 0.9 * int(changed.sum())  # noise, not a constant
     with pytest.raises(ConfigError, match=r"unknown data.augment.remode 'zeros'; choose one of: pixel, rand, const"):
         _transforms(compose(["data=cifar10", "data.augment.remode=zeros"]).data, True)
+
+
+# --- bad data is one clear line (issue 9) ---------------------------------------------------------------------
+def _folder(root, classes, n=3):
+    for split in ("train", "test"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i, im in enumerate(_images(n)):
+                im.save(root / split / cls / f"{i}.png")
+    return root
+
+
+def _folder_cfg(root, *extra):
+    return compose(["data=imagefolder", f"data.root={root}", "data.num_classes=2", "data.image_size=16",
+                    "data.num_workers=0", *extra]).data
+
+
+def test_empty_image_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ConfigError, match=rf"^data.root={tmp_path} holds no dataset files \(expected "
+                                          rf"{tmp_path}/train/<class>/<image>\)"):
+        build_vision_datasets(_folder_cfg(tmp_path))
+
+
+def test_image_folder_with_one_class_says_so(tmp_path):
+    """Hugging Face's imagefolder drops the labels of a one-class folder: not 'no column label' but the reason."""
+    with pytest.raises(ConfigError, match=r"has 1 class folder\(s\) \(cat\); image classification needs at least 2"):
+        build_vision_datasets(_folder_cfg(_folder(tmp_path, ["cat"])))
+
+
+def test_corrupt_image_names_the_file_also_from_a_worker(tmp_path):
+    _folder(tmp_path, ["cat", "dog"])
+    (tmp_path / "train/dog/bad.jpg").write_bytes(b"\x00\x01 not a jpeg")
+    import datasets
+    train, _ = build_vision_datasets(_folder_cfg(tmp_path))
+    paths = [r["path"] for r in train.ds.cast_column("image", datasets.Image(decode=False))["image"]]
+    bad = next(i for i, p in enumerate(paths) if p.endswith("bad.jpg"))
+    expected = f"cannot read image {tmp_path}/train/dog/bad.jpg (UnidentifiedImageError); remove or replace it"
+    with pytest.raises(ConfigError) as e:
+        train[bad]
+    assert str(e.value) == expected
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train, [bad]), batch_size=1, num_workers=1)
+    with pytest.raises(ConfigError) as e:  # re-raised by the DataLoader in the main process: still one line
+        next(iter(loader))
+    assert str(e.value) == expected
+
+
+def test_labels_are_checked_against_num_classes(tmp_path):
+    import datasets
+
+    def split(labels):
+        return datasets.Dataset.from_dict({"img": _images(len(labels)), "label": labels},
+                                          features=datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")}))
+    datasets.DatasetDict({"train": split([0, 7, 3]), "test": split([1, 2])}).save_to_disk(str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match=r"^data.num_classes=5 but the 'train' split has label 7 \(labels must be "
+                                          r"0..4\); set data.num_classes=8 or more$"):
+        build_vision_datasets(compose(["data=cifar10", f"data.root={tmp_path / 'a'}", "data.num_classes=5"]).data)
+    datasets.DatasetDict({"train": split([0, 1]), "test": split([-1, -1])}).save_to_disk(str(tmp_path / "b"))
+    with pytest.raises(ConfigError, match=r"the 'test' split has label -1 .*set data.val_split"):
+        build_vision_datasets(compose(["data=cifar10", f"data.root={tmp_path / 'b'}"]).data)
+    with pytest.raises(ConfigError, match=r"data.num_classes=5 but the 'train' split has label 9"):
+        build_vision_datasets(compose(["data.num_classes=5"]).data)  # embedded tensors too

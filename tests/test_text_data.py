@@ -207,3 +207,56 @@ def test_streaming_packs_bos_doc_eos(monkeypatch):
     _assert_bos_doc_eos(stream, 257, 256, int((stream == 256).sum()))
     _, val = _task(compose(over)).datasets
     _assert_bos_doc_eos(val.shards[0], 257, 256, 5)
+
+
+# --- bad text data is one clear line (issue 9) ----------------------------------------------------------------
+def test_one_long_document_is_split_by_text(tmp_path):
+    """Fewer documents than 1/val_fraction: the tail val_fraction of the text is validation (not 'too small')."""
+    (tmp_path / "book.txt").write_text("".join(f"sentence {i}. " for i in range(3000)))
+    cfg = data_cfg("data=text_local", f"data.root={tmp_path}", "data.seq_len=32", "data.val_fraction=0.05")
+    train, val = T.build_text_datasets(cfg)
+    n_train, n_val = len(train.shards[0]), len(val.shards[0])
+    assert 0.04 < n_val / (n_train + n_val) < 0.06 and len(train) > 0 and len(val) > 0
+    text = (tmp_path / "book.txt").read_text()
+    assert T.ByteTokenizer().decode(np.concatenate([train.shards[0], val.shards[0]]).tolist()) == text  # all of it
+
+
+def test_non_json_jsonl_names_the_file_and_line(tmp_path):
+    (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n{"text": "b"}\nnot json at all\n')
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/docs.jsonl: line 3 is not JSON \(.*\); fix or remove the file$"):
+        T.build_text_datasets(data_cfg("data=text_local", f"data.root={tmp_path}"))
+
+
+def test_binary_tokenizer_json_is_one_clear_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ConfigError, match=rf"^data.tokenizer={tmp_path}/tokenizer.json: not a valid tokenizer.json"):
+        T.load_tokenizer(data_cfg(f"data.tokenizer={tmp_path}/tokenizer.json"))
+
+
+def test_hub_dataset_offline_names_data_root(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cfg = data_cfg("data.source=hf", "data.hub_id=someone/corpus")
+    with pytest.raises(ConfigError, match=r"cannot load dataset 'someone/corpus' \(data.hub_id\) while offline .*"
+                                          r"data.source=local data.root="):
+        T.build_text_datasets(cfg)
+
+
+def test_hub_tokenizer_offline_does_not_retry(monkeypatch):
+    """Offline (either variable), a hub tokenizer name is looked up in the local cache only: no ~40 s of retries."""
+    import transformers
+    calls = []
+
+    def fake(spec, **kw):
+        calls.append(kw)
+        raise OSError("not cached")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"cannot load tokenizer 'gpt2' while offline .* set data.tokenizer to a local"):
+        T.load_tokenizer(data_cfg("data.tokenizer=gpt2"))
+    assert calls == [{"local_files_only": True}]
+
+
+def test_vocab_size_must_hold_the_tokenizer():
+    with pytest.raises(ConfigError, match=r"data.vocab_size=100 is smaller than the tokenizer's vocabulary \(258 tokens"):
+        T.build_text_datasets(data_cfg("data.vocab_size=100"))

@@ -123,9 +123,9 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
 
 def test_checkpoint_of_another_model_is_one_clear_error(tmp_path):
     run(tmp_path, "r")
-    (tmp_path / "r/summary.json").unlink()
+    # (resuming run r itself with another model is refused earlier, as a changed config: see tests/test_faults.py)
     with pytest.raises(ConfigError, match=r"does not match the configured model .*shape mismatch: "):
-        run(tmp_path, "r", "model.kwargs.embed_dim=48")
+        run(tmp_path, "other", "model.kwargs.embed_dim=48", f"trainer.resume={tmp_path}/r/checkpoints/step_00000012.pt")
 
 
 def test_batch_not_divisible_is_one_clear_error(tmp_path):
@@ -155,3 +155,22 @@ def test_resume_after_a_write_cut_short(tmp_path):
     s = run(tmp_path, "r", "trainer.keep_checkpoints=2")
     assert s["status"] == "completed"
     assert [e["step"] for e in read_jsonl(tmp_path / "r/metrics.jsonl") if e["split"] == "train"] == [3, 6, 9, 12]
+
+
+def test_resumed_records_equal_uninterrupted_ones(tmp_path):
+    """Cut between two log events (checkpoint at step 5, logs every 3): the log window open at the cut travels in
+    the checkpoint, so metrics.jsonl and summary.json match the uninterrupted run's line for line (timings aside)."""
+    args = ["trainer.ckpt_every=5", "trainer.keep_checkpoints=3", *AUGMENTED[:2]]
+    full = run(tmp_path, "full", *args)
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for step in (10, 12):
+        (tmp_path / f"cut/checkpoints/step_{step:08d}.pt").unlink()
+    (tmp_path / "cut/summary.json").unlink()
+    resumed = run(tmp_path, "cut", *args)
+
+    def untimed(events):
+        return [{k: v for k, v in e.items() if k not in ("train/throughput", "val/time_s", "train/tflops")}
+                for e in events]
+    assert untimed(read_jsonl(tmp_path / "cut/metrics.jsonl")) == untimed(read_jsonl(tmp_path / "full/metrics.jsonl"))
+    timing = ("wall_time_s", "val/time_s")
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}

@@ -17,6 +17,7 @@ skips exactly the sequences already consumed).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -83,7 +84,12 @@ class HFTokenizer:
         path = Path(spec)
         if path.is_file():
             from tokenizers import Tokenizer
-            self._tok = Tokenizer.from_file(str(path))
+            try:
+                self._tok = Tokenizer.from_file(str(path))
+            except Exception as e:  # not JSON (a binary file), or JSON that is not a tokenizer
+                raise ConfigError(f"data.tokenizer={spec}: not a valid tokenizer.json "
+                                  f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:150]}); give a "
+                                  "Hugging Face tokenizers JSON file, a tokenizer folder, a hub name or 'bytes'") from None
             self._encode = lambda t: self._tok.encode(t, add_special_tokens=False).ids
             self._decode = self._tok.decode
             self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -97,9 +103,14 @@ class HFTokenizer:
                 from transformers import AutoTokenizer
             except ImportError as e:
                 raise ConfigError(f"data.tokenizer={spec!r} needs `transformers` (pip install 'dyt[lm]')") from e
+            offline = _offline() and not path.is_dir()  # offline: the local cache only, no retries (~40 s)
             try:
-                self._tok = AutoTokenizer.from_pretrained(spec)
-            except OSError as e:
+                self._tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
+            except (OSError, ValueError) as e:
+                if offline:
+                    raise ConfigError(f"cannot load tokenizer {spec!r} while offline (HF_DATASETS_OFFLINE/"
+                                      "HF_HUB_OFFLINE) and it is not in the Hugging Face cache; set data.tokenizer "
+                                      "to a local tokenizer.json or tokenizer folder") from e
                 raise ConfigError(f"cannot load tokenizer {spec!r} (not a file, folder or reachable hub name): "
                                   f"{str(e).splitlines()[0][:200]}") from e
             self._encode = lambda t: self._tok.encode(t, add_special_tokens=False)
@@ -146,6 +157,13 @@ def vocab_size(cfg) -> int:
     return -(-n // m) * m
 
 
+def _check_vocab(cfg, n: int) -> None:
+    """An explicit data.vocab_size must hold every token id (else the embedding fails with an IndexError)."""
+    if cfg.vocab_size and cfg.vocab_size < n:
+        raise ConfigError(f"data.vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary ({n} tokens, "
+                          f"data.tokenizer={cfg.tokenizer}); set data.vocab_size >= {n} or null")
+
+
 # --- documents --------------------------------------------------------------------------------------------
 def pydoc_documents() -> list[str]:
     import pydoc_data.topics
@@ -183,16 +201,62 @@ def _read_files(files: list[Path], column: str) -> Iterator[str]:
             by_kind.setdefault({".jsonl": "json"}.get(p.suffix, p.suffix[1:]), []).append(str(p))
     for kind, paths in by_kind.items():
         import datasets
-        ds = datasets.load_dataset(kind, data_files=paths, split="train")
+        try:
+            ds = datasets.load_dataset(kind, data_files=paths, split="train")
+        except Exception as e:  # DatasetGenerationError: a file that is not valid JSON / parquet / CSV
+            raise ConfigError(_unreadable(kind, paths, e)) from None
         if column not in ds.column_names:
             raise ConfigError(f"{paths[0]} has no column {column!r} (columns: {ds.column_names}); set data.text_column")
         yield from ds[column]
 
 
+def _unreadable(kind: str, paths: list[str], e: Exception) -> str:
+    """One line for a data file `datasets` cannot read: the file and line for JSON Lines, else the root cause."""
+    if kind == "json":
+        for p in paths:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                if not p.endswith(".jsonl"):  # one JSON document
+                    try:
+                        json.load(f)
+                    except ValueError as err:
+                        return f"{p} is not JSON ({err}); fix or remove the file"
+                    continue
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        json.loads(line)
+                    except ValueError as err:
+                        return f"{p}: line {n} is not JSON ({err}); fix or remove the file"
+    for _ in range(20):  # the innermost cause (datasets wraps it in DatasetGenerationError)
+        if e.__cause__ is None and e.__context__ is None:
+            break
+        e = e.__cause__ or e.__context__
+    return (f"cannot read {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''} as {kind}: "
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}; fix or remove the file")
+
+
 def _split_docs(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
-    """Every k-th document to validation (k = 1/fraction): deterministic, spread over the corpus."""
+    """Every k-th document to validation (k = 1/fraction): deterministic, spread over the corpus.
+
+    A corpus of fewer than k documents (one long book) cannot be split by documents: then the text's tail
+    `fraction` (by characters) goes to validation, cutting the document it falls in into two."""
     k = max(2, round(1 / max(fraction, 1e-9)))
-    return [d for i, d in enumerate(docs) if i % k], [d for i, d in enumerate(docs) if i % k == 0]
+    if len(docs) >= k:
+        return [d for i, d in enumerate(docs) if i % k], [d for i, d in enumerate(docs) if i % k == 0]
+    total = sum(len(d) for d in docs)
+    cut = total - max(1, round(total * fraction))  # characters before the cut: train
+    train, val, seen = [], [], 0
+    for d in docs:
+        if seen + len(d) <= cut:
+            train.append(d)
+        elif seen >= cut:
+            val.append(d)
+        else:
+            train.append(d[: cut - seen])
+            val.append(d[cut - seen:])
+        seen += len(d)
+    return train, val
 
 
 def documents(cfg) -> tuple[Iterable[str], Iterable[str]]:
@@ -225,15 +289,28 @@ def document_streams(cfg) -> tuple[Iterable[str], Iterable[str]]:
     return (r[col] for r in train.skip(cfg.val_docs)), (r[col] for r in train.take(cfg.val_docs))
 
 
+LOCAL_COPY = ("point at a local copy: data.source=local data.root=<folder of .txt/.jsonl/.parquet files>, or "
+              "pre-tokenized shards: data=text_shards data.root=<folder>")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
 def hf_dataset(cfg, split: str, streaming: bool):
     import datasets
 
     if not cfg.hub_id:
         raise ConfigError("data.source=hf needs data.hub_id")
-    try:
+    try:  # offline, `datasets` answers at once from its cache or not at all
         return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split, streaming=streaming)
     except Exception as e:  # offline, unknown id/split, gated
-        raise ConfigError(f"cannot load dataset {cfg.hub_id!r} split {split!r}: {str(e).splitlines()[0][:200]}") from e
+        if _offline():
+            raise ConfigError(f"cannot load dataset {cfg.hub_id!r} (data.hub_id) split {split!r} while offline "
+                              f"(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE; the Hugging Face cache has no usable copy: "
+                              f"{str(e).splitlines()[0][:120]}); {LOCAL_COPY}") from e
+        raise ConfigError(f"cannot load dataset {cfg.hub_id!r} split {split!r}: {str(e).splitlines()[0][:200]}; "
+                          f"to train offline, {LOCAL_COPY}") from e
 
 
 def hf_documents(cfg, split: str) -> Iterator[str]:
@@ -359,9 +436,11 @@ def build_text_datasets(cfg) -> tuple[Optional[PackedSequences], PackedSequences
             raise ConfigError(f"the shards at data.root={cfg.root} were packed with add_bos={packed_bos} but "
                               f"data.add_bos={bool(cfg.add_bos)}; set data.add_bos={packed_bos} or re-run "
                               "scripts/pretokenize.py with the same data.add_bos")
+        _check_vocab(cfg, int(shard_meta(cfg.root)["vocab_size"]))
         train, val = load_shards(cfg.root, "train"), load_shards(cfg.root, "val")
         return PackedSequences(train, cfg.seq_len), PackedSequences(val, cfg.seq_len)
     tok = load_tokenizer(cfg)
+    _check_vocab(cfg, tok.vocab_size)
     if cfg.source == "hf" and cfg.streaming:
         return None, PackedSequences([streaming_val_tokens(cfg, tok)], cfg.seq_len)
     train_docs, val_docs = documents(cfg)

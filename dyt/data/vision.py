@@ -122,23 +122,71 @@ def _offline() -> bool:
     return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
+class DataError(ConfigError):
+    """A ConfigError raised while loading a sample. In a DataLoader worker, torch re-raises it in the main process
+    as ``DataError("Caught DataError in DataLoader worker ...\nOriginal Traceback ...")``: the message is reduced
+    back to the original one line."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of the innermost cause of `e` (datasets wraps the real error in DatasetGenerationError)."""
+    for _ in range(20):  # bounded: a cycle of causes is possible in principle
+        if e.__cause__ is None and (e.__context__ is None or e.__suppress_context__):
+            break
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 class HFImageDataset(Dataset):
     """A Hugging Face image dataset with a transform: ``(transform(image), label)``."""
 
-    def __init__(self, ds, transform, image_column: str, label_column: str):
+    def __init__(self, ds, transform, image_column: str, label_column: str, split: str = "train"):
         for col in (image_column, label_column):
             if col not in ds.column_names:
                 raise ConfigError(f"dataset has no column {col!r} (columns: {', '.join(ds.column_names)}); "
                                   "set data.image_column / data.label_column")
-        self.ds, self.transform = ds, transform
+        self.ds, self.transform, self.split = ds, transform, split
         self.image_column, self.label_column = image_column, label_column
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i):
-        row = self.ds[int(i)]
-        return self.transform(row[self.image_column].convert("RGB")), int(row[self.label_column])
+        try:
+            row = self.ds[int(i)]
+            image = row[self.image_column].convert("RGB")
+        except OSError as e:  # PIL.UnidentifiedImageError, a truncated or vanished file
+            where = self._where(int(i))
+            why = type(e).__name__ if where in str(e) else _first_line(e)
+            raise DataError(f"cannot read image {where} ({why}); remove or replace it") from None
+        return self.transform(image), int(row[self.label_column])
+
+    def _where(self, i: int) -> str:
+        """The file of sample i when the dataset knows it (image folders), else its index, split and column."""
+        try:  # the Arrow row: the image's {bytes, path} struct, not decoded
+            raw = self.ds.with_format("arrow")[i][self.image_column][0].as_py()
+            if raw.get("path") and Path(raw["path"]).exists():
+                return raw["path"]
+        except Exception:
+            pass
+        return f"#{i} of split {self.split!r} (column {self.image_column!r})"
+
+    def label_range(self) -> tuple[int, int] | None:
+        """(min, max) label from the label column's Arrow data, no image decoded."""
+        import pyarrow.compute as pc
+        if len(self.ds) == 0:
+            return None
+        try:
+            mm = pc.min_max(self.ds.data.column(self.label_column))
+            return int(mm["min"].as_py()), int(mm["max"].as_py())
+        except (TypeError, ValueError, NotImplementedError, KeyError):  # labels that are not integers
+            return None
 
 
 def _load_hf(cfg):
@@ -149,11 +197,17 @@ def _load_hf(cfg):
         root = Path(cfg.root)
         if not root.exists():
             raise ConfigError(f"data.root {root} does not exist")
-        if (root / "dataset_dict.json").exists():
-            return datasets.load_from_disk(str(root))
-        builder = ["imagefolder"] if cfg.source == "imagefolder" else []
-        kwargs = {"data_dir": str(root)} if builder else {}
-        return datasets.load_dataset(*(builder or [str(root)]), **kwargs)
+        try:
+            if (root / "dataset_dict.json").exists():
+                return datasets.load_from_disk(str(root))
+            builder = ["imagefolder"] if cfg.source == "imagefolder" else []
+            kwargs = {"data_dir": str(root)} if builder else {}
+            return datasets.load_dataset(*(builder or [str(root)]), **kwargs)
+        except (datasets.data_files.EmptyDatasetError, datasets.exceptions.DatasetNotFoundError) as e:
+            layout = f"{root}/train/<class>/<image>" if cfg.source == "imagefolder" else "parquet/arrow/image files"
+            raise ConfigError(f"data.root={root} holds no dataset files (expected {layout}): {_first_line(e)}") from e
+        except Exception as e:  # unreadable files, bad metadata: one line naming the folder
+            raise ConfigError(f"cannot load the dataset at data.root={root}: {_first_line(e)}") from e
     if not cfg.hub_id:
         raise ConfigError(f"data {cfg.name!r} needs data.hub_id or data.root")
     if _offline():
@@ -186,8 +240,18 @@ def _hf(cfg):
     for split in (cfg.train_split, cfg.val_split):
         if split not in dd:
             raise ConfigError(f"dataset has no split {split!r} (splits: {', '.join(dd)}); set data.train_split/val_split")
-    return (HFImageDataset(dd[cfg.train_split], _transforms(cfg, True), cfg.image_column, cfg.label_column),
-            HFImageDataset(dd[cfg.val_split], _transforms(cfg, False), cfg.image_column, cfg.label_column))
+    if cfg.source == "imagefolder" and cfg.label_column not in dd[cfg.train_split].column_names:
+        # Hugging Face's imagefolder labels images by their parent folder, and drops the labels when it finds
+        # a single class folder (or none): say so instead of "no column 'label'".
+        from dyt.validate import image_folder_classes
+        classes = image_folder_classes(Path(cfg.root), cfg.train_split)
+        raise ConfigError(f"data.root={cfg.root} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+                          f"image classification needs at least 2 classes, laid out as "
+                          f"{cfg.root}/{cfg.train_split}/<class>/<image>")
+    return (HFImageDataset(dd[cfg.train_split], _transforms(cfg, True), cfg.image_column, cfg.label_column,
+                           cfg.train_split),
+            HFImageDataset(dd[cfg.val_split], _transforms(cfg, False), cfg.image_column, cfg.label_column,
+                           cfg.val_split))
 
 
 SOURCES = {"digits": _digits, "fashion_mnist": _fashion_mnist, "hf": _hf, "imagefolder": _hf}
@@ -198,8 +262,35 @@ def build_vision_datasets(cfg) -> tuple[Dataset, Dataset]:
     if cfg.source not in SOURCES:
         raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
     train, val = SOURCES[cfg.source](cfg)
+    check_labels(cfg, ((cfg.get("train_split", "train"), train), (cfg.get("val_split", "test"), val)))
     if cfg.augment.shift > 0:
         if not isinstance(train, TensorDataset):
             raise ConfigError("data.augment.shift applies to the embedded tensor datasets (digits, fashion_mnist)")
         train = RandomShift(train, cfg.augment.shift)
     return train, val
+
+
+def _label_range(ds: Dataset) -> tuple[int, int] | None:
+    if isinstance(ds, TensorDataset):
+        y = ds.tensors[1]
+        return (int(y.min()), int(y.max())) if len(y) else None
+    return ds.label_range() if hasattr(ds, "label_range") else None
+
+
+def check_labels(cfg, splits) -> None:
+    """Every label of every split in 0..num_classes-1 (else the loss fails deep inside with an IndexError)."""
+    from omegaconf import OmegaConf
+    if OmegaConf.is_config(cfg) and OmegaConf.is_missing(cfg, "num_classes"):
+        return
+    n = int(cfg.num_classes)
+    for split, ds in splits:
+        rng = _label_range(ds)
+        if rng is None:
+            continue
+        lo, hi = rng
+        if hi >= n:
+            raise ConfigError(f"data.num_classes={n} but the {split!r} split has label {hi} (labels must be "
+                              f"0..{n - 1}); set data.num_classes={hi + 1} or more")
+        if lo < 0:
+            raise ConfigError(f"the {split!r} split has label {lo} (labels must be 0..{n - 1}; an unlabelled "
+                              "split marks its labels -1): set data.val_split / data.train_split to a labelled split")

@@ -1,0 +1,247 @@
+"""The run directory as a truthful record: one owner at a time, resumed only with the config that defines it,
+and files that survive a crash.
+
+- ``RunLock(run_dir)``: an exclusive ``flock`` on ``<run_dir>/.lock`` (rank 0 only); a second process on the same
+  directory stops with one line naming the holder. The OS drops the lock when its process dies, so a lock left by a
+  killed run is taken over without any clean-up.
+- ``check_config_change(run_dir, cfg)``: a resume whose config changed what defines the run is one clear error;
+  the settings that may differ on resume (longer training, loader workers, event periods, logging) are returned so
+  the change is recorded.
+- Durable writes (``fsync_dir``) and ``set_aside`` (a damaged file is kept next to the record, never overwritten).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import fnmatch
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dyt.errors import ConfigError
+
+# Settings that may differ when a run is resumed: they extend the run or change how it is watched, not what it
+# computes. Everything else (model, norm, data, optim, seed, batch size, precision, ...) defines the run.
+ALLOWED_ON_RESUME = (
+    "trainer.max_steps", "trainer.epochs",  # extend (or shorten) a run
+    "trainer.eval_every", "trainer.eval_every_epochs", "trainer.eval_batch_size", "trainer.ckpt_every",
+    "trainer.log_every", "trainer.keep_checkpoints", "trainer.progress", "trainer.resume", "trainer.device",
+    "trainer.compile",  # a speed knob: the same math
+    "data.num_workers", "data.root",  # where the same data lives / how many processes read it
+    "logger", "logger.*", "run_name", "sweep_name", "table",  # names and labels
+)
+ABSENT = "<absent>"
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (callers print only on rank 0)."""
+    print(f"[dyt] warning: {message}", file=sys.stderr, flush=True)
+
+
+def os_error(e: OSError) -> str:
+    """``[Errno 28] No space left on device`` (without the file name, which the caller's message gives)."""
+    return f"[Errno {e.errno}] {e.strerror}" if e.errno is not None and e.strerror else f"{type(e).__name__}: {e}"
+
+
+# --- durable files ----------------------------------------------------------------------------------------
+def fsync_dir(path: Path) -> None:
+    """Make a rename / creation / deletion in directory `path` durable (no-op where directories cannot be synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def set_aside(path: Path, copy: bool = False) -> Path:
+    """Keep a damaged file as ``<name>.corrupt`` (then ``.corrupt.1``, ``.corrupt.2``...: an earlier one is never
+    overwritten). Moves the file, or copies it with ``copy=True`` (the caller then rewrites `path`)."""
+    path = Path(path)
+    for n in range(10_000):
+        dest = path.with_name(f"{path.name}.corrupt" + (f".{n}" if n else ""))
+        try:
+            if copy:
+                with open(path, "rb") as src, open(dest, "xb") as dst:
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            else:
+                os.link(path, dest)  # fails if dest exists: never overwrites
+                os.unlink(path)
+        except FileExistsError:
+            continue
+        fsync_dir(path.parent)
+        return dest
+    raise ConfigError(f"too many damaged copies of {path} kept next to it; remove some")
+
+
+# --- one owner per run directory --------------------------------------------------------------------------
+class RunDirInUse(ConfigError):
+    """Another live process owns the run directory: the caller must not write anything into it."""
+
+
+class ConfigChanged(ConfigError):
+    """A resume with a config that changes what defines the run; the directory's records are left as they are."""
+
+
+class RunLock:
+    """Exclusive ownership of a run directory while a run writes it::
+
+        with RunLock(run_dir):
+            ...
+
+    ``<run_dir>/.lock`` holds ``<pid> <host>`` of the owner. ``enabled=None`` takes the lock on rank 0 only (the
+    ``RANK`` environment variable of torchrun; no variable = a single process, which is rank 0). A directory that
+    the lock itself created and that is still empty when it is released is removed again.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / ".lock"
+        self.enabled = os.environ.get("RANK", "0") == "0" if enabled is None else enabled
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self) -> "RunLock":
+        if not self.enabled or self._fd is not None:
+            return self
+        self._created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # e.g. ENOLCK: no locks on this fs
+                os.close(fd)
+                warn(f"cannot lock {self.path} ({os_error(e)}); make sure no other process uses {self.run_dir}")
+                return self
+            pid, host = self._holder(fd)
+            os.close(fd)
+            raise RunDirInUse(f"run directory {self.run_dir} is in use by pid {pid} on {host}; wait for it or use "
+                              f"another hydra.run.dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> tuple[str, str]:
+        for _ in range(20):  # the holder writes its pid right after taking the lock
+            parts = os.pread(fd, 512, 0).decode(errors="replace").split()
+            if len(parts) >= 2:
+                return parts[0], parts[1]
+            time.sleep(0.025)
+        return "?", "?"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self._created and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
+                self.path.unlink()  # nothing was recorded: leave no empty run directory behind
+                self.run_dir.rmdir()
+        except OSError:
+            pass
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# --- the config that defines a run ------------------------------------------------------------------------
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _allowed(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in ALLOWED_ON_RESUME)
+
+
+def _schema_field(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` is a field of a structured-config section (so a code update, not the user, added or removed
+    it), as opposed to a key of a free-form mapping such as ``model.kwargs``."""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node))
+
+
+def read_config(path: Path) -> dict | None:
+    """A run's recorded config.yaml as a plain dict; None when absent or unreadable."""
+    try:
+        cfg = OmegaConf.load(path)
+        return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else None
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - damaged yaml of any kind
+        return None
+
+
+def _same(a, b) -> bool:
+    if a is ABSENT or b is ABSENT or isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (type(a) is type(b) and a == b)
+    return a == b  # 1 == 1.0: a float field recorded as 1.0 and given as 1 is the same setting
+
+
+def _fmt(v) -> str:
+    return v if v is ABSENT else json.dumps(v)
+
+
+def check_config_change(run_dir: str | Path, cfg) -> dict[str, tuple]:
+    """Compare `cfg` (the config about to resume `run_dir`) with the run's own config.yaml.
+
+    Raises ConfigChanged (a ConfigError) listing ``key: old -> new`` for every change to what defines the run.
+    Returns the allowed changes (``{key: (old, new)}``, ``"<absent>"`` for a missing key), which the run records
+    as an event. A fresh run (``trainer.resume=never``, no checkpoint yet, or no config.yaml) returns ``{}``.
+    """
+    from dyt.checkpoint import list_checkpoints
+
+    run_dir = Path(run_dir)
+    if cfg.trainer.resume == "never" or not list_checkpoints(run_dir / "checkpoints"):
+        return {}
+    old = read_config(run_dir / "config.yaml")
+    if old is None:
+        return {}
+    old, new = _flatten(old), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed, allowed = [], {}
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b = old.get(key, ABSENT), new.get(key, ABSENT)
+        if _same(a, b):
+            continue
+        if _allowed(key) or ((a is ABSENT or b is ABSENT) and _schema_field(cfg, key)):
+            allowed[key] = (a, b)
+        else:
+            changed.append(f"{key}: {_fmt(a)} -> {_fmt(b)}")
+    if changed:
+        raise ConfigChanged(f"run directory {run_dir} holds a run with another config ({'; '.join(changed)}); "
+                            f"resume it with its own settings, start it over with trainer.resume=never, or use "
+                            f"another hydra.run.dir")
+    return allowed
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in changes.items())

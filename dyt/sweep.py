@@ -1,0 +1,76 @@
+"""How a run or a sweep point ends, as the command line sees it (exit codes, the sweep's closing report).
+
+- A config error in a single run: one line, exit 2, and the directory Hydra made for it is removed when it holds
+  nothing of a run. In a sweep (`-m`) the point is recorded as `failed` (its summary.json keeps the one line) and
+  the sweep goes on; `SweepReport` lists the failed points at the end and exits non-zero.
+- A run stopped by a signal (Ctrl-C, SIGTERM: SLURM preemption, a torchrun agent) has checkpointed; it exits
+  128 + the signal number, so schedulers requeue it and a sweep stops there (re-running the command resumes).
+- A diverged run is a result, not an error: exit 0, said in its line and in the sweep report.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from dyt.logging import read_summary
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")  # what makes a directory a run
+
+
+def record_config_error(run_dir: Path, error: Exception, in_sweep: bool) -> None:
+    """A sweep point that could not start: summary.json says so (a re-run retries it). A single run: its empty
+    directory goes away. A directory that holds a run (or is another process's) is left as it is."""
+    from dyt.rundir import RunDirInUse
+
+    run_dir = Path(run_dir)
+    previous = read_summary(run_dir)
+    if isinstance(error, RunDirInUse) or (previous is not None and not previous.get("config_error")):
+        return
+    message = str(error)
+    if in_sweep:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "step": 0, "reason": message, "config_error": True}) + "\n")
+    elif run_dir.is_dir() and not any((run_dir / f).exists() for f in RUN_FILES):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def exit_code(summary: dict) -> int:
+    """0 for completed and diverged runs; 128 + signal for an interrupted one."""
+    if summary.get("status") == "interrupted":
+        return 128 + signal.Signals[summary["signal"]].value
+    return 0
+
+
+class SweepReport(Callback):
+    """At the end of a `-m` sweep: one line per point that failed or diverged, exit 1 if any failed.
+
+    Points are found on disk (summary.json written since the sweep started), so it works with any launcher.
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.start = time.time()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        start = getattr(self, "start", 0.0) - 1.0  # file times have coarse resolution on some file systems
+        points = []
+        for path in sorted(sweep_dir.glob("*/summary.json")):
+            if path.stat().st_mtime >= start:
+                s = read_summary(path.parent)
+                points.append((path.parent.name, s or {"status": "failed", "reason": "unreadable summary.json"}))
+        failed = [(n, s) for n, s in points if s.get("status") == "failed"]
+        diverged = [(n, s) for n, s in points if s.get("status") == "diverged"]
+        if not (failed or diverged):
+            return
+        print(f"[dyt] sweep {sweep_dir}: {len(points)} points, {len(failed)} failed, {len(diverged)} diverged",
+              file=sys.stderr)
+        for name, s in failed + diverged:
+            print(f"[dyt]   {s['status']}: {name}: {s.get('reason')}", file=sys.stderr)
+        if failed:
+            sys.exit(1)

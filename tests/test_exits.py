@@ -1,0 +1,146 @@
+"""How runs and sweeps end, as a shell or a scheduler sees them: exit codes, one-line errors, what stays on disk;
+eval.py's bad input; what other ranks may write; throughput that counts training only."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import OFFLINE_ENV, ROOT, TINY, compose, run_script
+from dyt.errors import ConfigError
+from dyt.logging import read_jsonl
+from dyt.run import evaluate_run, run_config, train
+from dyt.trainer import Trainer
+
+NOT_DIVISIBLE = ["trainer.batch_size=30", "trainer.grad_accum=4"]  # a config error found when the run starts
+
+
+def train_cmd(*args):
+    flags = [a for a in args if a.startswith("-")]  # -m goes before the overrides
+    return ["python", str(ROOT / "train.py"), *flags, *TINY, *[a for a in args if not a.startswith("-")]]
+
+
+def test_config_error_leaves_no_run_directory(tmp_path):
+    out = run_script(train_cmd(*NOT_DIVISIBLE, f"hydra.run.dir={tmp_path}/r"), cwd=tmp_path, check=False)
+    assert out.returncode == 2 and "error: trainer.batch_size=30 is not divisible" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()
+
+
+def test_sweep_records_a_failed_point_and_goes_on(tmp_path):
+    """One bad point no longer aborts the sweep: it is recorded as failed, the others run, the sweep exits 1 and
+    lists it."""
+    out = run_script(train_cmd("-m", "trainer.batch_size=30,32", "trainer.grad_accum=4", "hydra.sweep.dir=sw"),
+                     cwd=tmp_path, check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    runs = {p.name.split("trainer.batch_size=")[1].split(",")[0]: json.loads((p / "summary.json").read_text())
+            for p in (tmp_path / "sw").iterdir() if (p / "summary.json").exists()}
+    assert runs["32"]["status"] == "completed"
+    assert runs["30"]["status"] == "failed" and "is not divisible" in runs["30"]["reason"]
+    assert "2 points, 1 failed, 0 diverged" in out.stderr and "failed: " in out.stderr
+    again = run_script(train_cmd("-m", "trainer.batch_size=30,32", "trainer.grad_accum=4", "hydra.sweep.dir=sw"),
+                       cwd=tmp_path, check=False)
+    assert "already completed" in again.stdout and again.returncode == 1  # the failed point is retried, not skipped
+
+
+def test_diverged_point_exits_zero_and_is_reported(tmp_path):
+    out = run_script(train_cmd("-m", "data.std=[0.0]", "hydra.sweep.dir=sw"), cwd=tmp_path, check=False)
+    assert out.returncode == 0 and "[dyt] diverged:" in out.stdout
+    assert "1 points, 0 failed, 1 diverged" in out.stderr
+
+
+def _wait_for(path_glob, root, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(root.glob(path_glob)):
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_and_stops_the_whole_sweep(tmp_path, sig):
+    """Ctrl-C / SIGTERM in a sweep: the running point checkpoints as interrupted, no further point starts, the
+    process exits 128 + N; the same command then resumes it."""
+    args = train_cmd("-m", "norm=layernorm,dyt", "trainer.max_steps=100000", "trainer.ckpt_every=100000",
+                     "hydra.sweep.dir=sw")
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *args[1:]], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for("sw/*/metrics.jsonl", tmp_path)  # training has started (events are being logged)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig.value, err[-2000:]
+    points = [p for p in (tmp_path / "sw").iterdir() if p.is_dir() and p.name != ".hydra"]
+    assert len(points) == 1, "the sweep started another point after the signal"
+    s = json.loads((points[0] / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["signal"] == sig.name
+    assert list((points[0] / "checkpoints").glob("step_*.pt"))
+
+
+def test_other_ranks_write_nothing_into_the_run_directory(tmp_path):
+    """Under torchrun only rank 0 writes: a process with RANK=1 leaves no .hydra/ files or logs behind."""
+    run_script(train_cmd("trainer.max_steps=1", f"hydra.run.dir={tmp_path}/r"), cwd=tmp_path,
+               env={"RANK": "1", "WORLD_SIZE": "1"})
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_throughput_counts_training_steps_only(tmp_path, monkeypatch):
+    """A slow evaluation at every log step must not drag train/throughput down; its time is logged apart."""
+    fast = train(compose([*TINY, "trainer.eval_every=3"]), tmp_path / "fast")
+    real_evaluate = Trainer.evaluate
+
+    def slow_evaluate(self, model):
+        time.sleep(1.0)
+        return real_evaluate(self, model)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    train(compose([*TINY, "trainer.eval_every=3"]), tmp_path / "slow")
+    events = {name: [e for e in read_jsonl(tmp_path / name / "metrics.jsonl")] for name in ("fast", "slow")}
+    thr = {name: min(e["train/throughput"] for e in ev if e["split"] == "train") for name, ev in events.items()}
+    assert thr["slow"] > 0.4 * thr["fast"], thr  # was ~10x lower: 1 s of eval in a ~0.1 s window
+    assert all(e["val/time_s"] >= 1.0 for e in events["slow"] if e["split"] == "val")
+    assert fast["status"] == "completed"
+
+
+# --- eval.py ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ev") / "r"
+    train(compose([*TINY, "trainer.max_steps=3", "trainer.eval_every=3"]), d)
+    return d
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer.devcie=cpu"], "override 'trainer.devcie=cpu' does not apply to this run's config (Key 'devcie' is not in struct)"),
+    (["cpu"], "override 'cpu' is not key=value (e.g. trainer.device=cpu)"),
+    (["=cpu"], "override '=cpu' is not key=value"),
+])
+def test_eval_rejects_overrides_that_do_not_apply(finished_run, overrides, message):
+    with pytest.raises(ConfigError) as e:
+        evaluate_run(finished_run, overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_eval_applies_a_real_override(finished_run):
+    assert run_config(finished_run, ["trainer.device=cpu", "data.num_workers=1"]).data.num_workers == 1
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model: [unclosed", "config.yaml is not a valid config (ParserError"),
+    ("- just\n- a list\n", "config.yaml is not a dyt run config"),
+    ("", "config.yaml is not a dyt run config"),
+])
+def test_eval_bad_config_yaml_is_one_line(tmp_path, text, message):
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        run_config(tmp_path)
+
+
+def test_eval_script_prints_one_line(finished_run, tmp_path):
+    out = run_script(["python", str(ROOT / "eval.py"), str(finished_run), "trainer.devcie=cpu"], cwd=tmp_path,
+                     check=False)
+    assert out.returncode == 2 and out.stderr.startswith("error: override 'trainer.devcie=cpu'")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert yaml.safe_load((finished_run / "config.yaml").read_text())["trainer"]["device"] == "auto"

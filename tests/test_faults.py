@@ -1,0 +1,449 @@
+"""Fault injection on the run directory: what a kill, a damaged disk, a full disk, a second process or a changed
+config does to a run's records. Every case ends in a run equal to the uninterrupted one, or in one clear line;
+nothing readable is dropped and a damaged file is kept aside, never overwritten."""
+import errno
+import inspect
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dyt.checkpoint
+import dyt.logging
+import dyt.run
+from conftest import ROOT, TINY, compose
+from dyt.checkpoint import CorruptCheckpoint, list_checkpoints, load_latest
+from dyt.errors import ConfigError
+from dyt.logging import read_jsonl, read_summary, scan_jsonl
+from dyt.rundir import ConfigChanged, RunDirInUse, RunLock, check_config_change
+from dyt.run import train
+from dyt.trainer import Trainer
+
+# Checkpoints at 3, 6, 9, 12 (all kept): a damaged newest one has older ones to fall back to.
+ARGS = [*TINY, "trainer.ckpt_every=3", "trainer.keep_checkpoints=4"]
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The uninterrupted run: its directory and summary."""
+    d = tmp_path_factory.mktemp("full") / "run"
+    return d, train(compose(ARGS), d)
+
+
+def cut(full, dest: Path, last: int) -> Path:
+    """The full run as a kill after its step-`last` checkpoint leaves it (later checkpoints and summary gone)."""
+    shutil.copytree(full[0], dest)
+    for p in list_checkpoints(dest / "checkpoints"):
+        if int(p.stem[5:]) > last:
+            p.unlink()
+            p.with_name(p.name + ".sha256").unlink(missing_ok=True)
+    (dest / "summary.json").unlink()
+    return dest
+
+
+def assert_equal_to_full(s, full, metrics_path):
+    assert s["status"] == "completed" and s["step"] == 12
+    assert s["train/loss"] == full[1]["train/loss"] and s["val/loss"] == full[1]["val/loss"]
+    events = read_jsonl(metrics_path)
+    assert [(e["step"], e["split"]) for e in events] == [(e["step"], e["split"]) for e in read_jsonl(full[0] / "metrics.jsonl")]
+    assert all(json.loads(line) for line in metrics_path.read_text().splitlines())  # the file itself is clean again
+
+
+def warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("[dyt] warning:")]
+
+
+def tensor_offset(path: Path, t: torch.Tensor) -> int:
+    """Where tensor `t`'s bytes lie in checkpoint `path` (tensors are stored uncompressed)."""
+    data = path.read_bytes()
+    off = data.find(t.contiguous().numpy().tobytes())
+    assert off > 0 and data.count(t.contiguous().numpy().tobytes()) == 1
+    return off
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+def flip_middle_byte(path: Path) -> None:
+    """One flipped bit in the middle of the largest model weight: the file still unpickles (torch does not check
+    the zip CRCs), the weight becomes ~1e36 and the run diverges two steps later unless the checksum catches it."""
+    state = torch.load(path, weights_only=True)
+    name, w = max(state["model"].items(), key=lambda kv: kv[1].numel())
+    data = bytearray(path.read_bytes())
+    data[tensor_offset(path, w) + (w.numel() // 2) * 4 + 3] ^= 0x40  # the exponent's high bits of one float32
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["model"][name].abs().max() > 1e30  # still loads, silently wrong
+
+
+DAMAGE = {
+    "flipped_byte": flip_middle_byte,
+    "zero_length": lambda p: p.write_bytes(b""),
+    "zero_length_legacy": lambda p: (p.write_bytes(b""), p.with_name(p.name + ".sha256").unlink(missing_ok=True)),
+    "half_written": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "damaged_checksum_file": lambda p: p.with_name(p.name + ".sha256").write_bytes(b"\xff\x00 step"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, full, damage, capsys):
+    d = cut(full, tmp_path / "r", last=9)
+    DAMAGE[damage](d / "checkpoints/step_00000009.pt")
+    # a kill while writing: a leftover temporary file (and the checksum's), which the next start removes
+    (d / "checkpoints/step_00000015.pt.tmp").write_bytes((full[0] / "checkpoints/step_00000012.pt").read_bytes()[:5000])
+    (d / "checkpoints/step_00000015.pt.sha256.tmp").write_bytes(b"0123")
+    s = train(compose(ARGS), d)
+    err = capsys.readouterr().err
+    [line] = warnings(err)
+    assert line.startswith(f"[dyt] warning: checkpoint {d}/checkpoints/step_00000009.pt is corrupt (")
+    assert line.endswith(f"resuming from {d}/checkpoints/step_00000006.pt instead")
+    assert "Traceback" not in err
+    assert_equal_to_full(s, full, d / "metrics.jsonl")
+    names = sorted(p.name for p in (d / "checkpoints").iterdir())
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert "step_00000009.pt.corrupt" in names  # kept aside, never picked again
+    assert [p.name for p in list_checkpoints(d / "checkpoints")][-1] == "step_00000012.pt"
+
+
+def test_no_intact_checkpoint_is_one_line_naming_the_file(tmp_path, full):
+    d = cut(full, tmp_path / "r", last=12)
+    for p in list_checkpoints(d / "checkpoints"):
+        p.write_bytes(b"")  # the old code formatted this error with str(e).splitlines()[0]: IndexError
+    with pytest.raises(CorruptCheckpoint, match=rf"^checkpoint {d}/checkpoints/step_00000012.pt is corrupt or "
+                                                rf"unreadable \(sha256 mismatch.* \(and 3 older checkpoint\(s\): none is "
+                                                rf"intact\)\); delete it or set trainer.resume=never$"):
+        train(compose(ARGS), d)
+    assert len(list_checkpoints(d / "checkpoints")) == 4  # nothing moved: the next attempt says the same
+
+
+def test_zero_length_checkpoint_without_checksum_is_one_line(tmp_path):
+    d = tmp_path / "r"
+    train(compose(TINY), d)
+    (d / "checkpoints/step_00000012.pt").write_bytes(b"")
+    (d / "checkpoints/step_00000012.pt.sha256").unlink(missing_ok=True)
+    (d / "summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"checkpoint .*step_00000012.pt is corrupt or unreadable \(EOFError"):
+        train(compose(TINY), d)
+
+
+def test_explicit_resume_of_a_damaged_file_is_an_error(tmp_path, full):
+    d = cut(full, tmp_path / "r", last=9)
+    flip_middle_byte(d / "checkpoints/step_00000009.pt")
+    with pytest.raises(CorruptCheckpoint, match=r"step_00000009.pt is corrupt or unreadable \(sha256 mismatch"):
+        train(compose([*ARGS, f"trainer.resume={d}/checkpoints/step_00000009.pt"]), d)
+
+
+def test_checkpoints_without_checksums_still_load_silently(tmp_path, full, capsys):
+    """Checkpoints written before checksums existed: accepted as they are, no warning."""
+    d = cut(full, tmp_path / "r", last=6)
+    for p in (d / "checkpoints").glob("*.sha256"):
+        p.unlink()
+    s = train(compose(ARGS), d)
+    assert not warnings(capsys.readouterr().err)
+    assert_equal_to_full(s, full, d / "metrics.jsonl")
+
+
+def test_checksum_file_is_sha256sum_format(full):
+    p = full[0] / "checkpoints/step_00000012.pt"
+    out = subprocess.run(["sha256sum", "-c", p.name + ".sha256"], cwd=p.parent, capture_output=True, text=True)
+    assert out.returncode == 0 and "step_00000012.pt: OK" in out.stdout
+
+
+# --- metrics.jsonl and summary.json -----------------------------------------------------------------------
+def test_damaged_metrics_are_recovered_and_kept_aside(tmp_path, full, capsys):
+    d = cut(full, tmp_path / "r", last=6)
+    lines = (d / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    assert [json.loads(x)["step"] for x in lines] == [3, 6, 6, 9, 12, 12]
+    # line 1 cut in the middle and the next event appended to it; a line of garbage with a 0xff byte
+    damaged = lines[0][:40] + lines[1] + b"\xff\xfe garbage\n" + b"".join(lines[2:])
+    (d / "metrics.jsonl").write_bytes(damaged)
+    assert read_jsonl(d / "metrics.jsonl") == [json.loads(x) for x in lines[1:]]  # every readable event
+    s = train(compose(ARGS), d)
+    [line] = warnings(capsys.readouterr().err)
+    assert line == (f"[dyt] warning: {d}/metrics.jsonl has 2 damaged line(s); its 5 readable events are kept and the "
+                    f"damaged file is kept as metrics.jsonl.corrupt")
+    assert (d / "metrics.jsonl.corrupt").read_bytes() == damaged
+    events = read_jsonl(d / "metrics.jsonl")
+    assert [(e["step"], e["split"]) for e in events] == [(6, "train"), (6, "val"), (9, "train"), (12, "train"), (12, "val")]
+    assert events[:2] == [json.loads(x) for x in lines[1:3]]  # kept as they were
+    assert s["status"] == "completed" and s["val/loss"] == full[1]["val/loss"]
+
+    # damaged again: the first damaged copy is never overwritten
+    (d / "summary.json").unlink()
+    with (d / "metrics.jsonl").open("ab") as f:
+        f.write(b'{"step": 3, "split": \xff\n{"step": 7}\n')
+    train(compose(ARGS), d)
+    assert (d / "metrics.jsonl.corrupt").read_bytes() == damaged
+    assert (d / "metrics.jsonl.corrupt.1").exists()
+
+
+def test_cut_last_line_is_dropped_quietly(tmp_path):
+    """What a killed append leaves (no newline, the start of an event) is normal, not damage."""
+    events, damaged = scan_jsonl(b'{"step": 3, "split": "train"}\n{"step": 6, "spl')
+    assert events == [{"step": 3, "split": "train"}] and damaged == 0
+    events, damaged = scan_jsonl(b'{"step": 3, "split": "train"}\n[1, 2]\n\xff')
+    assert events == [{"step": 3, "split": "train"}] and damaged == 2
+
+
+SUMMARIES = {"truncated": lambda s: s[:25], "not_an_object": lambda s: b'["completed"]\n', "not_utf8": lambda s: b"\xff" + s}
+
+
+@pytest.mark.parametrize("damage", SUMMARIES)
+def test_damaged_summary_means_unfinished_and_is_kept_aside(tmp_path, full, damage, capsys):
+    d = cut(full, tmp_path / "r", last=6)
+    bad = SUMMARIES[damage]((full[0] / "summary.json").read_bytes())
+    (d / "summary.json").write_bytes(bad)
+    assert read_summary(d) is None and read_summary(tmp_path / "absent") is None
+    assert read_summary(full[0])["status"] == "completed"
+    t = Trainer(compose(ARGS), d)  # what dyt.run.train does once the summary says "not finished"
+    s = t.fit()
+    t.close()
+    [line] = warnings(capsys.readouterr().err)
+    assert line.startswith(f"[dyt] warning: {d}/summary.json is corrupt (") and "kept as summary.json.corrupt" in line
+    assert (d / "summary.json.corrupt").read_bytes() == bad
+    assert read_summary(d) == json.loads((d / "summary.json").read_text()) and read_summary(d)["status"] == "completed"
+    assert_equal_to_full(s, full, d / "metrics.jsonl")
+
+
+@pytest.mark.skipif("read_summary" not in inspect.getsource(dyt.run), reason="dyt.run does not use read_summary yet")
+def test_damaged_summary_end_to_end(tmp_path, full):
+    d = cut(full, tmp_path / "r", last=6)
+    (d / "summary.json").write_bytes(b'{"status": "compl')
+    assert_equal_to_full(train(compose(ARGS), d), full, d / "metrics.jsonl")
+
+
+# --- disk full --------------------------------------------------------------------------------------------
+def fill_disk_at_checkpoint(monkeypatch, n: int, after_bytes: int = 100_000):
+    """The n-th checkpoint write (1-based) fails with ENOSPC after `after_bytes`, as a full disk does."""
+    count = {"n": 0}
+    real_init, real_write = dyt.checkpoint._HashingWriter.__init__, dyt.checkpoint._HashingWriter.write
+
+    def init(self, f):
+        real_init(self, f)
+        count["n"] += 1
+        self.budget = after_bytes if count["n"] == n else float("inf")
+
+    def write(self, data):
+        if self.budget < len(data):
+            real_write(self, bytes(data)[: int(self.budget)])  # a partial file on disk, as a full disk leaves
+            self.error = ENOSPC
+            raise ENOSPC
+        self.budget -= len(data)
+        return real_write(self, data)
+
+    monkeypatch.setattr(dyt.checkpoint._HashingWriter, "__init__", init)
+    monkeypatch.setattr(dyt.checkpoint._HashingWriter, "write", write)
+
+
+def test_disk_full_during_a_checkpoint(tmp_path, full, monkeypatch, capsys):
+    d = tmp_path / "r"
+    with monkeypatch.context() as m:
+        fill_disk_at_checkpoint(m, n=3)  # step 9
+        with pytest.raises(ConfigError) as e:
+            train(compose(ARGS), d)
+    assert str(e.value) == (f"could not write checkpoint {d}/checkpoints/step_00000009.pt: [Errno 28] No space left on "
+                            f"device; free space and run the same command to resume")
+    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == [
+        "step_00000003.pt", "step_00000003.pt.sha256", "step_00000006.pt", "step_00000006.pt.sha256"]  # no partial file
+    failed = read_summary(d)
+    assert failed["status"] == "failed" and failed["step"] == 9 and "No space left on device" in failed["reason"]
+    assert "Traceback" not in capsys.readouterr().err
+    # space freed: the same command resumes from step 6
+    s = train(compose(ARGS), d)
+    assert "resumed from" in capsys.readouterr().out
+    assert_equal_to_full(s, full, d / "metrics.jsonl")
+
+
+class _FullDiskFile:
+    """A file whose writes fail with ENOSPC after a few bytes (what summary.json meets on a full disk)."""
+
+    def __init__(self, path, mode):
+        self.f = open(path, mode)
+
+    def write(self, text):
+        self.f.write(text[:10])
+        raise ENOSPC
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_for_the_checkpoint_and_the_summary_is_one_line_each(tmp_path, monkeypatch, capsys):
+    d = tmp_path / "r"
+    real = dyt.logging.write_text_atomic
+
+    def atomic(path, text):  # the summary meets the full disk (config.yaml and metrics were written at start)
+        if path.name != "summary.json":
+            return real(path, text)
+        dyt.logging.open = _FullDiskFile  # the module's open, which write_text_atomic uses
+        try:
+            return real(path, text)
+        finally:
+            del dyt.logging.open
+
+    with monkeypatch.context() as m:
+        fill_disk_at_checkpoint(m, n=2)
+        m.setattr(dyt.logging, "write_text_atomic", atomic)
+        with pytest.raises(ConfigError, match=r"could not write checkpoint .*step_00000006.pt: \[Errno 28\] No space"):
+            train(compose(ARGS), d)
+    err = capsys.readouterr().err
+    assert err.strip() == f"[dyt] error: could not write {d}/summary.json (status 'failed'): [Errno 28] No space left on device"
+    assert not (d / "summary.json").exists() and not (d / "summary.json.tmp").exists()
+
+
+def test_write_text_atomic_leaves_no_temporary_file(tmp_path):
+    dyt.logging.open = _FullDiskFile
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            dyt.logging.write_text_atomic(tmp_path / "summary.json", "{}")
+    finally:
+        del dyt.logging.open
+    assert list(tmp_path.iterdir()) == []
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_on_a_real_small_filesystem(tmp_path, full, capsys):
+    """A 640 KiB tmpfs holds one tiny checkpoint (~370 KB) but not a second: the real ENOSPC path."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "640k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        d = disk / "r"
+        args = [*TINY, "trainer.keep_checkpoints=1"]  # checkpoints at 6 and 12; the same math as the full run
+        with pytest.raises(ConfigError, match=rf"^could not write checkpoint {d}/checkpoints/step_00000012.pt: \[Errno 28\] "
+                                              rf"No space left on device; free space and run the same command to resume$"):
+            train(compose(args), d)
+        assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["step_00000006.pt", "step_00000006.pt.sha256"]
+        assert read_summary(d)["status"] == "failed"
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)  # space freed
+        s = train(compose(args), d)
+        assert s["status"] == "completed" and s["val/loss"] == full[1]["val/loss"]
+        assert s["train/loss"] == full[1]["train/loss"]
+        assert "Traceback" not in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# --- two processes on one run directory -------------------------------------------------------------------
+HOLD = "import sys, time; from dyt.rundir import RunLock; RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)"
+
+
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RANK", None)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_process_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+    d = tmp_path / "r"
+    holder = hold_lock(d)
+    try:
+        with pytest.raises(RunDirInUse, match=rf"^run directory {d} is in use by pid {holder.pid} on "
+                                              rf"{socket.gethostname()}; wait for it or use another hydra.run.dir$"):
+            RunLock(d).acquire()
+        # a third, real process is refused the same way
+        out = subprocess.run([sys.executable, "-c", HOLD, str(d)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode != 0 and f"is in use by pid {holder.pid}" in out.stderr
+    finally:
+        holder.kill()  # SIGKILL: no clean-up at all; the OS drops the flock
+        holder.wait()
+    with RunLock(d) as lock:
+        assert (d / ".lock").read_text().split() == [str(os.getpid()), socket.gethostname()]
+        assert lock.enabled
+    holder = hold_lock(d)  # released on exit of the block: another process takes it at once
+    holder.kill()
+    holder.wait()
+
+
+def test_lock_only_on_rank_zero_and_no_empty_directory_left(tmp_path, monkeypatch):
+    with RunLock(tmp_path / "fresh"):
+        assert (tmp_path / "fresh/.lock").exists()
+    assert not (tmp_path / "fresh").exists()  # nothing recorded: no empty run directory left behind
+    monkeypatch.setenv("RANK", "1")
+    with RunLock(tmp_path / "r") as lock:
+        assert not lock.enabled and not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif("RunLock" not in inspect.getsource(dyt.run), reason="dyt.run does not take the RunLock yet")
+def test_train_refuses_a_directory_in_use(tmp_path):
+    d = tmp_path / "r"
+    holder = hold_lock(d)
+    try:
+        with pytest.raises(RunDirInUse, match=f"is in use by pid {holder.pid}"):
+            train(compose(TINY), d)
+        assert sorted(p.name for p in d.iterdir()) == [".lock"]  # nothing written into the other run's directory
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- resuming with another config -------------------------------------------------------------------------
+@pytest.mark.parametrize("override,change", [
+    ("optim.lr=0.001", "optim.lr: 0.004 -> 0.001"),
+    ("trainer.batch_size=32", "trainer.batch_size: 64 -> 32"),
+    ("seed=1", "seed: 0 -> 1"),
+    ("norm.alpha_init=0.8", "norm.alpha_init: 0.5 -> 0.8"),
+    ("+model.kwargs.drop_rate=0.1", "model.kwargs.drop_rate: <absent> -> 0.1"),  # same shapes, another model
+])
+def test_resume_with_a_changed_config_is_refused(tmp_path, full, override, change):
+    d = cut(full, tmp_path / "r", last=6)
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    with pytest.raises(ConfigChanged, match=rf"^run directory {d} holds a run with another config \(.*"
+                                            rf"{change.replace('.', '[.]')}.*\); resume it with its own settings, start "
+                                            rf"it over with trainer.resume=never, or use another hydra.run.dir$"):
+        train(compose([*ARGS, override]), d)
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before  # config.yaml & metrics untouched
+    assert check_config_change(d, compose([*ARGS, override, "trainer.resume=never"])) == {}  # the way out
+
+
+def test_resume_with_allowed_changes_records_them(tmp_path, full, capsys):
+    d = cut(full, tmp_path / "r", last=6)
+    s = train(compose([*ARGS, "trainer.max_steps=15", "trainer.progress=off", "data.num_workers=1"]), d)
+    assert s["status"] == "completed" and s["step"] == 15
+    assert (f"[dyt] resuming {d} at step 6 with changed settings: data.num_workers: 0 -> 1; trainer.max_steps: 12 -> 15; "
+            f"trainer.progress: \"auto\" -> \"off\"") in capsys.readouterr().out
+    [event] = [e for e in read_jsonl(d / "metrics.jsonl") if e["split"] == "config"]
+    assert event == {"step": 6, "split": "config", "changed": {"data.num_workers": {"old": 0, "new": 1},
+                                                               "trainer.max_steps": {"old": 12, "new": 15},
+                                                               "trainer.progress": {"old": "auto", "new": "off"}}}
+    assert "max_steps: 15" in (d / "config.yaml").read_text()  # written after the check passed
+
+
+def test_config_check_scope(tmp_path, full):
+    cfg = compose([*ARGS, "optim.lr=0.1"])
+    assert check_config_change(tmp_path / "empty", cfg) == {}  # a fresh directory
+    d = cut(full, tmp_path / "r", last=6)
+    shutil.rmtree(d / "checkpoints")
+    assert check_config_change(d, cfg) == {}  # a run that never checkpointed starts over
+    # a field a code update added to the schema (absent from an older run's config.yaml) is not a change
+    d = cut(full, tmp_path / "old", last=6)
+    text = (d / "config.yaml").read_text()
+    (d / "config.yaml").write_text(text.replace("  decay_1d: false\n", ""))
+    assert check_config_change(d, compose(ARGS)) == {"optim.decay_1d": ("<absent>", False)}
+
+
+def test_latest_checkpoint_api(tmp_path, full):
+    d = cut(full, tmp_path / "r", last=12)
+    state, path = load_latest(d / "checkpoints")
+    assert path.name == "step_00000012.pt" and state["step"] == 12
+    assert load_latest(tmp_path / "nothing") is None
