@@ -191,11 +191,15 @@ class RunLogger:
         id_file.write_text(run_id)
         m, n, d = self.cfg.model.name, self.cfg.norm.name, self.cfg.data.name
         tags = [f"model:{m}", f"norm:{n}", f"data:{d}", *lc.tags] + ([f"table:{self.cfg.table}"] if self.cfg.table else [])
-        self.wandb = wandb.init(
-            project=lc.project, entity=lc.entity, group=lc.group or f"{m}-{d}", name=self.run_dir.name,
-            tags=tags, id=run_id, resume="allow", mode=lc.mode, dir=str(self.run_dir),
-            config=OmegaConf.to_container(self.cfg, resolve=True), job_type=n,
-        )
+        try:
+            self.wandb = wandb.init(
+                project=lc.project, entity=lc.entity, group=lc.group or f"{m}-{d}", name=self.run_dir.name,
+                tags=tags, id=run_id, resume="allow", mode=lc.mode, dir=str(self.run_dir),
+                config=OmegaConf.to_container(self.cfg, resolve=True), job_type=n,
+            )
+        except wandb.errors.UsageError as e:  # no login (online mode without an API key), bad entity/project
+            raise ConfigError(f"logger=wandb (mode {lc.mode}) could not start: {str(e).splitlines()[0]}; run `wandb "
+                              "login` (or set WANDB_API_KEY), or use logger.mode=offline") from e
 
     def log(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled:

@@ -144,3 +144,14 @@ def test_eval_script_prints_one_line(finished_run, tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error: override 'trainer.devcie=cpu'")
     assert len(out.stderr.strip().splitlines()) == 1
     assert yaml.safe_load((finished_run / "config.yaml").read_text())["trainer"]["device"] == "auto"
+
+
+def test_wandb_online_without_login_is_one_line_before_training(tmp_path, monkeypatch):
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no stored login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    with pytest.raises(ConfigError, match=r"logger=wandb \(mode online\) could not start: .*API key.*wandb login.*"
+                                          r"logger.mode=offline"):
+        train(compose([*TINY, "logger=wandb", "logger.mode=online"]), tmp_path / "r")
+    assert not list((tmp_path / "r").glob("checkpoints/*.pt"))  # nothing trained
