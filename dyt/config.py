@@ -6,6 +6,7 @@ their own sub-config (``cfg.optim``, ``cfg.trainer``, ...).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -141,9 +142,23 @@ def register_configs() -> None:
     register_model_schemas(cs)
 
 
+MAX_SUFFIX = 120  # run-dir names stay well under the 255-byte file-name limit
+
+
 def _suffix(override_dirname: str) -> str:
-    """Run-dir suffix from the overrides that define a run (empty when there are none)."""
-    return f"_{override_dirname}".replace("/", "-") if override_dirname else ""
+    """Run-dir suffix from the overrides that define a run (empty when there are none).
+
+    A long one (many overrides) keeps a readable prefix and ends with a hash of the whole, so names stay unique,
+    deterministic (the same command resumes) and short enough for the file system; config.yaml has every value.
+    """
+    if not override_dirname:
+        return ""
+    suffix = f"_{override_dirname}".replace("/", "-")
+    if len(suffix.encode()) <= MAX_SUFFIX:
+        return suffix
+    digest = hashlib.sha1(suffix.encode()).hexdigest()[:12]
+    head = suffix.encode()[: MAX_SUFFIX - len(digest) - 2].decode(errors="ignore")
+    return f"{head}..{digest}"
 
 
 def register_resolvers() -> None:

@@ -155,3 +155,21 @@ def test_wandb_online_without_login_is_one_line_before_training(tmp_path, monkey
                                           r"logger.mode=offline"):
         train(compose([*TINY, "logger=wandb", "logger.mode=online"]), tmp_path / "r")
     assert not list((tmp_path / "r").glob("checkpoints/*.pt"))  # nothing trained
+
+
+def test_long_override_lists_give_short_unique_run_names(tmp_path):
+    """A run named from many overrides used to exceed the file-name limit (OSError 36)."""
+    from dyt.config import MAX_SUFFIX, _suffix
+    many = ",".join(f"model.kwargs.k{i}={i}" for i in range(40))
+    a, b = _suffix(many), _suffix(many.replace("k39=39", "k39=40"))
+    assert len(a.encode()) <= MAX_SUFFIX and a != b and a == _suffix(many) and a.startswith("_model.kwargs.k0=0,")
+    assert _suffix("norm.alpha_init=1.0") == "_norm.alpha_init=1.0"
+    overrides = ["optim.lr=0.0010000000001", "trainer.max_steps=3"] + \
+                [f"data.augment.{k}=0.0" for k in ("hflip", "reprob", "mixup", "cutmix", "label_smoothing")] + \
+                ["data.mean=[0.5000000000000001]", "data.std=[0.2500000000000001]", "model.kwargs.depth=2",
+                 "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2", "trainer.eval_every=3",
+                 "optim.weight_decay=0.0500000000001", "optim.betas=[0.90000000001,0.9800000000001]",
+                 "optim.eps=0.0000000100000001", "optim.warmup_steps=1", "optim.min_lr_ratio=0.0100000000001"]
+    out = run_script(["python", str(ROOT / "train.py"), *overrides], cwd=tmp_path)
+    (run,) = [p for p in (tmp_path / "runs").iterdir()]
+    assert len(run.name) < 200 and json.loads((run / "summary.json").read_text())["status"] == "completed", out.stdout
