@@ -26,6 +26,7 @@ from dyt.logging import RunLogger, progress_bar
 from dyt.nn import DynamicTanh
 from dyt.optim import build_optimizer, build_scheduler
 from dyt.tasks import build_task
+from dyt.validate import check_model_fits
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -80,6 +81,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.dist = D.init_distributed(self.tc.device)
         self.device = self.dist.device
+        check_model_fits(cfg, self.device, self.dist.world_size)  # one line, not an allocator crash mid-build
         seed_everything(cfg.seed + self.dist.rank)
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

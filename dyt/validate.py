@@ -75,7 +75,8 @@ class NumList:
         each = self.item.describe().removeprefix("a finite number").strip()
         if n is None:
             return f"a list of numbers{', each ' + each if each else ''}"
-        return f"a list of {n} number{'s' if n != 1 else ''}{', each ' + each if each and n > 1 else ' ' + each if each else ''}"
+        tail = (", each " if n > 1 else " ") + each if each else ""
+        return f"a list of {n} number{'s' if n != 1 else ''}{tail}"
 
 
 def _int(lo=None, **kw) -> Num:

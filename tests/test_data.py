@@ -225,8 +225,8 @@ def test_labels_are_checked_against_num_classes(tmp_path):
     import datasets
 
     def split(labels):
-        return datasets.Dataset.from_dict({"img": _images(len(labels)), "label": labels},
-                                          features=datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")}))
+        features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+        return datasets.Dataset.from_dict({"img": _images(len(labels)), "label": labels}, features=features)
     datasets.DatasetDict({"train": split([0, 7, 3]), "test": split([1, 2])}).save_to_disk(str(tmp_path / "a"))
     with pytest.raises(ConfigError, match=r"^data.num_classes=5 but the 'train' split has label 7 \(labels must be "
                                           r"0..4\); set data.num_classes=8 or more$"):

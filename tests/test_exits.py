@@ -173,3 +173,10 @@ def test_long_override_lists_give_short_unique_run_names(tmp_path):
     out = run_script(["python", str(ROOT / "train.py"), *overrides], cwd=tmp_path)
     (run,) = [p for p in (tmp_path / "runs").iterdir()]
     assert len(run.name) < 200 and json.loads((run / "summary.json").read_text())["status"] == "completed", out.stdout
+
+
+def test_a_model_too_large_to_train_stops_before_allocating(tmp_path):
+    """llama_7b (~100 GiB to train with AdamW) on this machine: one line with the estimate, not an allocator crash."""
+    with pytest.raises(ConfigError, match=r"model llama_7b needs about [\d.]+ GiB to train .* is available"):
+        train(compose(["model=llama_7b", "data=text_pydoc", "trainer.device=cpu"]), tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -236,8 +236,8 @@ def test_binary_tokenizer_json_is_one_clear_error(tmp_path):
 def test_hub_dataset_offline_names_data_root(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     cfg = data_cfg("data.source=hf", "data.hub_id=someone/corpus")
-    with pytest.raises(ConfigError, match=r"cannot load dataset 'someone/corpus' \(data.hub_id\) while offline .*"
-                                          r"data.source=local data.root="):
+    with pytest.raises(ConfigError, match=r"cannot load dataset 'someone/corpus' \(data.hub_id\) split 'train' "
+                                          r"while offline .*data.source=local data.root="):
         T.build_text_datasets(cfg)
 
 
