@@ -142,7 +142,7 @@ def register_configs() -> None:
     register_model_schemas(cs)
 
 
-MAX_SUFFIX = 120  # run-dir names stay well under the 255-byte file-name limit
+MAX_SUFFIX = 180  # with the run name before it, well under the 255-byte file-name limit
 
 
 def _suffix(override_dirname: str) -> str:

@@ -354,6 +354,8 @@ def load_shards(root, split: str) -> list[np.ndarray]:
 class PackedSequences(Dataset):
     """Sample i of shard s: tokens[i*L : i*L + L + 1] (inputs = [:-1], targets = [1:]), never crossing shards."""
 
+    deterministic = True  # no random draws: the trainer loads it without per-sample seeding
+
     def __init__(self, shards: list[np.ndarray], seq_len: int):
         self.shards, self.seq_len = shards, seq_len
         counts = [max(0, (len(s) - 1) // seq_len) for s in shards]

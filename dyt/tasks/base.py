@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from dyt.data.sampler import SeededSamples, ShardedSampler
+from dyt.data.sampler import SeededSamples, ShardedSampler, draws_randomly
 from dyt.distributed import DistInfo
 
 
@@ -54,7 +54,8 @@ class Task:
         # Augmentation draws are seeded per sample (SeededSamples), so workers' own seeds do not matter; the
         # private generator only keeps the iterator from consuming the global RNG (exact resume).
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
-        return DataLoader(SeededSamples(train, self.cfg.seed, epoch), batch_size=micro_batch, sampler=sampler,
+        data = SeededSamples(train, self.cfg.seed, epoch) if draws_randomly(train) else train
+        return DataLoader(data, batch_size=micro_batch, sampler=sampler,
                           drop_last=True, generator=g,
                           num_workers=self.num_workers(), collate_fn=self.collate,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
