@@ -75,8 +75,6 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
 
     Writes ``eval.json`` into the run directory and returns the metrics (``val/...``, ``val_ema/...``).
     """
-    import torch
-
     from dyt import distributed as D
     from dyt.checkpoint import list_checkpoints, load_checkpoint, load_model_state
     from dyt.errors import ConfigError

@@ -16,7 +16,6 @@ import platform
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import pytest
 import torch
