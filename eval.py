@@ -5,6 +5,10 @@
     python eval.py run_dir=runs/vit_pico-dyt-digits-s0 --checkpoint runs/.../checkpoints/step_00000100.pt
 
 Prints the metrics and writes them to <run dir>/eval.json. Extra key=value arguments override the run's config.
+A DiT run also computes FID (and Inception Score) of N generated samples, EMA weights when kept, with the run's
+sampler settings (model.diffusion.*; the paper's FID-50K: 250 DDPM steps, no guidance):
+    python eval.py runs/dit_tiny-dyt-digits-s0 --fid 1000                 # reference: the val split, cached
+    python eval.py <imagenet run> --fid 50000 --fid-ref VIRTUAL_imagenet256_labeled.npz   (under torchrun: all ranks)
 A language-model run also takes zero-shot lm-eval tasks (a task list name such as paper15, or task names):
     python eval.py runs/llama_tiny-dyt-pydoc-s0 --tasks paper15 [--limit 100] [--include-path my_tasks/]
 """
@@ -22,12 +26,20 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default=None, help="LM runs: comma-separated lm-eval tasks or lists (paper15)")
     p.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAMLs (local tasks)")
     p.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task (for quick checks)")
+    p.add_argument("--fid", type=int, default=None, metavar="N", help="DiT runs: FID of N generated samples")
+    p.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
+    p.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
+    p.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
     args = p.parse_args(argv)
     run_dir = args.run_dir.removeprefix("run_dir=")
 
     from dyt.run import evaluate_run
     try:
         metrics = evaluate_run(run_dir, args.overrides, args.checkpoint)
+        if args.fid is not None:
+            from dyt.tasks.diffusion_eval import run_fid
+            metrics.update(run_fid(run_dir, args.fid, args.overrides, args.checkpoint, args.fid_ref, args.fid_batch,
+                                   args.fid_ref_count))
         if args.tasks:
             from dyt.lm_eval import run_lm_eval
             metrics.update(run_lm_eval(run_dir, args.tasks.split(","), args.include_path, args.limit, args.checkpoint))

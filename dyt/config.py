@@ -64,6 +64,24 @@ class VisionDataConfig:
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    fid_ref: Optional[str] = None  # DiT: FID reference statistics (.npz from scripts/fid_stats.py); null = computed
+
+
+@dataclass
+class LatentDataConfig:
+    """Pre-extracted VAE latents (scripts/extract_latents.py): what latent DiT trains on (no VAE in the loop)."""
+    name: str = MISSING
+    source: str = "latents"
+    root: Optional[str] = None  # the folder extract_latents.py wrote: <root>/<split>/meta.json, shards, labels
+    vae: str = "stabilityai/sd-vae-ft-ema"  # decodes samples (grids, FID): a hub id or a local folder
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: int = MISSING
+    in_chans: int = 4  # latent channels
+    image_size: int = 32  # latent side (image side / 8)
+    patch_size: int = 2
+    num_workers: int = 0
+    fid_ref: Optional[str] = None  # FID reference statistics (.npz: scripts/fid_stats.py, or ADM's reference batch)
 
 
 @dataclass
@@ -134,6 +152,7 @@ def register_configs() -> None:
     cs.store(group="model", name="schema_timm", node=TimmModelConfig)
     cs.store(group="norm", name="schema_norm", node=NormConfig)
     cs.store(group="data", name="schema_vision", node=VisionDataConfig)
+    cs.store(group="data", name="schema_latents", node=LatentDataConfig)
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
     cs.store(group="logger", name="schema_logger", node=LoggerConfig)

@@ -214,6 +214,16 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
+    def image(self, step: int, name: str, image, caption: str = "") -> Path | None:
+        """An HxWx3 uint8 image: ``<run dir>/<name>_step<step>.png`` (e.g. samples/grid) and a wandb image."""
+        if not self.enabled:
+            return None
+        path = save_png(self.run_dir / f"{name}_step{step:08d}.png", image)
+        if self.wandb is not None:
+            import wandb
+            self.wandb.log({name: wandb.Image(image, caption=caption or path.name)}, step=step)
+        return path
+
     def summary(self, summary: dict) -> None:
         if not self.enabled:
             return
@@ -231,6 +241,16 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.finish(exit_code=exit_code)
             self.wandb = None
+
+
+def save_png(path: Path, image) -> Path:
+    """Write an HxWx3 (or HxW) uint8 array as a PNG, atomically (a temporary name, then rename)."""
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
 
 
 def progress_bar(total: int, initial: int, mode: str, enabled: bool):

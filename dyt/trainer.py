@@ -212,6 +212,11 @@ class Trainer:
         metrics = {f"val/{k}": v for k, v in self.evaluate(self.model).items()}
         if self.ema is not None:
             metrics.update({f"val_ema/{k}": v for k, v in self.evaluate(self.ema.module).items()})
+        if self.dist.is_main:  # the task's pictures (DiT's sample grid), from the EMA weights when kept
+            with self.autocast():
+                images = self.task.visualize(self.ema.module if self.ema is not None else self.model)
+            for name, image in images.items():
+                self.logger.image(self.step, f"samples/{name}", image, caption=f"{self.run_dir.name} step {self.step}")
         metrics["val/time_s"] = time.perf_counter() - start  # kept out of train/throughput
         self.logger.log(self.step, "val", metrics)
         return metrics
@@ -220,7 +225,7 @@ class Trainer:
     @staticmethod
     def _empty_window() -> dict:
         """Sums over the steps since the last train log event (its loss is their mean)."""
-        return {"loss": 0.0, "steps": 0, "units": 0, "time": 0.0}
+        return {"loss": 0.0, "steps": 0, "units": 0, "time": 0.0, "parts": {}}
 
     def _on_signal(self, signum, frame):
         self._stop_signal = signum  # finish the current step, checkpoint, exit (SLURM preemption, Ctrl-C)
@@ -252,24 +257,30 @@ class Trainer:
         self.logger.finish(exit_code=0 if summary["status"] == "completed" else 1)
         return summary
 
-    def _train_step(self, batches) -> tuple[float, float | None, int]:
-        """One optimizer step over `grad_accum` micro-batches: (mean loss, grad norm, units seen)."""
+    def _train_step(self, batches) -> tuple[float, float | None, int, dict[str, float]]:
+        """One optimizer step over `grad_accum` micro-batches: (mean loss, grad norm, units seen, the means of
+        the task's logged loss parts)."""
         tc = self.tc
         self.scheduler.step_update(self.step + 1)
-        loss_sum, units = torch.zeros((), device=self.device), 0
+        sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.device)}
+        units = 0
         for micro in range(tc.grad_accum):
             batch = next(batches)
             last = micro == tc.grad_accum - 1
             with (self.ddp.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()), self.autocast():
-                loss = self.task.loss(self.net, batch) / tc.grad_accum
-            self.scaler.scale(loss).backward()
-            loss_sum += loss.detach().float()
+                out = self.task.loss(self.net, batch)
+            parts = out if isinstance(out, dict) else {"loss": out}
+            self.scaler.scale(parts["loss"] / tc.grad_accum).backward()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / tc.grad_accum
             units += self.task.batch_units(batch)
-        # One scalar all-reduce per step: every rank sees the same loss, so all stop together on NaN.
-        loss_val = D.all_reduce_sum(loss_sum).item() / self.dist.world_size
+        # One all-reduce per step: every rank sees the same loss, so all stop together on NaN.
+        names = list(sums)
+        means = (D.all_reduce_sum(torch.stack([sums[k] for k in names])) / self.dist.world_size).tolist()
+        loss_val, parts = means[0], dict(zip(names[1:], means[1:]))
         if not math.isfinite(loss_val):
             self.optimizer.zero_grad(set_to_none=True)
-            return loss_val, None, units
+            return loss_val, None, units, parts
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip)) if clip else None
@@ -279,7 +290,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
         self.step += 1
-        return loss_val, grad_norm, units
+        return loss_val, grad_norm, units, parts
 
     def _loop(self, summary: dict) -> dict:
         tc = self.tc
@@ -290,7 +301,7 @@ class Trainer:
         try:
             while self.step < self.max_steps:
                 t0 = time.perf_counter()
-                loss, grad_norm, units = self._train_step(batches)
+                loss, grad_norm, units, parts = self._train_step(batches)
                 step_time = time.perf_counter() - t0  # data + forward/backward/update; never eval or checkpoint time
                 if not math.isfinite(loss):
                     reason = f"non-finite training loss ({loss}) at step {self.step + 1}"
@@ -299,12 +310,14 @@ class Trainer:
                         print(f"[dyt] diverged: {reason}", flush=True)
                     return {"status": "diverged", "step": self.step + 1, "reason": reason}
                 win.update(loss=win["loss"] + loss, steps=win["steps"] + 1, units=win["units"] + units,
-                           time=win["time"] + step_time)
+                           time=win["time"] + step_time,
+                           parts={k: win["parts"].get(k, 0.0) + v for k, v in parts.items()})
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == self.max_steps:
                     metrics = {"train/loss": win["loss"] / win["steps"], "train/lr": self.optimizer.param_groups[0]["lr"],
                                "train/throughput": win["units"] * self.dist.world_size / max(win["time"], 1e-9),
                                "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model)}
+                    metrics.update({f"train/{k}": v / win["steps"] for k, v in win["parts"].items()})
                     if grad_norm is not None:
                         metrics["train/grad_norm"] = grad_norm
                     metrics.update(self.task.train_metrics(metrics["train/throughput"]))

@@ -102,8 +102,19 @@ def _schemas():
 
 def _rules() -> dict[type, dict[str, Any]]:
     """Every numeric field of every schema -> its accepted range (tests check that no field is left out)."""
+    from dyt.config import LatentDataConfig
+    from dyt.models.dit import DiffusionConfig, DiTModelConfig
     TextDataConfig, LlamaModelConfig = _schemas()
     return {
+        DiTModelConfig: {
+            "hidden": COUNT, "depth": COUNT, "heads": COUNT, "patch_size": OPT_COUNT, "mlp_ratio": POSITIVE,
+            "class_dropout": FRACTION, "norm_eps": POSITIVE},
+        DiffusionConfig: {
+            "steps": _int(2), "sample_steps": COUNT, "eta": NONNEG, "cfg_scale": NONNEG, "grid_classes": COUNT,
+            "grid_per_class": NONNEG_INT, "grid_steps": OPT_COUNT},
+        LatentDataConfig: {
+            "num_classes": COUNT, "in_chans": COUNT, "image_size": COUNT, "patch_size": COUNT,
+            "num_workers": NONNEG_INT},
         TrainConfig: {"seed": _int()},  # any integer (negative seeds are fine: every use reduces them)
         NormConfig: {"alpha_init": POSITIVE},
         TimmModelConfig: {"drop_path": FRACTION, "patch_size": OPT_COUNT},
@@ -209,6 +220,7 @@ def data_kind(data: DictConfig) -> Optional[str]:
     return None
 
 
+TASK_DATA = {"classification": "classification", "diffusion": "classification", "language": "language"}  # task -> data kind
 KIND_WORDS = {"classification": ("an image dataset", "a data config with num_classes, e.g. data=digits"),
               "language": ("a text dataset", "a data config with seq_len, e.g. data=text_pydoc")}
 
@@ -220,7 +232,7 @@ def _pairing(cfg) -> Optional[str]:
     family = cfg.model.get("family")
     if family not in FAMILIES:
         return f"model.family={family}: unknown model family; choose one of: {', '.join(sorted(FAMILIES))}"
-    need, have = FAMILIES[family].task, data_kind(cfg.data)
+    need, have = TASK_DATA.get(FAMILIES[family].task), data_kind(cfg.data)
     if have is None or have == need or need not in KIND_WORDS:
         return None
     return (f"{_choice(cfg, 'model')} (family {family}) needs {KIND_WORDS[need][0]} ({KIND_WORDS[need][1]}); "
@@ -239,6 +251,18 @@ def _cross_checks(cfg, problems: list[str]) -> None:
         if ok(d.image_size, patch) and d.image_size % patch:
             problems.append(f"data.image_size={d.image_size} is not a multiple of the ViT patch size {patch}; "
                             "set model.patch_size or data.image_size")
+    if family == "dit" and data_kind(d) == "classification" and not OmegaConf.is_missing(d, "image_size"):
+        patch = m.get("patch_size") or d.get("patch_size")
+        if ok(d.image_size, patch) and d.image_size % patch:
+            problems.append(f"data.image_size={d.image_size} is not a multiple of the DiT patch size {patch}; "
+                            "set model.patch_size or data.image_size")
+        if ok(m.hidden, m.heads) and (m.hidden % m.heads or m.hidden % 4):
+            problems.append(f"model.hidden={m.hidden}, model.heads={m.heads}: the width must be a multiple of the "
+                            "heads and of 4 (2-D sin-cos positions)")
+        steps, sample = m.diffusion.get("steps"), m.diffusion.get("sample_steps")
+        if ok(steps, sample) and sample > steps:
+            problems.append(f"model.diffusion.sample_steps={sample} > model.diffusion.steps={steps}: sampling "
+                            "respaces the training steps, it cannot add steps")
     if family == "llama" and not any(OmegaConf.is_missing(m, k) for k in ("dim", "n_heads")):
         kv = m.get("n_kv_heads") or m.n_heads
         if ok(m.dim, m.n_heads, kv) and (m.dim % m.n_heads or m.n_heads % kv):

@@ -12,6 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 from dyt.errors import ConfigError
+from dyt.models.dit import build_dit
 from dyt.models.llama import build_llama
 from dyt.models.timm_family import build_convnext, build_vit
 
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Family] = {
     "vit": Family(build_vit, "classification"),
     "convnext": Family(build_convnext, "classification"),
     "llama": Family(build_llama, "language"),
+    "dit": Family(build_dit, "diffusion"),
 }
 
 
@@ -43,7 +45,9 @@ def build_model(cfg) -> nn.Module:
 def register_model_schemas(cs) -> None:
     """Hook for families whose model/data configs have their own schema (called by dyt.config)."""
     from dyt.data.text import TextDataConfig
+    from dyt.models.dit import DiTModelConfig
     from dyt.models.llama import LlamaModelConfig
 
     cs.store(group="model", name="schema_llama", node=LlamaModelConfig)
+    cs.store(group="model", name="schema_dit", node=DiTModelConfig)
     cs.store(group="data", name="schema_text", node=TextDataConfig)

@@ -86,7 +86,9 @@ class Task:
         """Samples (or tokens) in a batch, for throughput."""
         return len(batch[0])
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The training loss, or a dict whose "loss" is optimised and whose other entries (e.g. DiT's mse and
+        vb parts) are logged as ``train/<name>``."""
         raise NotImplementedError
 
     def eval_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
@@ -97,6 +99,10 @@ class Task:
 
     def train_metrics(self, units_per_s: float) -> dict[str, float]:
         """Extra train metrics from the measured throughput (e.g. the LM task's MFU)."""
+        return {}
+
+    def visualize(self, model: nn.Module) -> dict:
+        """Images to look at after an evaluation (name -> HxWx3 uint8 array), e.g. DiT's sample grid."""
         return {}
 
     def summary_metric(self) -> tuple[str, str]:
