@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
     p.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
     p.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow the options
     run_dir = args.run_dir.removeprefix("run_dir=")
 
     from dyt.run import evaluate_run

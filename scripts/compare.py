@@ -19,9 +19,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dyt.logging import read_jsonl  # noqa: E402
 
-# Paper, Table 1 (ImageNet-1K top-1; arXiv v1): LN -> DyT.
-PAPER = {("table1", "vit_b"): {"layernorm": 82.3, "dyt": 82.5}, ("table1", "vit_l"): {"layernorm": 83.1, "dyt": 83.6},
-         ("table1", "convnext_b"): {"layernorm": 83.7, "dyt": 83.7}, ("table1", "convnext_l"): {"layernorm": 84.3, "dyt": 84.4}}
+# The paper's values (arXiv v1), LN -> DyT: Table 1 (ImageNet-1K top-1), Table 3 (DiT FID-50K, lower is better).
+TOP1, FID = "val/top1", "val/fid"
+PAPER = {("table1", "vit_b"): (TOP1, {"layernorm": 82.3, "dyt": 82.5}),
+         ("table1", "vit_l"): (TOP1, {"layernorm": 83.1, "dyt": 83.6}),
+         ("table1", "convnext_b"): (TOP1, {"layernorm": 83.7, "dyt": 83.7}),
+         ("table1", "convnext_l"): (TOP1, {"layernorm": 84.3, "dyt": 84.4}),
+         ("table3", "dit_b4"): (FID, {"layernorm": 64.9, "dyt": 63.9}),
+         ("table3", "dit_l4"): (FID, {"layernorm": 45.9, "dyt": 45.7}),
+         ("table3", "dit_xl2"): (FID, {"layernorm": 19.9, "dyt": 20.8})}
+EVAL_METRICS = ("val/fid", "val/is")  # measured after training by eval.py (eval.json), shown beside the bests
 NORM_ORDER = ["layernorm", "rmsnorm", "dyt"]  # columns as the paper reads: baseline -> DyT
 
 
@@ -35,8 +42,11 @@ def find_runs(paths: list[Path]) -> list[Path]:
 def load(run: Path) -> dict:
     import yaml
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    return {"dir": run, "summary": json.loads((run / "summary.json").read_text()), "cfg": cfg,
-            "events": read_jsonl(run / "metrics.jsonl")}
+    summary = json.loads((run / "summary.json").read_text())
+    if (run / "eval.json").exists():  # FID / IS of a DiT run (eval.py --fid)
+        ev = json.loads((run / "eval.json").read_text())
+        summary.update({k: ev[k] for k in EVAL_METRICS if k in ev})
+    return {"dir": run, "summary": summary, "cfg": cfg, "events": read_jsonl(run / "metrics.jsonl")}
 
 
 def cell(r: dict) -> str:
@@ -49,7 +59,8 @@ def metrics_of(runs: list[dict]) -> list[str]:
     """The summary metric, and its EMA twin when any run kept an EMA (the paper's recipe reports both)."""
     metric = runs[0]["summary"].get("metric", "val/loss")
     ema = metric.replace("val/", "val_ema/", 1)
-    return [metric] + ([ema] if any(f"best/{ema}" in r["summary"] or ema in r["summary"] for r in runs) else [])
+    extra = [m for m in EVAL_METRICS if any(m in r["summary"] for r in runs)]
+    return [metric] + ([ema] if any(f"best/{ema}" in r["summary"] or ema in r["summary"] for r in runs) else []) + extra
 
 
 def value(s: dict, metric: str) -> str:
@@ -70,11 +81,13 @@ def table(runs: list[dict]) -> str:
     lines = ["| run (norm = *) | metric | " + " | ".join(norms) + " | paper |", "|---" * (len(norms) + 3) + "|"]
     for name, by_norm in sorted(groups.items()):
         c = next(iter(by_norm.values()))["cfg"]
-        paper = PAPER.get((c.get("table"), c.get("model", {}).get("name")), {})
-        ref = ", ".join(f"{k} {v}" for k, v in paper.items()) or "-"
+        paper_metric, paper = PAPER.get((c.get("table"), c.get("model", {}).get("name")), (None, {}))
         for metric in metrics_of(list(by_norm.values())):
             vals = [value(by_norm[n]["summary"], metric) if n in by_norm else "" for n in norms]
-            lines.append(f"| {name} | best {metric} | " + " | ".join(vals) + f" | {ref} |")
+            same = paper_metric in (metric, metric.replace("val_ema/", "val/", 1))
+            ref = ", ".join(f"{k} {v}" for k, v in paper.items()) if same else "-"
+            label = metric if metric in EVAL_METRICS else f"best {metric}"
+            lines.append(f"| {name} | {label} | " + " | ".join(vals) + f" | {ref} |")
     return "\n".join(lines)
 
 

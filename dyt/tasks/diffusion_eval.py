@@ -111,7 +111,7 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
             with autocast(dist.device, dtype):
                 images = task.generate(model, labels, torch.Generator().manual_seed(chunk_seed(cfg.seed, k)))
             feats = net(images.to(dist.device))
-            stats.add(feats["pool"], feats.get("logits"))
+            stats.add(feats["pool"].cpu(), feats.get("logits"))  # CPU: the accumulators are gathered as objects
             if k == 0:
                 grid = images[:GRID]
         gathered = D.all_gather_object(stats)
@@ -125,8 +125,9 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
                    "fid/sample_steps": int(cfg.model.diffusion.sample_steps),
                    "fid/cfg_scale": float(cfg.model.diffusion.cfg_scale), "fid/ref": ref_from,
                    "fid/ref_count": int(ref_stats.get("count", 0)), "fid/step": int(state["step"])}
-        if stats.logits is not None:
-            metrics["val/is"], metrics["val/is_std"] = inception_score(stats.logits, splits=min(10, n))
+        logits = stats.logits()
+        if logits is not None:
+            metrics["val/is"], metrics["val/is_std"] = inception_score(logits, splits=min(10, n))
         save_png(run_dir / "fid_samples.png", image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
         previous = {}
         if (run_dir / "eval.json").is_file():
