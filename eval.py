@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
     p.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
     p.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
+    p.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
+                   help="sqrtm: ADM / pytorch-fid's computation; eigh: the same trace, ~5x faster on a CPU")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow the options
     run_dir = args.run_dir.removeprefix("run_dir=")
 
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
         if args.fid is not None:
             from dyt.tasks.diffusion_eval import run_fid
             metrics.update(run_fid(run_dir, args.fid, args.overrides, args.checkpoint, args.fid_ref, args.fid_batch,
-                                   args.fid_ref_count))
+                                   args.fid_ref_count, method=args.fid_method))
         if args.tasks:
             from dyt.lm_eval import run_lm_eval
             metrics.update(run_lm_eval(run_dir, args.tasks.split(","), args.include_path, args.limit, args.checkpoint))

@@ -35,6 +35,9 @@ ALLOWED_ON_RESUME = (
     "trainer.log_every", "trainer.keep_checkpoints", "trainer.progress", "trainer.resume", "trainer.device",
     "trainer.compile",  # a speed knob: the same math
     "data.num_workers", "data.root",  # where the same data lives / how many processes read it
+    # DiT: how samples are drawn and looked at (grids, FID), not how the model trains
+    "model.diffusion.sampler", "model.diffusion.sample_steps", "model.diffusion.eta", "model.diffusion.cfg_scale",
+    "model.diffusion.grid_*", "data.vae", "data.fid_ref",
     "logger", "logger.*", "run_name", "sweep_name", "table",  # names and labels
 )
 ABSENT = "<absent>"

@@ -126,12 +126,32 @@ def test_dit_wandb_offline_logs_the_grid(tmp_path, monkeypatch):
 
 def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path):
     d, _ = dyt_run
-    out = run_script(["python", str(ROOT / "eval.py"), str(d), "--fid", "24", "--fid-batch", "12",
-                      "--fid-ref-count", "48", "trainer.device=cpu"], cwd=tmp_path, env={"DYT_CACHE": str(tmp_path)})
+    out = run_script(["python", str(ROOT / "eval.py"), str(d), "--fid", "12", "--fid-batch", "6",
+                      "--fid-ref-count", "16", "--fid-method", "eigh", "trainer.device=cpu"], cwd=tmp_path,
+                     env={"DYT_CACHE": str(tmp_path)})
     ev = json.loads((d / "eval.json").read_text())
-    assert ev["fid/samples"] == 24 and ev["fid/weights"] == "ema" and ev["fid/ref_count"] == 48
-    assert ev["val/fid"] > 0 and "val_ema/loss" in ev and "val/fid" in out.stdout
-    assert (d / "fid_samples.png").is_file() and list((tmp_path / "fid_stats").glob("*.npz"))
+    assert ev["fid/samples"] == 12 and ev["fid/weights"] == "ema" and ev["fid/ref_count"] == 16
+    assert "val_ema/loss" in ev and "val/fid" in out.stdout and (d / "fid_samples.png").is_file()
+    # The same number from the pieces: the EMA weights, balanced labels, chunk k seeded by (seed, k), the cached
+    # reference statistics of the first 16 validation images.
+    from dyt.checkpoint import load_checkpoint
+    from dyt.distributed import DistInfo
+    from dyt.run import run_config
+    from dyt.tasks import build_task
+    from dyt.tasks.diffusion_eval import chunk_seed
+    from dyt.tasks.fid import FeatureStats, InceptionFeatures, frechet_distance, load_stats
+    task = build_task(run_config(d), DistInfo())
+    model = task.build_model()
+    model.load_state_dict(load_checkpoint(d / "checkpoints/step_00000012.pt", map_location="cpu")["ema"])
+    net, stats = InceptionFeatures(), FeatureStats()
+    for k in range(2):
+        images = task.generate(model, torch.arange(6 * k, 6 * k + 6) % 10, torch.Generator().manual_seed(chunk_seed(0, k)))
+        stats.add(net(images)["pool"])
+    [ref] = list((tmp_path / "fid_stats").glob("*.npz"))
+    ref = load_stats(ref)
+    assert ref["count"] == 16
+    assert ev["val/fid"] == pytest.approx(frechet_distance(*stats.mean_cov(), ref["mu"], ref["sigma"], method="eigh"),
+                                          rel=1e-6)
 
 
 def test_latent_dit_end_to_end(tmp_path):
@@ -192,3 +212,18 @@ def test_dit_multirun_ln_vs_dyt_and_rerun_skips(tmp_path):
     assert [json.loads((p / "summary.json").read_text())["norm"] for p in runs] == ["dyt", "layernorm"]
     again = run_script(args, cwd=tmp_path)
     assert again.stdout.count("already completed; skipping") == 2
+
+
+def test_sampling_settings_may_change_on_resume_training_settings_may_not(dyt_run):
+    """How samples are drawn (grids, FID) does not define a run: it may change when resuming, and does not
+    name the run directory; the model and the diffusion it trains on do."""
+    from dyt.errors import ConfigError
+    from dyt.rundir import check_config_change
+    d, _ = dyt_run
+    changes = check_config_change(d, compose([*DIT, "norm=dyt", "trainer.keep_checkpoints=2",
+                                              "model.diffusion.sample_steps=50", "model.diffusion.cfg_scale=2.0",
+                                              "model.diffusion.grid_per_class=4"]))
+    assert set(changes) == {"model.diffusion.sample_steps", "model.diffusion.cfg_scale", "model.diffusion.grid_per_class"}
+    for bad in ("model.diffusion.steps=500", "model.class_dropout=0.2", "model.adaln_zero_init=true"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            check_config_change(d, compose([*DIT, "norm=dyt", "trainer.keep_checkpoints=2", bad]))

@@ -71,7 +71,8 @@ def chunk_seed(seed: int, k: int) -> int:
 
 
 def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: str | None = None,
-            batch_size: int = 100, ref_limit: int | None = 10_000, progress: bool | None = None) -> dict:
+            batch_size: int = 100, ref_limit: int | None = 10_000, progress: bool | None = None,
+            method: str = "sqrtm") -> dict:
     """FID of `n` samples of a DiT run (merged into <run dir>/eval.json, with a grid of the first samples)."""
     from dyt import distributed as D
     from dyt.checkpoint import list_checkpoints, load_checkpoint, load_model_state
@@ -120,7 +121,8 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         for other in gathered[1:]:
             stats.merge(other)
         mu, sigma = stats.mean_cov()
-        metrics = {"val/fid": frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"]), "fid/samples": n,
+        fid = frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"], method=method)
+        metrics = {"val/fid": fid, "fid/samples": n,
                    "fid/weights": weights, "fid/sampler": cfg.model.diffusion.sampler,
                    "fid/sample_steps": int(cfg.model.diffusion.sample_steps),
                    "fid/cfg_scale": float(cfg.model.diffusion.cfg_scale), "fid/ref": ref_from,
