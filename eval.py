@@ -5,7 +5,7 @@
     python eval.py run_dir=runs/vit_pico-dyt-digits-s0 --checkpoint runs/.../checkpoints/step_00000100.pt
 
 Prints the metrics and writes them to <run dir>/eval.json. Extra key=value arguments override the run's config.
-A DiT run also computes FID (and Inception Score) of N generated samples, EMA weights when kept, with the run's
+A DiT run also computes FID of N generated samples, EMA weights when kept, with the run's
 sampler settings (model.diffusion.*; the paper's FID-50K: 250 DDPM steps, no guidance):
     python eval.py runs/dit_tiny-dyt-digits-s0 --fid 1000                 # reference: the val split, cached
     python eval.py <imagenet run> --fid 50000 --fid-ref VIRTUAL_imagenet256_labeled.npz   (under torchrun: all ranks)
@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
     p.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
     p.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
+    p.add_argument("--fid-weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="auto: the EMA when kept (val_ema/fid, the paper's), else the raw weights (val/fid)")
     p.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="sqrtm: ADM / pytorch-fid's computation; eigh: the same trace, ~5x faster on a CPU")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow the options
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
         if args.fid is not None:
             from dyt.tasks.diffusion_eval import run_fid
             metrics.update(run_fid(run_dir, args.fid, args.overrides, args.checkpoint, args.fid_ref, args.fid_batch,
-                                   args.fid_ref_count, method=args.fid_method))
+                                   args.fid_ref_count, method=args.fid_method, weights=args.fid_weights))
         if args.tasks:
             from dyt.lm_eval import run_lm_eval
             metrics.update(run_lm_eval(run_dir, args.tasks.split(","), args.include_path, args.limit, args.checkpoint))

@@ -28,7 +28,7 @@ PAPER = {("table1", "vit_b"): (TOP1, {"layernorm": 82.3, "dyt": 82.5}),
          ("table3", "dit_b4"): (FID, {"layernorm": 64.9, "dyt": 63.9}),
          ("table3", "dit_l4"): (FID, {"layernorm": 45.9, "dyt": 45.7}),
          ("table3", "dit_xl2"): (FID, {"layernorm": 19.9, "dyt": 20.8})}
-EVAL_METRICS = ("val/fid", "val/is")  # measured after training by eval.py (eval.json), shown beside the bests
+EVAL_METRICS = ("val/fid", "val_ema/fid", "val/is", "val_ema/is")  # eval.py's (eval.json), beside the bests
 NORM_ORDER = ["layernorm", "rmsnorm", "dyt"]  # columns as the paper reads: baseline -> DyT
 
 
