@@ -1,0 +1,317 @@
+"""Memory plan of a composed config: does a cell fit on N nodes x G GPUs, and with which strategy?
+
+Nothing is allocated: the model is built on the meta device and every number is arithmetic on its shapes.
+Bytes per GPU are the sum of:
+
+* Model states, per parameter (Rajbhandari et al. 2020, "ZeRO", Sec. 3.1: mixed-precision Adam = 2 + 2 + 12 bytes):
+  bf16/fp16/auto -- params 2, grads 2, fp32 master 4, AdamW's two fp32 moments 8 (= 16 B); fp32 -- params 4,
+  grads 4, moments 8 (= 16 B); + an fp32 EMA copy (4 B) when ``trainer.ema_decay``. FSDP2 with params bf16 and
+  reductions fp32 keeps the same 16 B as fp32 sharded params + fp32 grads + moments: the total is the same.
+  DDP holds all of it on every GPU; FSDP divides it by the world size; HSDP by the GPUs of one node.
+* FSDP/HSDP working set ("gathered"): the all-gathered compute-dtype params of two units (the running one and the
+  prefetched one) + one unit's unsharded gradient in fp32 (the reduce dtype); a unit is a block, or the root
+  (embeddings, final norm, head), whichever is largest.
+* Activations, after Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
+  Sec. 4: per layer ``s*b*h*(34 + 5*a*s/h)`` bytes in 16-bit with dropout and without flash attention (s sequence,
+  b micro-batch, h width, a heads). Itemised in elements of the activation dtype (2 B in bf16, 4 B in fp32)::
+
+      norm inputs 2 | attention: input 1, Q 1, K and V 2*kv, output (out-proj input) 1 | MLP input 1
+      MLP hidden: GeLU 2*f/h (GeLU input, fc2 input) or SwiGLU 4*f/h (w1 out, w3 out, silu out, w2 input)
+      adaLN (DiT): + 4 (modulated norm outputs saved for the scale grads, branch outputs for the gate grads)
+      dropout: + 2 one-byte masks; attention scores without flash: a*s*b*(2 + 3 with dropout) bytes per element of s
+
+  GPT (f = 4h, dropout, no flash) gives 2*16 + 2 = 34 and 5*a*s/h: the paper's formula (tests check it). Our models
+  use SDPA (flash / memory-efficient kernels) and no dropout, so the a*s^2 term and the masks drop: 32 for ViT,
+  40 for DiT (adaLN), and LLaMA's SwiGLU turns the MLP's 2 + 4*f/h = 18 into 2 + 8*f/h: with f = 8/3 h (LLaMA's
+  rule) 23.3, with 7B's f = 11008 = 2.6875 h 23.5, so 37.5 per layer instead of 34. K and V count in full because
+  our LLaMA repeats the GQA heads before SDPA (kv = 1). Norm sites count their input only (fused RMSNorm / DyT).
+  Outside the blocks: LLaMA's final-norm and head inputs (2 sbh elements) and the fp32 log-softmax output plus its
+  gradient at the start of backward (8 bytes x s x b x vocab); ViT's pooled head is negligible; DiT's final adaLN
+  layer 3 sbh elements.
+  Checkpointing: none stores every layer; full stores each block's input (Korthikanti: 2sbh per layer in 16-bit)
+  + one layer's activations recomputed in backward; selective checkpoints every k-th block (k =
+  ``trainer.ac_every``, else 2; as torchtitan's ``ac_freq`` and the released LLaMA code's selective_checkpointing).
+  Not counted: CUDA context / allocator fragmentation (the ``margin``, 10% of the GPU), DDP's gradient buckets
+  (none with ``gradient_as_bucket_view=True``), autocast's weight cache, temporaries of one kernel.
+A strategy is cheaper than another when it recomputes less (FLOPs that cannot overlap), then when it communicates
+less (DDP < HSDP < FSDP: intra-node sharding before sharding across nodes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from dyt.errors import ConfigError
+
+GIB = 2**30
+STRATEGIES = ("ddp", "hsdp", "fsdp")
+AC_MODES = ("none", "selective", "full")
+LAUNCHER_KEYS = ("nodes", "gpus_per_node", "nproc")
+
+
+@dataclass
+class Shape:
+    """What the activation formula needs of a Transformer (per sample: s tokens of width h)."""
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    seq: int
+    blocks: nn.ModuleList  # the repeated blocks: one FSDP unit and one checkpoint each
+    glu: bool = False  # SwiGLU MLP (LLaMA)
+    adaln: bool = False  # adaLN modulation and gates (DiT)
+    kv_ratio: float = 1.0  # K/V heads / heads as SDPA sees them
+    head_elems: float = 0.0  # activations outside the blocks, in s*h elements per sample
+    head_bytes_per_token: float = 0.0  # LM loss: fp32 log-softmax output + its gradient (8 x vocab)
+
+
+def _llama_shape(model, cfg) -> Shape:
+    c = model.cfg  # K/V are repeated to all heads before SDPA (dyt.models.llama.Attention): kv_ratio 1
+    return Shape(c.n_layers, c.dim, c.n_heads, model.layers[0].ffn.w1.out_features, int(cfg.data.seq_len),
+                 model.layers, glu=True, head_elems=2, head_bytes_per_token=8 * model.vocab_size)
+
+
+def _vit_shape(model, cfg) -> Shape:
+    b0 = model.blocks[0]
+    return Shape(len(model.blocks), model.embed_dim, b0.attn.num_heads, b0.mlp.fc1.out_features,
+                 model.patch_embed.num_patches + model.num_prefix_tokens, model.blocks)
+
+
+def _dit_shape(model, cfg) -> Shape:
+    b0 = model.blocks[0]
+    return Shape(len(model.blocks), b0.attn.qkv.in_features, b0.attn.num_heads, b0.mlp.fc1.out_features,
+                 model.x_embedder.num_patches, model.blocks, adaln=True, head_elems=3)
+
+
+SHAPES = {"llama": _llama_shape, "vit": _vit_shape, "dit": _dit_shape}  # by family; others: no activation model
+
+
+def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, *, act_bytes: int = 2, glu: bool = False,
+                           adaln: bool = False, kv_ratio: float = 1.0, flash: bool = True,
+                           dropout: bool = False) -> float:
+    """Bytes one Transformer layer keeps for backward (Korthikanti et al. 2022, itemised: see the module doc)."""
+    elems = 2 + (3 + 2 * kv_ratio) + 1 + (4 if glu else 2) * f / h + (4 if adaln else 0)
+    per_token = elems * act_bytes + (2 if dropout else 0)
+    scores = 0 if flash else a * s * s * b * (act_bytes + (act_bytes + 1 if dropout else 0))
+    return s * b * h * per_token + scores
+
+
+def activation_bytes(shape: Shape, micro_batch: int, act_bytes: int, ac: str, ac_every: int = 2) -> float:
+    """Activations of one micro-batch under checkpointing ``ac`` (none | selective | full)."""
+    s, b, h = shape.seq, micro_batch, shape.hidden
+    layer = layer_activation_bytes(s, b, h, shape.heads, shape.ffn, act_bytes=act_bytes, glu=shape.glu,
+                                   adaln=shape.adaln, kv_ratio=shape.kv_ratio)
+    block_input = s * b * h * act_bytes
+    n_ckpt = {"none": 0, "selective": shape.layers // max(1, ac_every), "full": shape.layers}[ac]
+    blocks = (shape.layers - n_ckpt) * layer + n_ckpt * block_input + (layer if n_ckpt else 0)
+    return blocks + s * b * (h * shape.head_elems * act_bytes + shape.head_bytes_per_token)
+
+
+def state_bytes_per_param(precision: str, ema: bool) -> dict[str, int]:
+    low = precision in ("bf16", "fp16", "auto")  # auto = bf16 on a GPU
+    return {"params": 2 if low else 4, "grads": 2 if low else 4, "optimizer": 8, "master": 4 if low else 0,
+            "ema": 4 if ema else 0}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+
+
+def largest_unit(model: nn.Module, blocks: nn.ModuleList | None) -> int:
+    """Params of the largest FSDP unit: one block, or the root (everything outside the blocks)."""
+    total = count_params(model)
+    if blocks is None:
+        return total
+    sizes = [count_params(blk) for blk in blocks]
+    return max(max(sizes), total - sum(sizes))
+
+
+def memory(n_params: int, unit: int, per_param: dict, strategy: str, nodes: int, gpus_per_node: int,
+           activations: float | None) -> dict:
+    """Bytes per GPU of each component under ``strategy`` (ddp | fsdp | hsdp)."""
+    shards = {"ddp": 1, "fsdp": nodes * gpus_per_node, "hsdp": gpus_per_node}[strategy]
+    out = {k: n_params * v / shards for k, v in per_param.items()}
+    compute = per_param["params"]
+    out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else unit * (2 * compute + 4)
+    out["activations"] = activations
+    out["total"] = sum(v for v in out.values() if v is not None)
+    return out
+
+
+def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0, margin: float = 0.1,
+         model: nn.Module | None = None) -> dict:
+    """The memory plan of a composed config on ``nodes`` x ``gpus_per_node`` GPUs (every size in bytes)."""
+    from dyt.models import build_model
+    if nodes < 1 or gpus_per_node < 1:
+        raise ConfigError(f"launcher.nodes={nodes} and GPUs per node={gpus_per_node} must be >= 1")
+    if model is None:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    family, tc = cfg.model.family, cfg.trainer
+    world, accum = nodes * gpus_per_node, int(tc.grad_accum)
+    n = count_params(model)
+    shape = SHAPES[family](model, cfg) if family in SHAPES else None
+    ac_every = int(tc.get("ac_every", None) or 2)
+    per_param = state_bytes_per_param(str(tc.precision), bool(tc.ema_decay))
+    unit = largest_unit(model, shape.blocks if shape else None)
+    usable = gpu_mem_gib * GIB * (1 - margin)
+    out = {"model": cfg.model.name, "family": family, "norm": cfg.norm.name, "params": n,
+           "nodes": nodes, "gpus_per_node": gpus_per_node, "world": world, "grad_accum": accum,
+           "global_batch": int(tc.batch_size), "precision": str(tc.precision), "ac_every": ac_every,
+           "gpu_mem_gib": gpu_mem_gib, "margin": margin, "usable": usable, "largest_unit": unit,
+           "configured": _configured(tc), "notes": []}
+    if family == "llama":
+        out["non_embedding_params"] = n - model.tok_embeddings.weight.numel()
+        out["seq_len"] = int(cfg.data.seq_len)
+        out["tokens_per_step"] = out["global_batch"] * out["seq_len"]
+    else:
+        out["images_per_step"] = out["global_batch"]
+    if shape:
+        out.update(seq=shape.seq, hidden=shape.hidden, heads=shape.heads, layers=shape.layers, ffn=shape.ffn)
+    else:
+        out["notes"].append(f"no activation model for family {family!r}: model states only")
+    rows, micro = _rows(out, n, unit, per_param, shape, accum)
+    out["micro_batch"], out["rows"] = micro, rows
+    if out["global_batch"] % (world * accum):
+        out["notes"].append(f"trainer.batch_size {out['global_batch']} is not a multiple of world x grad_accum = "
+                            f"{world * accum}; rounded the micro-batch up to {micro}")
+    out["cheapest"] = _cheapest(rows)
+    if out["cheapest"] is None:  # the smallest grad_accum that fits, halving the micro-batch each time
+        ga = accum * 2
+        while out["global_batch"] >= world * ga:
+            alt_rows, alt_micro = _rows(out, n, unit, per_param, shape, ga)
+            if (best := _cheapest(alt_rows)) is not None:
+                out["suggestion"] = {"grad_accum": ga, "micro_batch": alt_micro, **best}
+                break
+            ga *= 2
+    return out
+
+
+def _rows(out, n, unit, per_param, shape, accum) -> tuple[list[dict], int]:
+    micro = -(-out["global_batch"] // (out["world"] * accum))
+    act_bytes = per_param["params"]  # activations in the compute dtype: 2 (bf16) or 4 (fp32)
+    rows = []
+    for ac in AC_MODES:
+        act = activation_bytes(shape, micro, act_bytes, ac, out["ac_every"]) if shape else None
+        for strategy in STRATEGIES:
+            mem = memory(n, unit, per_param, strategy, out["nodes"], out["gpus_per_node"], act)
+            rows.append({"strategy": strategy, "ac": ac, **mem, "fits": mem["total"] <= out["usable"]})
+    return rows, micro
+
+
+def _cheapest(rows: list[dict]) -> dict | None:
+    """The fitting row that recomputes least, then communicates least (rows are in that order)."""
+    return next(({"strategy": r["strategy"], "ac": r["ac"], "total": r["total"]} for r in rows if r["fits"]), None)
+
+
+def _configured(tc) -> tuple[str | None, str | None]:
+    """(trainer.parallel, trainer.activation_checkpointing) where the trainer has them, normalised."""
+    par, ac = tc.get("parallel", None), tc.get("activation_checkpointing", None)
+    ac = {None: None, False: "none", True: "full", "off": "none", "no": "none"}.get(ac, ac)
+    return (str(par).lower() if par else None), (str(ac).lower() if ac is not None else None)
+
+
+def split_launcher(overrides: list[str]) -> tuple[dict[str, int], list[str]]:
+    """``launcher.nodes=`` / ``launcher.gpus_per_node=`` / ``launcher.nproc=`` (also with ``+``/``++``) out of
+    Hydra overrides: ({key: value}, the launcher overrides as given)."""
+    found, given = {}, []
+    for o in overrides:
+        key, sep, value = o.lstrip("+").partition("=")
+        if sep and key.startswith("launcher.") and key.split(".", 1)[1] in LAUNCHER_KEYS:
+            try:
+                found[key.split(".", 1)[1]] = int(value)
+            except ValueError:
+                raise ConfigError(f"{o}: expected an integer") from None
+            given.append(o)
+    return found, given
+
+
+def compose(overrides: list[str]):
+    """The composed config for ``overrides``, exactly as ``python train.py <overrides>`` sees it."""
+    from pathlib import Path
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from dyt.config import setup
+    setup()
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def compose_with_launcher(argv: list[str], default_nodes: int = 1, default_gpus: int = 1):
+    """(cfg, nodes, gpus_per_node) for Hydra overrides that may name launcher keys the config lacks.
+
+    Launcher values on the command line win, then the composed ``launcher`` section, then the defaults; launcher
+    overrides go to Hydra only where the config has that key (so a config with a launcher group checks them).
+    """
+    found, given = split_launcher(argv)
+    rest = [o for o in argv if o not in given]
+    cfg = compose(rest)
+    launcher = cfg.get("launcher", None)
+    if launcher is not None:  # gpus_per_node is the schema's nproc where the schema has no gpus_per_node
+        alias = {"gpus_per_node": "nproc"} if "gpus_per_node" not in launcher else {}
+        mapped = {alias.get(k, k): v for k, v in found.items()}
+        kept = [f"launcher.{k}={v}" for k, v in mapped.items() if k in launcher]
+        cfg = compose(rest + kept) if kept else cfg
+        launcher = cfg.launcher
+    conf = lambda k: launcher.get(k, None) if launcher is not None else None  # noqa: E731
+    nodes = found.get("nodes") or conf("nodes") or default_nodes
+    gpus = found.get("gpus_per_node") or found.get("nproc") or conf("gpus_per_node") or conf("nproc") or default_gpus
+    return cfg, int(nodes), int(gpus)
+
+
+def _gib(x: float | None) -> str:
+    return "n/a" if x is None else f"{x / GIB:.1f}"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+COLUMNS = ("strategy", "AC", "params", "grads", "optim", "master", "EMA", "gathered", "activ.", "total", "fits")
+
+
+def format_plan(p: dict, markdown: bool = False) -> str:
+    """The plan as text: a summary, one row per strategy x checkpointing (GiB per GPU), the verdict."""
+    lines = [f"{p['model']} ({p['family']}, norm={p['norm']}): {_count(p['params'])} parameters"
+             + (f" ({_count(p['non_embedding_params'])} non-embedding)" if "non_embedding_params" in p else "")]
+    world = f"{p['nodes']} node(s) x {p['gpus_per_node']} GPU(s) = {p['world']} GPUs"
+    if "tokens_per_step" in p:
+        step = (f"global batch {p['global_batch']} x {p['seq_len']} tokens = "
+                f"{p['tokens_per_step'] / 1e6:.2f}M tokens/step")
+    else:
+        step = f"global batch {p['global_batch']} images/step"
+    lines.append(f"{world}; {step}; grad_accum {p['grad_accum']} -> micro-batch {p['micro_batch']} per GPU")
+    if "seq" in p:
+        lines.append(f"shape: {p['layers']} layers, width {p['hidden']}, {p['heads']} heads, MLP {p['ffn']}, "
+                     f"{p['seq']} tokens per sample; largest FSDP unit {_count(p['largest_unit'])} params")
+    lines.append(f"precision {p['precision']}; selective AC = every {p['ac_every']} block(s); GPU {p['gpu_mem_gib']:g} "
+                 f"GiB, usable {p['usable'] / GIB:.1f} GiB ({p['margin']:.0%} margin); sizes in GiB per GPU")
+    par, ac = p["configured"]
+    mark = "\\*" if markdown else "*"
+    rows = [[r["strategy"].upper() + (mark if (r["strategy"], r["ac"]) == (par, ac) else ""), r["ac"],
+             *(_gib(r[k]) for k in ("params", "grads", "optimizer", "master", "ema", "gathered", "activations",
+                                    "total")), "yes" if r["fits"] else "no"] for r in p["rows"]]
+    if markdown:
+        table = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in
+                                                                      range(len(COLUMNS))) + "|"]
+        table += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(COLUMNS, *rows)]
+        fmt = lambda r: "  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w)  # noqa: E731
+                                  for i, (x, w) in enumerate(zip(r, widths)))
+        table = [fmt(COLUMNS), "  ".join("-" * w for w in widths), *map(fmt, rows)]
+    star, bullet = ("\\*", "- ") if markdown else ("*", "")
+    tail = [f"{star} = as configured (trainer.parallel={par}, trainer.activation_checkpointing={ac})"] if par else []
+    if best := p["cheapest"]:
+        tail.append(f"cheapest that fits: {best['strategy'].upper()} + AC {best['ac']} ({_gib(best['total'])} GiB)")
+    else:
+        tail.append("nothing fits at this micro-batch")
+        if s := p.get("suggestion"):
+            tail.append(f"fits with trainer.grad_accum={s['grad_accum']} (micro-batch {s['micro_batch']}): "
+                        f"{s['strategy'].upper()} + AC {s['ac']} ({_gib(s['total'])} GiB)")
+    tail += [f"note: {n}" for n in p["notes"]]
+    return "\n".join([bullet + x for x in lines] + [""] + table + [""] + [bullet + x for x in tail])

@@ -1,0 +1,136 @@
+"""The plan script (issue 11): parameter counts on meta, the memory arithmetic by hand, the CLI, no allocation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dyt
+from dyt.plan import (GIB, compose_with_launcher, format_plan, layer_activation_bytes, memory, plan,
+                      split_launcher, state_bytes_per_param)
+from conftest import ROOT, compose, run_script
+
+VOCAB = 32000  # configs/data/text_pile.yaml: the LLaMA 2 tokenizer, as the table4_* experiments use
+
+
+def llama_params(d, L, heads, kv, f, vocab=VOCAB, dyt_norm=True):
+    """LLaMA from its architecture: embeddings + output, per layer GQA attention + SwiGLU + 2 norms, final norm.
+    DyT adds one alpha per norm site and the embedding scale."""
+    hd = d // heads
+    layer = 2 * d * d + 2 * d * kv * hd + 3 * d * f + 2 * d
+    n = 2 * vocab * d + L * layer + d
+    return n + (2 * L + 1 + 1 if dyt_norm else 0)
+
+
+def vit_params(d=1024, L=24, patch=16, img=224, classes=1000, mlp=4, dyt_norm=True):
+    """timm ViT (class token, avg pool + fc_norm): patch conv, cls, positions, blocks, fc_norm, head."""
+    tokens = (img // patch) ** 2 + 1
+    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (mlp * d * d + mlp * d) + (mlp * d * d + d)
+    n = 3 * patch * patch * d + d + d + tokens * d + L * block + 2 * d + d * classes + classes
+    return n + (2 * L + 1 if dyt_norm else 0)
+
+
+def dit_params(D=1152, L=28, patch=2, chans=4, classes=1000, mlp=4, dyt_norm=True):
+    """DiT (learned sigma, a null class for guidance; fixed sin-cos positions are a buffer, not counted)."""
+    out = patch * patch * 2 * chans
+    block = (3 * D * D + 3 * D) + (D * D + D) + (mlp * D * D + mlp * D) + (mlp * D * D + D) + (6 * D * D + 6 * D)
+    n = (chans * patch * patch * D + D) + (256 * D + D + D * D + D) + (classes + 1) * D + L * block
+    n += (2 * D * D + 2 * D) + (D * out + out)
+    return n + (2 * L + 1 if dyt_norm else 0)
+
+
+@pytest.mark.parametrize("cell,expected", [
+    ("table4_7b", llama_params(4096, 32, 32, 32, 11008)),
+    ("table4_13b", llama_params(5120, 40, 40, 40, 13824)),
+    ("table4_34b", llama_params(8192, 48, 64, 8, 22016)),
+    ("table4_70b", llama_params(8192, 80, 64, 8, 28672)),
+    ("table1_vit_l", vit_params()),
+    ("table3_dit_xl2", dit_params()),
+])
+def test_param_counts_on_meta(cell, expected):
+    cfg = compose([f"experiment={cell}"])
+    with torch.device("meta"):
+        model = dyt.build_model(cfg)
+    assert all(p.is_meta for p in model.parameters())
+    p = plan(cfg, 8, 8, model=model)
+    assert p["params"] == expected
+    if cfg.model.family == "llama":
+        assert cfg.data.vocab_size == VOCAB
+        assert p["non_embedding_params"] == expected - VOCAB * cfg.model.dim
+        assert p["tokens_per_step"] == 1024 * 4096
+
+
+def test_known_published_counts():
+    """The formulas above against published totals: LLaMA 2 7B / 13B / 70B and CodeLlama 34B (vocab 32000),
+    timm's vit_large_patch16_224, DiT-XL/2 (whose code counts its 256 x 1152 positions as a parameter)."""
+    assert llama_params(4096, 32, 32, 32, 11008, dyt_norm=False) == 6_738_415_616
+    assert llama_params(5120, 40, 40, 40, 13824, dyt_norm=False) == 13_015_864_320
+    assert llama_params(8192, 48, 64, 8, 22016, dyt_norm=False) == 33_743_970_304
+    assert llama_params(8192, 80, 64, 8, 28672, dyt_norm=False) == 68_976_648_192
+    assert vit_params(dyt_norm=False) == 304_326_632
+    assert dit_params(dyt_norm=False) + 256 * 1152 == 675_129_632
+    # and the builders agree for the baselines' norms
+    cfg = compose(["experiment=table4_7b", "norm=rmsnorm"])
+    assert plan(cfg, 1, 8)["params"] == 6_738_415_616
+
+
+def test_korthikanti_formula():
+    """GPT layer (f = 4h, dropout, no flash, 16-bit): s*b*h*(34 + 5*a*s/h) bytes, as the paper."""
+    s, b, h, a = 2048, 3, 4096, 32
+    got = layer_activation_bytes(s, b, h, a, 4 * h, act_bytes=2, flash=False, dropout=True)
+    assert got == pytest.approx(s * b * h * (34 + 5 * a * s / h))
+    # ours: flash, no dropout -> 32; SwiGLU with f = 8/3 h -> 2 + 8*8/3 instead of 2 + 16 for the MLP
+    assert layer_activation_bytes(s, b, h, a, 4 * h) == s * b * h * 32
+    f = 8 * h // 3
+    assert layer_activation_bytes(s, b, h, a, f, glu=True) == pytest.approx(s * b * h * (16 + 8 * f / h))
+
+
+def test_memory_by_hand_7b():
+    """7B, AdamW, bf16: 2 + 2 + 4 (fp32 master) + 8 (moments) = 16 B/param ~ 108 GB: not on an 80 GB GPU under DDP;
+    FSDP over 64 GPUs: 16 B x N / 64 ~ 1.7 GB of states."""
+    n = llama_params(4096, 32, 32, 32, 11008)
+    per = state_bytes_per_param("bf16", ema=False)
+    assert sum(per.values()) == 16 and per["master"] == 4
+    ddp = memory(n, 0, per, "ddp", 8, 8, 0.0)
+    assert ddp["total"] == 16 * n and 16 * n > 107e9 > 80 * GIB * 0.9
+    fsdp = memory(n, 10**8, per, "fsdp", 8, 8, 0.0)
+    assert fsdp["params"] + fsdp["grads"] + fsdp["optimizer"] + fsdp["master"] == pytest.approx(16 * n / 64)
+    assert fsdp["gathered"] == 10**8 * (2 * 2 + 4)  # two bf16 units + one fp32 gradient
+    assert memory(n, 0, per, "hsdp", 8, 8, 0.0)["total"] == pytest.approx(16 * n / 8)
+
+    p = plan(compose(["experiment=table4_7b"]), 8, 8, gpu_mem_gib=80)
+    assert p["micro_batch"] == 1024 // 64 and p["world"] == 64
+    rows = {(r["strategy"], r["ac"]): r for r in p["rows"]}
+    assert not any(r["fits"] for (s, _), r in rows.items() if s == "ddp")
+    s, b, h = 4096, 16, 4096  # full checkpointing: 32 block inputs + one layer (37.5 sbh) + LM head and loss
+    act = 32 * s * b * h * 2 + s * b * h * (16 + 8 * 11008 / 4096) + s * b * (2 * 2 * h + 8 * VOCAB)
+    assert rows["fsdp", "full"]["activations"] == pytest.approx(act)
+    assert rows["fsdp", "full"]["fits"] and not rows["fsdp", "none"]["fits"]
+    assert p["cheapest"]["ac"] == "full"
+    text = format_plan(p, markdown=True)
+    assert "| strategy | AC |" in text and "| FSDP | full |" in text
+
+
+def test_launcher_args():
+    """launcher.* come out of argv; keys the config's launcher lacks (gpus_per_node: the schema calls it nproc)
+    never reach Hydra as such, and the job size is the command line's, else the config's."""
+    found, given = split_launcher(["experiment=table4_7b", "launcher.nodes=8", "+launcher.nproc=4", "seed=1"])
+    assert found == {"nodes": 8, "nproc": 4} and given == ["launcher.nodes=8", "+launcher.nproc=4"]
+    cfg, nodes, gpus = compose_with_launcher(["model=llama_tiny", "data=text_pydoc", "launcher.nodes=2",
+                                              "launcher.gpus_per_node=4"])
+    assert (nodes, gpus) == (2, 4) and cfg.model.family == "llama"
+    if "launcher" in cfg:  # the launcher group (issue 11) checks the values
+        assert (cfg.launcher.nodes, cfg.launcher.get("gpus_per_node", cfg.launcher.get("nproc"))) == (2, 4)
+    if (ROOT / "configs/launcher/slurm_table4.yaml").exists():  # the job size from the config
+        assert compose_with_launcher(["experiment=table4_7b", "launcher=slurm_table4"])[1:] == (8, 8)
+
+
+def test_cli_prints_table_without_allocating():
+    """The CLI as a subprocess, reporting its own peak RSS: a 7B model in bf16 alone would be 13 GB."""
+    code = ("import resource, runpy, sys; sys.argv = ['plan.py', 'experiment=table4_7b', 'launcher.nodes=8', "
+            "'launcher.gpus_per_node=8']\ntry: runpy.run_path('scripts/plan.py', run_name='__main__')\n"
+            "except SystemExit as e: assert not e.code, e.code\n"
+            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = run_script(["python", "-c", code], cwd=ROOT).stdout
+    assert "llama_7b" in out and "6.74B parameters" in out and "64 GPUs" in out and "4.19M tokens/step" in out
+    assert "FSDP" in out and "HSDP" in out and "cheapest that fits:" in out
+    assert int(out.split("maxrss_kb")[-1]) < 3 * 2**20  # KiB: < 3 GiB
