@@ -153,6 +153,12 @@ def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path):
     assert ref["count"] == 16
     assert ev["val_ema/fid"] == pytest.approx(frechet_distance(*stats.mean_cov(), ref["mu"], ref["sigma"], method="eigh"),
                                           rel=1e-6)
+    # The raw weights' FID of the same checkpoint joins it in eval.json (it does not replace it)
+    run_script(["python", str(ROOT / "eval.py"), str(d), "--fid", "4", "--fid-batch", "4", "--fid-ref-count", "16",
+                "--fid-method", "eigh", "--fid-weights", "raw"], cwd=tmp_path, env={"DYT_CACHE": str(tmp_path)})
+    both = json.loads((d / "eval.json").read_text())
+    assert both["val_ema/fid"] == ev["val_ema/fid"] and both["val/fid"] != ev["val_ema/fid"]
+    assert both["fid/weights"] == "raw" and both["fid/samples"] == 4
 
 
 def test_latent_dit_end_to_end(tmp_path):

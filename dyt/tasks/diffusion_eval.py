@@ -75,10 +75,10 @@ def chunk_seed(seed: int, k: int) -> int:
 def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: str | None = None,
             batch_size: int = 100, ref_limit: int | None = 10_000, progress: bool | None = None,
             method: str = "sqrtm", weights: str = "auto") -> dict:
-    """FID of `n` samples of a DiT run (merged into <run dir>/eval.json, with a grid of the first samples)."""
+    """FID of `n` samples of a DiT run ({} on ranks other than 0); writes a grid of the first samples."""
     from dyt import distributed as D
     from dyt.checkpoint import list_checkpoints, load_checkpoint, load_model_state
-    from dyt.logging import save_png, write_json
+    from dyt.logging import save_png
     from dyt.run import run_config
     from dyt.tasks import build_task
     from dyt.tasks.diffusion import DiffusionTask, image_grid
@@ -130,7 +130,7 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         fid = frechet_distance(mu, sigma, ref_stats["mu"], ref_stats["sigma"], method=method)
         prefix = "val_ema" if weights == "ema" else "val"  # as val/loss and val_ema/loss
         metrics = {f"{prefix}/fid": fid, "fid/samples": n,
-                   "fid/weights": weights, "fid/sampler": cfg.model.diffusion.sampler,
+                   "fid/weights": "ema" if weights == "ema" else "raw", "fid/sampler": cfg.model.diffusion.sampler,
                    "fid/sample_steps": int(cfg.model.diffusion.sample_steps),
                    "fid/cfg_scale": float(cfg.model.diffusion.cfg_scale), "fid/ref": ref_from,
                    "fid/ref_count": int(ref_stats.get("count", 0)), "fid/step": int(state["step"])}
@@ -138,14 +138,6 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         if logits is not None:
             metrics[f"{prefix}/is"], metrics[f"{prefix}/is_std"] = inception_score(logits, splits=min(10, n))
         save_png(run_dir / "fid_samples.png", image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
-        previous = {}
-        if (run_dir / "eval.json").is_file():
-            import json
-            try:
-                previous = json.loads((run_dir / "eval.json").read_text())
-            except ValueError:
-                previous = {}
-        write_json(run_dir / "eval.json", {**previous, **metrics})
         return metrics
     finally:
         D.shutdown()
