@@ -68,7 +68,9 @@ def value(s: dict, metric: str) -> str:
     if s["status"] != "completed":
         return f"{s['status']} @{s['step']}"
     v = s.get(f"best/{metric}", s.get(metric))
-    return f"{v:.2f}" if isinstance(v, (int, float)) else ""
+    if not isinstance(v, (int, float)):
+        return ""
+    return f"{v:.2f}" if abs(v) >= 1 else f"{v:.4f}"  # losses below 1 need more digits than accuracies
 
 
 def table(runs: list[dict]) -> str:
