@@ -4,6 +4,8 @@
     python train.py model=convnext_t norm=layernorm data=fashion_mnist
     python train.py -m norm=layernorm,rmsnorm,dyt     # a sweep; re-running it resumes / skips finished runs
     torchrun --nproc_per_node=2 train.py ...          # DDP
+    python train.py -m norm=rmsnorm,dyt launcher.nproc=8  # an 8-process group per run (dyt/launch.py)
+    python train.py -m ... launcher=slurm_table4          # SLURM: one 8 nodes x 8 GPUs job per run (submitit)
 
 Exit codes: 0 completed or diverged; 2 a bad config (one line on stderr); 128 + N stopped by signal N after
 checkpointing (the same command resumes); 1 a sweep with failed points (listed at its end).
@@ -16,30 +18,33 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from dyt import launch
 from dyt.config import setup
 from dyt.errors import ConfigError
 
 setup()
-if int(os.environ.get("RANK", "0")) != 0:
-    # torchrun: only rank 0 writes into the shared run directory (no .hydra/ files, no train.log from other ranks)
+if (launch.worker_rank() or 0) != 0:
+    # torchrun / srun: only rank 0 writes into the shared run dir (no .hydra/ files, no train.log from other ranks)
     sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from dyt.run import train  # heavy imports after Hydra has parsed the command line (fast --help)
-    from dyt.sweep import exit_code, record_config_error
+    from dyt.sweep import exit_code, record_config_error  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
     try:
-        summary = train(cfg, hc.runtime.output_dir)
+        # here, or in a worker group of launcher.nproc processes started for this job (dyt/launch.py)
+        summary = launch.run(cfg, hc, script=os.path.abspath(__file__))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        launch.record_worker_error(e)  # a worker: the line for the process that started it
         in_sweep = hc.mode == RunMode.MULTIRUN
         record_config_error(hc.runtime.output_dir, e, in_sweep)
         if in_sweep:
             return None  # the sweep goes on; SweepReport lists this point at its end
         sys.exit(2)
+    launch.requeue_if_preempted(summary)  # a submitit job stopped by SIGUSR1/2: checkpointed; it requeues itself
     code = exit_code(summary)
     if code:
         sys.exit(code)  # interrupted: stop here (a sweep too), the scheduler or the user re-runs to resume

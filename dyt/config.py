@@ -113,7 +113,16 @@ class TrainerConfig:
     resume: str = "auto"  # auto | never | <path to a checkpoint file>
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    compile: bool = False
+    compile: bool = False  # torch.compile: the whole model under ddp, each block under fsdp / hsdp
+    # Parallelism (dyt/distributed.py wrap_model). ddp: a full replica per rank. fsdp: FSDP2, every block then the
+    # root sharded over all ranks. hsdp: sharded within a group of hsdp_shard_size ranks (null: one node,
+    # LOCAL_WORLD_SIZE), replicated across groups. On one process both train the plain module.
+    parallel: str = "ddp"  # ddp | fsdp | hsdp
+    hsdp_shard_size: Optional[int] = None
+    init: str = "exact"  # fsdp / hsdp: exact (rank 0's CPU build broadcast into the shards: equals a 1-process run)
+    #                      | meta (each shard initialised in place: no process ever holds the full model)
+    activation_checkpointing: str = "none"  # none | full (every block) | selective (one block in every ac_every)
+    ac_every: int = 2  # selective: the released LLaMA code's selective_checkpointing p = 1 / ac_every
     channels_last: bool = False  # image models and batches in channels_last memory (timm's --channels-last)
     ema_decay: Optional[float] = None  # model EMA (timm ModelEmaV3); null = off
     keep_checkpoints: int = 1
@@ -132,6 +141,18 @@ class LoggerConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """How many processes run one job (a run, or each point of a -m sweep): configs/launcher/, dyt/launch.py.
+
+    One process per GPU: `nproc` processes on each of `nodes` nodes (world size = nodes x nproc). On one machine,
+    nproc > 1 starts a torchrun-style worker group per job; under SLURM (hydra/launcher=dyt_slurm) the job gets
+    `nodes` nodes with `nproc` tasks and GPUs each. Not part of a run's name, and may differ when a run resumes.
+    """
+    nproc: int = 1  # processes (GPUs) per node
+    nodes: int = 1  # nodes per job: > 1 only under a cluster launcher (SLURM)
+
+
+@dataclass
 class TrainConfig:
     model: Any = MISSING
     norm: NormConfig = MISSING
@@ -143,6 +164,7 @@ class TrainConfig:
     run_name: str = MISSING
     sweep_name: str = "sweep"
     table: Optional[str] = None  # the paper table a run reproduces (tags the wandb run)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # processes per job (configs/launcher/)
 
 
 def register_configs() -> None:
@@ -156,6 +178,7 @@ def register_configs() -> None:
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
     cs.store(group="logger", name="schema_logger", node=LoggerConfig)
+    cs.store(group="launcher", name="schema_launcher", node=LauncherConfig)
     # Families register their own model / data schemas (e.g. LLaMA, text corpora) on import.
     from dyt.models import register_model_schemas
     register_model_schemas(cs)

@@ -73,6 +73,9 @@ def _first_line(e: Exception) -> str:
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str | None = None) -> dict:
     """Re-evaluate a run's checkpoint (the latest unless `checkpoint`) with its own config + `overrides`.
 
+    A checkpoint is a single file or, from a sharded run (trainer.parallel=fsdp|hsdp), a DCP directory read whole
+    on each process; the plain model is evaluated (one process, or DDP-style shards of the val set under torchrun).
+
     Writes ``eval.json`` into the run directory and returns the metrics (``val/...``, ``val_ema/...``).
     """
     from dyt import distributed as D
@@ -90,7 +93,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
     dist = D.init_distributed(cfg.trainer.device)
     try:
         task = build_task(cfg, dist)
-        state = load_checkpoint(path, map_location=dist.device)
+        state = load_checkpoint(path, map_location=dist.device, keys=("model", "ema"))  # a file or a DCP directory
         dtype = amp_dtype(cfg.trainer.precision, dist.device)
         bs = cfg.trainer.eval_batch_size or max(1, cfg.trainer.batch_size // dist.world_size)
         metrics = {"step": int(state["step"]), "checkpoint": str(path)}

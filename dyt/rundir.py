@@ -34,11 +34,14 @@ ALLOWED_ON_RESUME = (
     "trainer.eval_every", "trainer.eval_every_epochs", "trainer.eval_batch_size", "trainer.ckpt_every",
     "trainer.log_every", "trainer.keep_checkpoints", "trainer.progress", "trainer.resume", "trainer.device",
     "trainer.compile",  # a speed knob: the same math
+    # how the same model is spread over the ranks and recomputed (losses equal to ~1e-7; tests/test_fsdp.py)
+    "trainer.parallel", "trainer.hsdp_shard_size", "trainer.activation_checkpointing", "trainer.ac_every",
     "data.num_workers", "data.root",  # where the same data lives / how many processes read it
     # DiT: how samples are drawn and looked at (grids, FID), not how the model trains
     "model.diffusion.sampler", "model.diffusion.sample_steps", "model.diffusion.eta", "model.diffusion.cfg_scale",
     "model.diffusion.grid_*", "data.vae", "data.fid_ref",
     "logger", "logger.*", "run_name", "sweep_name", "table",  # names and labels
+    "launcher", "launcher.*",  # how many processes run it (checkpoints say whether they resume on another size)
 )
 ABSENT = "<absent>"
 

@@ -1,9 +1,10 @@
 """The ONE trainer shared by every model family.
 
 A family contributes a `Task` (model, data, loss, evaluation); everything else lives here: step-based loop,
-AdamW + warmup/cosine, gradient accumulation and clipping, autocast, EMA, torch.compile, DDP, periodic eval,
+AdamW + warmup/cosine, gradient accumulation and clipping, autocast, EMA, torch.compile, periodic eval,
 atomic checkpoints with exact resume, divergence handling, and the run records (metrics.jsonl, summary.json,
-wandb).
+wandb). How the model is built, wrapped and sharded (DDP, FSDP2 / HSDP, mixed-precision policy, activation
+checkpointing) is `dyt.distributed.wrap_model`; which checkpoint format a run writes follows from it (`dyt.checkpoint`).
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import torch
 import torch.nn as nn
 
 from dyt import distributed as D
-from dyt.checkpoint import (load_checkpoint, load_latest, load_model_state, remove_leftovers, rng_state,
-                            save_checkpoint, set_rng_state)
+from dyt.checkpoint import (load_latest, remove_leftovers, restore_checkpoint, rng_state, save_checkpoint,
+                            save_sharded_checkpoint, set_rng_state, sharded_states)
 from dyt.errors import ConfigError
 from dyt.logging import RunLogger, progress_bar
 from dyt.nn import DynamicTanh
@@ -38,8 +39,10 @@ def seed_everything(seed: int) -> None:
 
 
 def alpha_metrics(model: nn.Module) -> dict[str, float]:
-    """Every DyT layer's alpha as ``alpha/<module path>`` (the paper's Fig. 8 tracks these)."""
-    return {f"alpha/{name}": m.alpha.item() for name, m in model.named_modules() if isinstance(m, DynamicTanh)}
+    """Every DyT layer's alpha as ``alpha/<module path>`` (the paper's Fig. 8 tracks these). Under FSDP each is
+    gathered (a collective: every rank calls this)."""
+    return {f"alpha/{D.clean_name(name)}": D.scalar(m.alpha) for name, m in model.named_modules()
+            if isinstance(m, DynamicTanh)}
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -59,14 +62,33 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def evaluate(task, model: nn.Module, device: torch.device, batch_size: int, dtype: torch.dtype | None = None) -> dict:
-    """The task's metrics on its validation set, summed over this rank's shard and all-reduced across ranks."""
+def evaluate(task, model: nn.Module, device: torch.device, batch_size: int, dtype: torch.dtype | None = None,
+             lockstep: bool = False) -> dict:
+    """The task's metrics on its validation set, summed over this rank's shard and all-reduced across ranks.
+
+    `lockstep` (a sharded model, whose every forward is a collective): ranks run the same number of forwards; a
+    rank whose shard ended (shards differ by at most one sample) repeats its first batch and discards the result."""
     was_training = model.training
     model.eval()
     sums: dict[str, torch.Tensor] = {}
-    for batch in task.val_loader(batch_size):
+    batches, spare = iter(task.val_loader(batch_size)), None
+    while True:
+        batch = next(batches, None)
+        if lockstep and not D.any_rank(batch is not None, device):
+            break
+        if batch is None and not lockstep:
+            break
+        if batch is None:
+            if spare is None:
+                raise ConfigError("the validation set has fewer samples than processes: a sharded model cannot be "
+                                  "evaluated (every rank runs each forward); use fewer processes or a larger val split")
+            with autocast(device, dtype):
+                task.eval_step(model, spare)  # keeps the other ranks' forwards company
+            continue
+        batch = task.to_device(batch, device)
+        spare = batch if spare is None and lockstep else spare
         with autocast(device, dtype):
-            out = task.eval_step(model, task.to_device(batch, device))
+            out = task.eval_step(model, batch)
         for k, v in out.items():
             sums[k] = sums.get(k, 0) + v.detach().double()
     keys = sorted(sums)
@@ -81,7 +103,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.dist = D.init_distributed(self.tc.device)
         self.device = self.dist.device
-        check_model_fits(cfg, self.device, self.dist.world_size)  # one line, not an allocator crash mid-build
+        if self.tc.get("parallel", "ddp") == "ddp" or not self.dist.enabled:  # a full replica per rank (FSDP: a shard)
+            check_model_fits(cfg, self.device, self.dist.world_size)  # one line, not an allocator crash mid-build
         seed_everything(cfg.seed + self.dist.rank)
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -99,18 +122,16 @@ class Trainer:
         warmup = (round(cfg.optim.warmup_epochs * self.steps_per_epoch) if cfg.optim.warmup_epochs is not None
                   else cfg.optim.warmup_steps)
 
-        self.model = self.task.build_model().to(self.device)  # the raw module: checkpoints and EMA use it
+        # DDP or FSDP2 (trainer.parallel): `model` has the parameters (optimizer, EMA, checkpoints use it), `net`
+        # is what the loss calls; under FSDP the mixed-precision policy replaces autocast (autocast_dtype None).
+        self.par = D.wrap_model(self.task.build_model, self.dist, self.tc, amp_dtype(self.tc.precision, self.device),
+                                seed=cfg.seed)
+        self.model, self.net, self.amp_dtype = self.par.model, self.par.net, self.par.autocast_dtype
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.max_steps, warmup, verbose=self.dist.is_main)
-        self.ema = None
-        if self.tc.ema_decay:
-            from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(self.model, decay=self.tc.ema_decay)
-        self.amp_dtype = amp_dtype(self.tc.precision, self.device)
+        self.ema = self.par.ema(self.tc.ema_decay) if self.tc.ema_decay else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.ddp = D.wrap_model(self.model, self.dist)  # DDP (or the model itself on one process)
-        self.net = torch.compile(self.ddp) if self.tc.compile else self.ddp
         self.last_val: dict[str, float] = {}
 
         self.step = 0
@@ -127,7 +148,8 @@ class Trainer:
         last = {sp: next((e for e in reversed(self.logger.events) if e["split"] == sp), {}) for sp in ("train", "val")}
         self.last_val = {k: v for k, v in last["val"].items() if k not in ("step", "split")}
         self.last_train = {k: v for k, v in last["train"].items() if k == "train/loss"}
-        self._stop_signal = None
+        self._stop_signal = None  # set by this process's signal handler
+        self._agreed_signal = None  # a stop signal any rank got, agreed on by all ranks at the last step
 
     # --- setup helpers --------------------------------------------------------------------------------
     def _micro_batch(self) -> int:
@@ -158,18 +180,19 @@ class Trainer:
             remove_leftovers(ckpt_dir)  # partial files of a run killed while writing a checkpoint
         if r == "never":
             return
+        D.barrier()  # leftovers gone before any rank lists the checkpoints
+
+        def restore(path):  # either format (a file or a DCP directory) into this model, plain or sharded
+            return restore_checkpoint(path, self.model, self.optimizer, self.ema.module if self.ema else None,
+                                      map_location=self.device)
         if r == "auto":  # the newest intact checkpoint: a damaged newer one is skipped with a warning
-            found = load_latest(ckpt_dir, map_location=self.device, is_main=self.dist.is_main)
+            found = load_latest(ckpt_dir, map_location=self.device, is_main=self.dist.is_main, load=restore)
             if found is None:
                 return
             state, path = found
         else:
             path = Path(r)
-            state = load_checkpoint(path, map_location=self.device)
-        load_model_state(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and "ema" in state:
-            self.ema.module.load_state_dict(state["ema"])
+            state = restore(path)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -182,12 +205,18 @@ class Trainer:
 
     def save(self) -> None:
         rngs = D.all_gather_object(rng_state())  # every rank's RNG, so each resumes its own stream
+        extra = {"step": self.step, "rng": rngs, "scaler": self.scaler.state_dict(), "window": dict(self.window)}
+        ema = self.ema.module if self.ema is not None else None
+        if self.par.sharded:  # every rank writes its shards (DCP directory)
+            save_sharded_checkpoint(sharded_states(self.model, self.optimizer, ema), extra,
+                                    self.run_dir / "checkpoints", self.step, keep=self.tc.keep_checkpoints,
+                                    is_main=self.dist.is_main)
+            return
         if not self.dist.is_main:
             return
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                 "rng": rngs, "scaler": self.scaler.state_dict(), "window": dict(self.window)}
-        if self.ema is not None:
-            state["ema"] = self.ema.module.state_dict()
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **extra}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         save_checkpoint(state, self.run_dir / "checkpoints", self.step, keep=self.tc.keep_checkpoints)
 
     # --- data -----------------------------------------------------------------------------------------
@@ -203,19 +232,20 @@ class Trainer:
     # --- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         bs = self.tc.eval_batch_size or max(1, self.tc.batch_size // self.dist.world_size)
-        return evaluate(self.task, model, self.device, bs, self.amp_dtype)
+        return evaluate(self.task, model, self.device, bs, self.amp_dtype, lockstep=self.par.sharded)
 
     def _eval_and_log(self) -> dict[str, float]:
         # The raw module, not DDP: ranks may hold one eval batch more than others, and DDP's forward
-        # (buffer broadcast) is a collective that would then wait forever.
+        # (buffer broadcast) is a collective that would then wait forever. A sharded module's forward is a
+        # collective too: `evaluate` then runs the ranks in lockstep.
         start = time.perf_counter()
         metrics = {f"val/{k}": v for k, v in self.evaluate(self.model).items()}
         if self.ema is not None:
             metrics.update({f"val_ema/{k}": v for k, v in self.evaluate(self.ema.module).items()})
-        if self.dist.is_main:  # the task's pictures (DiT's sample grid), from the EMA weights when kept
-            with self.autocast():
+        if self.dist.is_main or self.par.sharded:  # the task's pictures (DiT's sample grid), from the EMA when kept
+            with self.autocast():  # (a sharded model samples on every rank: each forward is a collective)
                 images = self.task.visualize(self.ema.module if self.ema is not None else self.model)
-            for name, image in images.items():
+            for name, image in (images if self.dist.is_main else {}).items():
                 self.logger.image(self.step, f"samples/{name}", image, caption=f"{self.run_dir.name} step {self.step}")
         metrics["val/time_s"] = time.perf_counter() - start  # kept out of train/throughput
         self.logger.log(self.step, "val", metrics)
@@ -232,7 +262,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to `max_steps`; returns (and writes) the summary. A NaN/Inf loss ends the run as 'diverged'."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
         summary = {"status": "running", "step": self.step, "reason": None, "model": self.cfg.model.name,
                    "norm": self.cfg.norm.name, "data": self.cfg.data.name, "params": self.n_params,
                    "max_steps": self.max_steps, "world_size": self.dist.world_size, **self.last_train}
@@ -267,23 +297,28 @@ class Trainer:
         for micro in range(tc.grad_accum):
             batch = next(batches)
             last = micro == tc.grad_accum - 1
-            with (self.ddp.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()), self.autocast():
+            with self.par.grad_sync(last), self.autocast():  # gradients reduced on the last micro-batch only
                 out = self.task.loss(self.net, batch)
             parts = out if isinstance(out, dict) else {"loss": out}
             self.scaler.scale(parts["loss"] / tc.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / tc.grad_accum
             units += self.task.batch_units(batch)
-        # One all-reduce per step: every rank sees the same loss, so all stop together on NaN.
+        # One all-reduce per step: every rank sees the same loss, so all stop together on NaN, and learns whether any
+        # rank got a stop signal, so all stop (and checkpoint, a collective) after the same step.
         names = list(sums)
-        means = (D.all_reduce_sum(torch.stack([sums[k] for k in names])) / self.dist.world_size).tolist()
+        flags = torch.tensor([1.0 if self._stop_signal else 0.0, float(self._stop_signal or 0)], device=self.device)
+        totals = D.all_reduce_sum(torch.cat([torch.stack([sums[k] for k in names]), flags]))
+        means = (totals[:len(names)] / self.dist.world_size).tolist()
+        got, signum = totals[len(names):].tolist()
+        self._agreed_signal = round(signum / got) if got else None
         loss_val, parts = means[0], dict(zip(names[1:], means[1:]))
         if not math.isfinite(loss_val):
             self.optimizer.zero_grad(set_to_none=True)
             return loss_val, None, units, parts
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
-        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip)) if clip else None
+        grad_norm = D.scalar(nn.utils.clip_grad_norm_(self.model.parameters(), clip)) if clip else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -330,12 +365,13 @@ class Trainer:
                     self.last_val = self._eval_and_log()
                     for name, history in self.val_history.items():
                         history.append(self.last_val[name])
-                stop = self._stop_signal is not None
+                stop = self._agreed_signal is not None  # the same on every rank (see _train_step)
                 if self.step % tc.ckpt_every == 0 or self.step == self.max_steps or stop:
                     self.save()
                 if stop:
-                    return {"status": "interrupted", "step": self.step, "signal": signal.Signals(self._stop_signal).name,
-                            "reason": f"signal {signal.Signals(self._stop_signal).name}; resume with the same command"}
+                    name = signal.Signals(self._agreed_signal).name
+                    return {"status": "interrupted", "step": self.step, "signal": name,
+                            "reason": f"signal {name}; resume with the same command"}
             return {"status": "completed", "step": self.step}
         finally:
             bar.close()

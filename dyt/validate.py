@@ -102,7 +102,7 @@ def _schemas():
 
 def _rules() -> dict[type, dict[str, Any]]:
     """Every numeric field of every schema -> its accepted range (tests check that no field is left out)."""
-    from dyt.config import LatentDataConfig
+    from dyt.config import LatentDataConfig, LauncherConfig
     from dyt.models.dit import DiffusionConfig, DiTModelConfig
     TextDataConfig, LlamaModelConfig = _schemas()
     return {
@@ -116,6 +116,7 @@ def _rules() -> dict[type, dict[str, Any]]:
             "num_classes": COUNT, "in_chans": COUNT, "image_size": COUNT, "patch_size": COUNT,
             "num_workers": NONNEG_INT},
         TrainConfig: {"seed": _int()},  # any integer (negative seeds are fine: every use reduces them)
+        LauncherConfig: {"nproc": COUNT, "nodes": COUNT},
         NormConfig: {"alpha_init": POSITIVE},
         TimmModelConfig: {"drop_path": FRACTION, "patch_size": OPT_COUNT},
         LlamaModelConfig: {
@@ -142,7 +143,8 @@ def _rules() -> dict[type, dict[str, Any]]:
             "max_steps": OPT_COUNT, "epochs": Num(0, lo_open=True, optional=True), "batch_size": COUNT,
             "grad_accum": COUNT, "eval_every": COUNT, "eval_every_epochs": Num(0, lo_open=True, optional=True),
             "ckpt_every": COUNT, "log_every": COUNT, "eval_batch_size": OPT_COUNT,
-            "ema_decay": Num(0, 1, hi_open=True, optional=True), "keep_checkpoints": COUNT},
+            "ema_decay": Num(0, 1, hi_open=True, optional=True), "keep_checkpoints": COUNT,
+            "hsdp_shard_size": OPT_COUNT, "ac_every": COUNT},
     }
 
 
@@ -244,6 +246,7 @@ def _cross_checks(cfg, problems: list[str]) -> None:
     t, m, d = cfg.trainer, cfg.model, cfg.data
     if t.get("max_steps", 0) is None and t.get("epochs", 0) is None:
         problems.append("trainer.max_steps=null and trainer.epochs=null: set one of them (the run's length)")
+    _parallel_checks(t, problems)
     family = m.get("family")
     ok = lambda *vals: all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals)  # noqa: E731
     if family == "vit" and data_kind(d) == "classification" and not OmegaConf.is_missing(d, "image_size"):
@@ -268,6 +271,26 @@ def _cross_checks(cfg, problems: list[str]) -> None:
         if ok(m.dim, m.n_heads, kv) and (m.dim % m.n_heads or m.n_heads % kv):
             problems.append(f"model.dim={m.dim}, model.n_heads={m.n_heads}, model.n_kv_heads={kv}: dim must be a "
                             "multiple of n_heads and n_heads a multiple of n_kv_heads")
+
+
+def _parallel_checks(t, problems: list[str]) -> None:
+    """trainer.parallel / init / activation_checkpointing: known names, and combinations that can run."""
+    choices = {"parallel": ("ddp", "fsdp", "hsdp"), "init": ("exact", "meta"),
+               "activation_checkpointing": ("none", "full", "selective")}
+    bad = False
+    for key, names in choices.items():
+        if key in t and t.get(key) not in names:
+            problems.append(f"trainer.{key}={t.get(key)}: unknown; choose one of: {', '.join(names)}")
+            bad = True
+    if bad:
+        return
+    sharded = t.get("parallel", "ddp") != "ddp"
+    if t.get("init", "exact") == "meta" and not sharded:
+        problems.append("trainer.init=meta: only a sharded model (trainer.parallel=fsdp|hsdp) is initialised on "
+                        "the meta device; use trainer.init=exact or set trainer.parallel")
+    if sharded and t.get("precision") == "fp16":
+        problems.append(f"trainer.precision=fp16 with trainer.parallel={t.parallel}: FSDP's mixed precision needs "
+                        "bf16 (fp16 would need a sharded gradient scaler); use trainer.precision=bf16")
 
 
 # --- data that can be resolved from disk --------------------------------------------------------------------

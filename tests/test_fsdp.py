@@ -1,0 +1,244 @@
+"""FSDP2 / HSDP on CPU (gloo, 2 processes under torchrun) against single-process training, activation
+checkpointing, sharded (DCP) checkpoints resumed on 1 and 2 processes, consolidation, meta-device init; and the
+pure pieces (block finding, the selective-checkpointing rule, checkpoint listing) without processes."""
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, compose, run_script
+from dyt.checkpoint import list_checkpoints, remove_leftovers
+from dyt.logging import read_jsonl, read_summary
+from dyt.run import train
+from test_llama_train import LM
+
+CPU = ["trainer.device=cpu", "optim.clip_grad=1.0"]
+# 63 val sequences: 32 / 31 per rank at eval batch 1, so the sharded evaluation runs its ranks in lockstep.
+LLAMA = [*LM, *CPU, "trainer.eval_batch_size=1", "trainer.ema_decay=0.9", "trainer.keep_checkpoints=2"]
+VIT = [*TINY, *CPU, "trainer.batch_size=32", "trainer.grad_accum=2", "optim.lr=3e-3"]
+
+
+def torchrun(args, run_dir, nproc=2):
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    return run_script([exe, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train.py"), *args,
+                       f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+
+
+def records(run_dir):
+    """(step, split, loss, EMA loss) of every logged event."""
+    return [(e["step"], e["split"], e.get("train/loss", e.get("val/loss")), e.get("val_ema/loss"))
+            for e in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def assert_same_training(a, b, rel=1e-5):
+    ra, rb = records(a), records(b)
+    assert [r[:2] for r in ra] == [r[:2] for r in rb]
+    for col in (2, 3):  # the loss, then the EMA's (None where not logged)
+        va, vb = ([float("nan") if r[col] is None else r[col] for r in rs] for rs in (ra, rb))
+        assert va == pytest.approx(vb, rel=rel, nan_ok=True)
+
+
+@pytest.fixture(scope="module")
+def llama_runs(tmp_path_factory):
+    """A tiny LLaMA (DyT, EMA, clipping) on one process and under FSDP on two: the latter's DCP checkpoints at
+    steps 3 and 6 serve the resume and consolidation tests."""
+    root = tmp_path_factory.mktemp("llama")
+    train(compose(LLAMA), root / "single")
+    torchrun([*LLAMA, "trainer.parallel=fsdp"], root / "fsdp")
+    return root
+
+
+@pytest.fixture(scope="module")
+def vit_single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vit")
+    train(compose(VIT), root / "single")
+    return root / "single"
+
+
+# --- (a) and (b): 2-process FSDP equals 1-process training ---------------------------------------------------
+@pytest.mark.slow
+def test_fsdp_llama_matches_single_process(llama_runs):
+    assert read_summary(llama_runs / "fsdp")["world_size"] == 2
+    assert [p.name for p in list_checkpoints(llama_runs / "fsdp/checkpoints")] == ["step_00000003", "step_00000006"]
+    assert_same_training(llama_runs / "single", llama_runs / "fsdp")
+
+    def logged_alphas(run):
+        return [(k, v) for e in read_jsonl(run / "metrics.jsonl") for k, v in e.items() if k.startswith("alpha/")]
+    alphas, single = logged_alphas(llama_runs / "fsdp"), logged_alphas(llama_runs / "single")
+    assert [k for k, _ in alphas] == [k for k, _ in single] and "alpha/layers.0.attn_norm" in dict(alphas)
+    assert [v for _, v in alphas] == pytest.approx([v for _, v in single], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_vit_matches_single_process(vit_single, tmp_path):
+    torchrun([*VIT, "trainer.parallel=fsdp"], tmp_path / "fsdp")  # with gradient accumulation (no sync, then sync)
+    assert_same_training(vit_single, tmp_path / "fsdp")
+
+
+@pytest.mark.slow
+def test_fsdp_llama_activation_checkpointing_matches(llama_runs, tmp_path):
+    torchrun([*LLAMA, "trainer.parallel=fsdp", "trainer.activation_checkpointing=full"], tmp_path / "ac")
+    assert_same_training(llama_runs / "single", tmp_path / "ac")
+
+
+@pytest.mark.slow
+def test_hsdp_vit_selective_checkpointing_matches(vit_single, tmp_path):
+    """HSDP as 2 replicas of 1 shard (gradients all-reduced across replicas) with every other block recomputed."""
+    torchrun([*VIT, "trainer.parallel=hsdp", "trainer.hsdp_shard_size=1", "trainer.activation_checkpointing=selective",
+              "trainer.ac_every=2"], tmp_path / "hsdp")
+    assert_same_training(vit_single, tmp_path / "hsdp")
+
+
+# --- (c) DCP checkpoints: resume on 1 and on 2 processes --------------------------------------------------------
+@pytest.mark.slow
+def test_sharded_run_resumes_on_one_and_two_processes(llama_runs, tmp_path, capsys):
+    full = llama_runs / "fsdp"
+    for n in (1, 2):
+        shutil.copytree(full, tmp_path / f"cut{n}")
+        (tmp_path / f"cut{n}/summary.json").unlink()
+    # cut1: the last step damaged on disk (a shard file cut short): skipped with a warning, kept aside
+    shard = tmp_path / "cut1/checkpoints/step_00000006/__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    # cut2: the job died while writing the last step: only its .tmp directory exists, never picked up
+    ckpts = tmp_path / "cut2/checkpoints"
+    (ckpts / "step_00000006").rename(ckpts / "step_00000006.tmp")
+    assert [p.name for p in list_checkpoints(ckpts)] == ["step_00000003"]
+    train(compose([*LLAMA, "trainer.parallel=fsdp"]), tmp_path / "cut1")  # one process: the plain module
+    captured = capsys.readouterr()
+    assert f"resumed from {tmp_path}/cut1/checkpoints/step_00000003 at step 3" in captured.out
+    assert "step_00000006 is corrupt (rank 0: " in captured.err
+    out = torchrun([*LLAMA, "trainer.parallel=fsdp"], tmp_path / "cut2").stdout
+    assert f"resumed from {tmp_path}/cut2/checkpoints/step_00000003 at step 3" in out
+    for n in (1, 2):
+        cut = tmp_path / f"cut{n}"
+        assert not (cut / "checkpoints/step_00000006.tmp").exists()  # removed on resume
+        assert_same_training(full, cut)
+        s, f = read_summary(cut), read_summary(full)
+        assert s["status"] == "completed" and s["world_size"] == n
+        for k in ("train/loss", "val/loss", "val_ema/loss", "best/val/loss"):
+            assert s[k] == pytest.approx(f[k], rel=1e-5)
+    # one process continues with single files, two with DCP directories
+    assert [p.name for p in list_checkpoints(tmp_path / "cut1/checkpoints")] == ["step_00000003", "step_00000006.pt"]
+    assert (tmp_path / "cut1/checkpoints/step_00000006.corrupt").is_dir()
+    assert [p.name for p in list_checkpoints(tmp_path / "cut2/checkpoints")] == ["step_00000003", "step_00000006"]
+
+
+# --- (d) consolidation: DCP directory -> one file that eval.py reads ----------------------------------------------
+@pytest.mark.slow
+def test_consolidated_checkpoint_evaluates_like_the_run(llama_runs, tmp_path):
+    run = llama_runs / "fsdp"
+    out = tmp_path / "final.pt"
+    run_script(["python", str(ROOT / "scripts/consolidate_checkpoint.py"), str(run), "--out", str(out)], cwd=tmp_path)
+    state = torch.load(out, weights_only=True)
+    assert state["step"] == 6 and {"model", "optimizer", "ema", "rng"} <= set(state)
+    assert (tmp_path / "final.pt.sha256").is_file()
+    # the layout of a single-process checkpoint: optimizer state by parameter index
+    single = torch.load(llama_runs / "single/checkpoints/step_00000006.pt", weights_only=True)
+    assert set(state["model"]) == set(single["model"])
+    assert set(state["optimizer"]["state"]) == set(single["optimizer"]["state"])
+    for k, v in single["model"].items():
+        torch.testing.assert_close(state["model"][k], v, rtol=1e-4, atol=1e-6)
+    summary = read_summary(run)
+    for ckpt in ([], ["--checkpoint", str(out)]):  # the DCP directory itself, then the consolidated file
+        text = run_script(["python", str(ROOT / "eval.py"), str(run), *ckpt], cwd=tmp_path).stdout
+        metrics = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        assert float(metrics["val/loss"]) == pytest.approx(summary["val/loss"], rel=1e-4)
+        assert float(metrics["val_ema/loss"]) == pytest.approx(summary["val_ema/loss"], rel=1e-4)
+
+
+# --- meta-device materialisation ---------------------------------------------------------------------------------
+META_CHECK = r'''
+import sys, torch
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+from conftest import compose
+from dyt import distributed as D
+from dyt.tasks import build_task
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+dist = D.init_distributed("cpu")
+for family, over in (("llama", sys.argv[2].split()), ("vit", sys.argv[3].split())):
+    full = {}
+    for init in ("exact", "meta"):
+        cfg = compose([*over, "trainer.parallel=fsdp", f"trainer.init={init}"])
+        par = D.wrap_model(build_task(cfg, dist).build_model, dist, cfg.trainer, None, seed=cfg.seed)
+        full[init] = get_model_state_dict(par.model, options=StateDictOptions(full_state_dict=True))
+    if dist.rank == 0:
+        for k, ex in full["exact"].items():
+            me = full["meta"][k].float()
+            if ex.numel() == 1 or ex.float().std() == 0:  # constants (norm weights, alpha, biases): the same
+                assert torch.equal(me, ex.float()), k
+                continue
+            if ex.numel() < 64:
+                continue
+            assert 0.7 < me.std() / ex.std() < 1.4, (k, me.std(), ex.std())  # the same distribution...
+            half = len(me) // 2  # ...and not one shard's draws twice
+            assert half == 0 or not torch.equal(me[:half], me[len(me) - half:]), k
+        print(family, "meta init ok", flush=True)
+D.shutdown()
+'''
+
+
+@pytest.mark.slow
+def test_meta_init_materialises_distinct_shards(tmp_path):
+    """trainer.init=meta: no process builds the full model; each shard draws its own values (on the CPU DTensor's
+    random ops would repeat one shard's draws on every rank), with the distributions of the real build."""
+    script = tmp_path / "meta_check.py"
+    script.write_text(META_CHECK)
+    llama = " ".join(a for a in LM if "=" in a)
+    vit = " ".join(a for a in TINY if a.startswith("model."))
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    out = run_script([exe, "--standalone", "--nproc_per_node=2", str(script), str(ROOT), llama, vit], cwd=tmp_path)
+    assert "llama meta init ok" in out.stdout and "vit meta init ok" in out.stdout
+
+
+# --- the pieces, no processes -------------------------------------------------------------------------------------
+def test_selective_checkpointing_follows_the_released_llama_rule():
+    from dyt.distributed import checkpointed_blocks
+    assert checkpointed_blocks(6, "selective", 2) == [True, False, True, False, True, False]
+    assert checkpointed_blocks(6, "selective", 3) == [False, True, False, False, True, False]  # fms-fsdp p=1/3
+    assert checkpointed_blocks(3, "selective", 1) == [True] * 3 == checkpointed_blocks(3, "full", 5)
+    assert checkpointed_blocks(3, "none", 2) == [False] * 3
+
+
+@pytest.mark.parametrize("overrides,count", [
+    (["model.kwargs.depth=3", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2"], 3),  # ViT blocks
+    (["model=convnext_atto", "data.image_size=32"], 2 + 2 + 6 + 2),  # ConvNeXt: the blocks of its 4 stages
+    (["model=llama_tiny", "data=text_pydoc"], 4),  # LLaMA layers
+    (["model=dit_tiny"], None),  # DiT blocks
+])
+def test_every_family_has_its_blocks_found(overrides, count):
+    from dyt.distributed import transformer_blocks
+    from dyt.models import build_model
+    cfg = compose(overrides)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    blocks = transformer_blocks(model)
+    assert len(blocks) == (count if count is not None else cfg.model.depth)
+    assert all(container[i] is block for container, i, block in blocks)
+
+
+def test_dcp_directories_are_listed_and_half_written_ones_removed(tmp_path):
+    d = tmp_path / "checkpoints"
+    (d / "step_00000002").mkdir(parents=True)  # a DCP step
+    (d / "step_00000003.pt").write_bytes(b"x")  # a single file
+    (d / "step_00000004.tmp").mkdir()  # being written
+    (d / "step_00000001.old").mkdir()  # replaced by a re-save of its step
+    (d / "step_00000005").write_bytes(b"x")  # neither format
+    assert [p.name for p in list_checkpoints(d)] == ["step_00000002", "step_00000003.pt"]
+    assert sorted(p.name for p in remove_leftovers(d)) == ["step_00000001.old", "step_00000004.tmp"]
+    assert sorted(p.name for p in d.iterdir()) == ["step_00000002", "step_00000003.pt", "step_00000005"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["trainer.parallel=zero3"], "trainer.parallel=zero3: unknown; choose one of: ddp, fsdp, hsdp"),
+    (["trainer.activation_checkpointing=some"], "choose one of: none, full, selective"),
+    (["trainer.init=meta"], "trainer.init=meta: only a sharded model"),
+    (["trainer.parallel=fsdp", "trainer.precision=fp16"], "use trainer.precision=bf16"),
+    (["trainer.ac_every=0"], "trainer.ac_every=0: must be an integer >= 1"),
+])
+def test_bad_parallel_settings_are_one_clear_error(args, message):
+    from dyt.errors import ConfigError
+    from dyt.validate import validate
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate(compose(args))
