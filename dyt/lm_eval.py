@@ -125,9 +125,10 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     """(model, tokenizer, cfg) of an LM run directory (its config.yaml and latest checkpoint)."""
     from omegaconf import OmegaConf
 
-    from dyt.checkpoint import list_checkpoints, load_checkpoint, load_model_state
+    from dyt.checkpoint import load_checkpoint, load_model_state
     from dyt.data.text import load_tokenizer, shard_meta, ByteTokenizer, HFTokenizer
     from dyt.models import build_model
+    from dyt.run import run_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -135,11 +136,9 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     cfg = OmegaConf.load(run_dir / "config.yaml")
     if cfg.model.family != "llama":
         raise ConfigError(f"{run_dir} is a {cfg.model.family} run; zero-shot tasks need a language model")
-    path = Path(checkpoint) if checkpoint else (list_checkpoints(run_dir / "checkpoints") or [None])[-1]
-    if path is None:
-        raise ConfigError(f"{run_dir} has no checkpoint")
+    path = run_checkpoint(run_dir, checkpoint)
     model = build_model(cfg).to(device)
-    load_model_state(model, load_checkpoint(path, map_location=device)["model"], path)
+    load_model_state(model, load_checkpoint(path, map_location=device, keys=("model",))["model"], path)
     if cfg.data.source == "shards":
         name = shard_meta(cfg.data.root)["tokenizer"]
         tok = ByteTokenizer() if name == "bytes" else HFTokenizer(name, cfg.data.eos_token, cfg.data.get("bos_token"))

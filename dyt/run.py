@@ -70,6 +70,17 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
+def run_checkpoint(run_dir: Path, checkpoint: str | None = None) -> Path:
+    """`checkpoint` when given, else the run's latest (a file or a DCP directory); one line when there is none."""
+    from dyt.checkpoint import list_checkpoints
+    from dyt.errors import ConfigError
+
+    path = Path(checkpoint) if checkpoint else (list_checkpoints(Path(run_dir) / "checkpoints") or [None])[-1]
+    if path is None:
+        raise ConfigError(f"{run_dir} has no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    return path
+
+
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str | None = None) -> dict:
     """Re-evaluate a run's checkpoint (the latest unless `checkpoint`) with its own config + `overrides`.
 
@@ -79,17 +90,14 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
     Writes ``eval.json`` into the run directory and returns the metrics (``val/...``, ``val_ema/...``).
     """
     from dyt import distributed as D
-    from dyt.checkpoint import list_checkpoints, load_checkpoint, load_model_state
-    from dyt.errors import ConfigError
+    from dyt.checkpoint import load_checkpoint, load_model_state
     from dyt.logging import write_json
     from dyt.tasks import build_task
     from dyt.trainer import amp_dtype, evaluate
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
-    path = Path(checkpoint) if checkpoint else (list_checkpoints(run_dir / "checkpoints") or [None])[-1]
-    if path is None:
-        raise ConfigError(f"{run_dir} has no checkpoint in {run_dir / 'checkpoints'}")
+    path = run_checkpoint(run_dir, checkpoint)
     dist = D.init_distributed(cfg.trainer.device)
     try:
         task = build_task(cfg, dist)

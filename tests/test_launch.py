@@ -300,3 +300,42 @@ def test_submitit_preempted_job_requeues_and_resumes(tmp_path):
     assert "resumed from" in log
     s = summary(run_dir)
     assert s["status"] == "completed" and s["step"] == 100
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of the workers below `parent` (torchrun's children), read from /proc."""
+    found = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            env = dict(kv.split("=", 1) for kv in open(f"/proc/{p}/environ").read().split("\0") if "=" in kv)
+            stat = open(f"/proc/{p}/stat").read().split()
+        except OSError:
+            continue
+        if "RANK" in env and "TORCHELASTIC_RUN_ID" in env and int(stat[3]) == parent:
+            found[int(env["RANK"])] = int(p)
+    return found
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """A preemption signal may reach one rank only: the ranks agree at each step's all-reduce, so both checkpoint
+    after the same step and exit (a rank that stopped alone would wait forever in the checkpoint's collective)."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *LONG,
+                             f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for_checkpoint(tmp_path / "run/checkpoints", proc)
+        ranks = _rank_pids(proc.pid)
+        assert set(ranks) == {0, 1}
+        os.kill(ranks[1], signal.SIGUSR1)
+        out = proc.communicate(timeout=120)[0]  # before the ranks agreed on stopping: a hang
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    s = summary(tmp_path / "run")
+    assert s["status"] == "interrupted" and s["signal"] == "SIGUSR1" and s["step"] < 100, out[-2000:]
+    assert (tmp_path / f"run/checkpoints/step_{s['step']:08d}.pt").exists()

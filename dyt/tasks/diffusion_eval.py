@@ -77,9 +77,9 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
             method: str = "sqrtm", weights: str = "auto") -> dict:
     """FID of `n` samples of a DiT run ({} on ranks other than 0); writes a grid of the first samples."""
     from dyt import distributed as D
-    from dyt.checkpoint import list_checkpoints, load_checkpoint, load_model_state
+    from dyt.checkpoint import load_checkpoint, load_model_state
     from dyt.logging import save_png
-    from dyt.run import run_config
+    from dyt.run import run_checkpoint, run_config
     from dyt.tasks import build_task
     from dyt.tasks.diffusion import DiffusionTask, image_grid
     from dyt.tasks.fid import FeatureStats, InceptionFeatures, frechet_distance, inception_score
@@ -89,16 +89,14 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
     cfg = run_config(run_dir, overrides)
     if n < 2:
         raise ConfigError(f"--fid {n}: FID needs at least 2 samples (the paper's: 50000)")
-    path = Path(checkpoint) if checkpoint else (list_checkpoints(run_dir / "checkpoints") or [None])[-1]
-    if path is None:
-        raise ConfigError(f"{run_dir} has no checkpoint in {run_dir / 'checkpoints'}")
+    path = run_checkpoint(run_dir, checkpoint)
     dist = D.init_distributed(cfg.trainer.device)
     try:
         task = build_task(cfg, dist)
         if not isinstance(task, DiffusionTask):
             raise ConfigError(f"--fid applies to diffusion runs (model family dit); {run_dir} is a "
                               f"{cfg.model.family} run")
-        state = load_checkpoint(path, map_location=dist.device)
+        state = load_checkpoint(path, map_location=dist.device, keys=("model", "ema"))  # a file or a DCP directory
         if weights not in WEIGHTS:
             raise ConfigError(f"unknown FID weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
         if weights == "ema" and "ema" not in state:
