@@ -16,8 +16,11 @@ from omegaconf import MISSING
 
 @dataclass
 class NormConfig:
-    name: str = "dyt"  # a kind of dyt.build_norm: layernorm | rmsnorm | dyt | identity
-    alpha_init: float = 0.5  # DyT's alpha0; ignored by the other kinds
+    # a kind of dyt.build_norm: layernorm | rmsnorm | dyt | dyt_hardtanh | dyt_sigmoid | dyt_identity | derf |
+    # dyisru | identity (no norm); or the norm a timm model is built with (model.norm_sites, e.g. batchnorm) to keep it
+    name: str = "dyt"
+    alpha_init: float = 0.5  # alpha0 of the element-wise kinds (dyt, dyt_*, derf, dyisru); ignored by the others
+    learn_alpha: bool = True  # false: alpha stays at alpha_init (Table 9's "without alpha": alpha_init=1)
 
 
 @dataclass
@@ -28,6 +31,7 @@ class TimmModelConfig:
     arch: str = MISSING  # timm model name
     drop_path: float = 0.0
     global_pool: Optional[str] = None  # the paper's ViTs use 'avg' (then the final norm is timm's fc_norm)
+    norm_sites: str = "layernorm"  # the norm timm builds the model with (batchnorm: ResNet / VGG, Table 15)
     patch_size: Optional[int] = None  # ViT only; null keeps the arch's
     kwargs: Dict[str, Any] = field(default_factory=dict)  # other timm constructor args (depth, embed_dim, ...)
 
@@ -86,12 +90,13 @@ class LatentDataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    name: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.05
     decay_1d: bool = False  # also decay 1-D parameters (alpha, norm weights, biases): the released LLaMA code does
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
     warmup_steps: int = 0
     warmup_epochs: Optional[float] = None  # when set, replaces warmup_steps
     warmup_shape: str = "linear"  # linear: lr * x | quadratic: lr * (1 - (1 - x)^2), x = step / warmup (LLaMA code)

@@ -1,4 +1,4 @@
-"""AdamW with the paper's weight-decay rule, and warmup + cosine through timm's scheduler.
+"""AdamW (or SGD for the CNN recipes) with the paper's weight-decay rule, and warmup + cosine through timm's scheduler.
 
 Two switches exist for the LLaMA recipe, whose released code (fms-fsdp, as modified in jiachenzhu/DyT) differs
 from the vision recipes:
@@ -36,10 +36,15 @@ def param_groups(model: nn.Module, weight_decay: float, decay_1d: bool = False) 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("adamw", "sgd")  # sgd: the CNN recipes of Table 15 (momentum, no Nesterov)
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    if cfg.name != "adamw":
-        raise ConfigError(f"unknown optim.name {cfg.name!r}; choose one of: adamw")
+    if cfg.name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optim.name {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     groups = param_groups(model, cfg.weight_decay, bool(getattr(cfg, "decay_1d", False)))
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.get("momentum", 0.9))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 

@@ -136,7 +136,7 @@ def _rules() -> dict[type, dict[str, Any]]:
             "pad_vocab_multiple": COUNT, "seq_len": COUNT, "shuffle_buffer": NONNEG_INT,
             "max_train_tokens": OPT_COUNT, "max_val_tokens": OPT_COUNT, "num_workers": NONNEG_INT},
         OptimConfig: {
-            "lr": NONNEG, "weight_decay": NONNEG, "betas": NumList(FRACTION, 2), "eps": POSITIVE,
+            "lr": NONNEG, "weight_decay": NONNEG, "betas": NumList(FRACTION, 2), "eps": POSITIVE, "momentum": FRACTION,
             "warmup_steps": NONNEG_INT, "warmup_epochs": OPT_NONNEG, "min_lr_ratio": PROB,
             "clip_grad": OPT_POSITIVE},
         TrainerConfig: {
@@ -248,6 +248,7 @@ def _cross_checks(cfg, problems: list[str]) -> None:
         problems.append("trainer.max_steps=null and trainer.epochs=null: set one of them (the run's length)")
     _parallel_checks(t, problems)
     family = m.get("family")
+    _norm_check(cfg.norm.get("name"), m, problems)
     ok = lambda *vals: all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals)  # noqa: E731
     if family == "vit" and data_kind(d) == "classification" and not OmegaConf.is_missing(d, "image_size"):
         patch = m.get("patch_size") or d.get("patch_size")
@@ -271,6 +272,15 @@ def _cross_checks(cfg, problems: list[str]) -> None:
         if ok(m.dim, m.n_heads, kv) and (m.dim % m.n_heads or m.n_heads % kv):
             problems.append(f"model.dim={m.dim}, model.n_heads={m.n_heads}, model.n_kv_heads={kv}: dim must be a "
                             "multiple of n_heads and n_heads a multiple of n_kv_heads")
+
+
+def _norm_check(name: str, m, problems: list[str]) -> None:
+    """norm= names a kind of build_norm, or the norm a timm model is built with (kept: the baseline)."""
+    from dyt.nn import NORM_KINDS
+    native = m.get("norm_sites") if "norm_sites" in m else None
+    if name not in NORM_KINDS and name != native:
+        kinds = sorted(NORM_KINDS) + ([native] if native and native not in NORM_KINDS else [])
+        problems.append(f"norm={name}: unknown norm for {m.get('name')}; choose one of: {', '.join(kinds)}")
 
 
 def _parallel_checks(t, problems: list[str]) -> None:

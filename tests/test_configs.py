@@ -68,7 +68,7 @@ def test_wrong_type_fails():
     assert isinstance(e.value.__cause__, (ValidationError, ConfigKeyError)) or "max_steps" in str(e.value)
 
 
-@pytest.mark.parametrize("group,value", [("model", "vit_huge"), ("norm", "batchnorm"), ("data", "mnist")])
+@pytest.mark.parametrize("group,value", [("model", "vit_huge"), ("norm", "groupnorm"), ("data", "mnist")])
 def test_unknown_choice_names_the_options(group, value):
     with pytest.raises(ConfigCompositionException, match=rf"(?s)Could not find '{group}/{value}'.*Available options"):
         compose([f"{group}={value}"])

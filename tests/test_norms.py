@@ -114,5 +114,6 @@ def test_build_norm_kinds():
 
 
 def test_build_norm_unknown_kind_lists_choices():
-    with pytest.raises(ConfigError, match=r"unknown norm kind 'batchnorm'; choose one of: dyt, identity, layernorm, rmsnorm"):
+    with pytest.raises(ConfigError, match=r"unknown norm kind 'batchnorm'; choose one of: derf, dyisru, dyt, dyt_hardtanh, dyt_identity, "
+                                         r"dyt_sigmoid, identity, layernorm, rmsnorm"):
         build_norm("batchnorm", 8)

@@ -104,3 +104,14 @@ def test_table4_recipe_defaults_are_the_released_code():
     assert not ours.optim.decay_1d and ours.optim.warmup_shape == "linear" and not ours.data.add_bos
     plain = compose(["model=llama_tiny", "data=text_pydoc"])  # outside the LLaMA recipe: our defaults
     assert not plain.optim.decay_1d and plain.optim.warmup_shape == "linear" and not plain.data.add_bos
+
+
+def test_sgd_recipe_of_the_cnns_decays_every_parameter_with_momentum():
+    cfg = compose(["experiment=table15_resnet50", "norm=dyt", "model=resnet50", "data=fashion_mnist"])
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg.optim)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.1
+    decayed = _ids(opt.param_groups[0]["params"])
+    assert opt.param_groups[0]["weight_decay"] == 1e-4 and decayed == _ids(model.parameters())  # alpha too
+    with pytest.raises(ConfigError, match="unknown optim.name 'lamb'; choose one of: adamw, sgd"):
+        build_optimizer(model, OmegaConf.merge(cfg.optim, {"name": "lamb"}))

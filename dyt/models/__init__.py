@@ -14,7 +14,7 @@ import torch.nn as nn
 from dyt.errors import ConfigError
 from dyt.models.dit import build_dit
 from dyt.models.llama import build_llama
-from dyt.models.timm_family import build_convnext, build_vit
+from dyt.models.timm_family import build_cnn, build_convnext, build_vit
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "vit": Family(build_vit, "classification"),
     "convnext": Family(build_convnext, "classification"),
+    "cnn": Family(build_cnn, "classification"),  # BatchNorm CNNs (Table 15)
     "llama": Family(build_llama, "language"),
     "dit": Family(build_dit, "diffusion"),
 }

@@ -154,7 +154,7 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     def __init__(self, *, input_size: int, in_channels: int, num_classes: int, hidden: int, depth: int, heads: int,
                  patch_size: int, mlp_ratio: float = 4.0, class_dropout: float = 0.1, learn_sigma: bool = True,
-                 norm: str = "layernorm", alpha_init: float = 0.5, norm_eps: float = 1e-6,
+                 norm: str = "layernorm", alpha_init: float = 0.5, learn_alpha: bool = True, norm_eps: float = 1e-6,
                  adaln_zero_init: bool = True):
         super().__init__()
         if input_size % patch_size:
@@ -165,7 +165,7 @@ class DiT(nn.Module):
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.adaln_zero_init = adaln_zero_init
         norm_site = lambda: build_norm(norm, hidden, eps=norm_eps, alpha_init=alpha_init,  # noqa: E731
-                                       elementwise_affine=False)
+                                       learn_alpha=learn_alpha, elementwise_affine=False)
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden, bias=True)
         self.t_embedder = TimestepEmbedder(hidden)
         self.y_embedder = LabelEmbedder(num_classes, hidden, class_dropout)
@@ -224,4 +224,5 @@ def build_dit(model_cfg, norm_cfg, data_cfg) -> DiT:
                hidden=model_cfg.hidden, depth=model_cfg.depth, heads=model_cfg.heads, patch_size=patch,
                mlp_ratio=model_cfg.mlp_ratio, class_dropout=model_cfg.class_dropout,
                learn_sigma=model_cfg.diffusion.learn_sigma, norm=norm_cfg.name, alpha_init=norm_cfg.alpha_init,
-               norm_eps=model_cfg.norm_eps, adaln_zero_init=resolve_adaln_zero_init(model_cfg, norm_cfg.name))
+               learn_alpha=norm_cfg.get("learn_alpha", True), norm_eps=model_cfg.norm_eps,
+               adaln_zero_init=resolve_adaln_zero_init(model_cfg, norm_cfg.name))

@@ -1,13 +1,14 @@
 """A decoder-only LLaMA (pre-norm, RoPE, SwiGLU, grouped-query causal attention), with the paper's DyT options.
 
 Every norm site -- before attention (``attn_norm``), before the MLP (``ffn_norm``) and the final norm
-(``final_norm``) -- is built with ``dyt.build_norm``. With ``norm=dyt`` the paper's LLaMA specifics apply:
+(``final_norm``) -- is built with ``dyt.build_norm``. With ``norm=dyt`` (and the other element-wise kinds:
+dyt_*, derf, dyisru) the paper's LLaMA specifics apply:
 
 * DyT without bias: ``weight * tanh(alpha * x)``;
 * three alpha0 values, one per site kind (attention / FFN / final), from ``model.alpha_attn|ffn|final`` or,
   when those are null, from the width rule of Table 12 (``table12_alpha``);
 * a learnable scalar after the token embedding, initialised to sqrt(d_model) (``model.embed_scale``;
-  null = on exactly when norm=dyt, as in the paper's runs; the RMSNorm baseline has none).
+  null = on exactly for the element-wise norms, as in the paper's DyT runs; the RMSNorm baseline has none).
 
 Construction allocates; ``init_weights()`` sets every parameter and buffer, so ``with torch.device("meta"):``
 followed by ``to_empty()`` + ``init_weights()`` works (FSDP2).
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from dyt.errors import ConfigError
-from dyt.nn import build_norm
+from dyt.nn import ELEMENTWISE_KINDS, build_norm
 
 # Table 12 of the paper: the best alpha0 (attention, other = FFN and final norm) by model width; the same for
 # depths 8..64. Table 11's 7B/34B/70B values are these rows; 13B (width 5120) sits between two rows.
@@ -133,9 +134,10 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-norm block: x + attn(attn_norm(x)), then x + ffn(ffn_norm(x))."""
 
-    def __init__(self, cfg, norm: str, alphas: dict[str, float]):
+    def __init__(self, cfg, norm: str, alphas: dict[str, float], learn_alpha: bool = True):
         super().__init__()
-        site = lambda a: build_norm(norm, cfg.dim, eps=cfg.norm_eps, alpha_init=a, bias=False)  # noqa: E731
+        site = lambda a: build_norm(norm, cfg.dim, eps=cfg.norm_eps, alpha_init=a, learn_alpha=learn_alpha,  # noqa: E731
+                                    bias=False)
         self.attn_norm = site(alphas["attn"])
         self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads)
         self.ffn_norm = site(alphas["ffn"])
@@ -148,7 +150,7 @@ class Block(nn.Module):
 
 class Llama(nn.Module):
     def __init__(self, cfg, vocab_size: int, norm: str = "rmsnorm", embed_scale: bool = False,
-                 alphas: Optional[dict[str, float]] = None):
+                 alphas: Optional[dict[str, float]] = None, learn_alpha: bool = True):
         super().__init__()
         self.cfg, self.vocab_size, self.norm_kind = cfg, vocab_size, norm
         alphas = alphas or site_alphas(cfg)
@@ -156,8 +158,9 @@ class Llama(nn.Module):
         self.tok_embeddings = nn.Embedding(vocab_size, cfg.dim)
         # The paper's DyT LLaMA: x = embed(tokens) * scale, scale learnable, init sqrt(d_model).
         self.embed_scale = nn.Parameter(torch.empty(1)) if embed_scale else None
-        self.layers = nn.ModuleList(Block(cfg, norm, alphas) for _ in range(cfg.n_layers))
-        self.final_norm = build_norm(norm, cfg.dim, eps=cfg.norm_eps, alpha_init=alphas["final"], bias=False)
+        self.layers = nn.ModuleList(Block(cfg, norm, alphas, learn_alpha) for _ in range(cfg.n_layers))
+        self.final_norm = build_norm(norm, cfg.dim, eps=cfg.norm_eps, alpha_init=alphas["final"],
+                                     learn_alpha=learn_alpha, bias=False)
         self.output = nn.Linear(cfg.dim, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -209,7 +212,7 @@ class Llama(nn.Module):
 
 
 def resolve_embed_scale(model_cfg, norm_name: str) -> bool:
-    return bool(model_cfg.embed_scale) if model_cfg.embed_scale is not None else norm_name == "dyt"
+    return bool(model_cfg.embed_scale) if model_cfg.embed_scale is not None else norm_name in ELEMENTWISE_KINDS
 
 
 def build_llama(model_cfg, norm_cfg, data_cfg) -> Llama:
@@ -220,8 +223,9 @@ def build_llama(model_cfg, norm_cfg, data_cfg) -> Llama:
     """
     from dyt.data.text import vocab_size
 
-    if norm_cfg.name == "dyt" and float(norm_cfg.get("alpha_init", 0.5)) != 0.5:
+    if norm_cfg.name in ELEMENTWISE_KINDS and float(norm_cfg.get("alpha_init", 0.5)) != 0.5:
         raise ConfigError(f"norm.alpha_init={norm_cfg.alpha_init} does not apply to LLaMA; set the per-site alpha0 "
                           "with model.alpha_attn=, model.alpha_ffn=, model.alpha_final= (null = Table 12 by width)")
     return Llama(model_cfg, vocab_size(data_cfg), norm=norm_cfg.name,
-                 embed_scale=resolve_embed_scale(model_cfg, norm_cfg.name), alphas=site_alphas(model_cfg))
+                 embed_scale=resolve_embed_scale(model_cfg, norm_cfg.name), alphas=site_alphas(model_cfg),
+                 learn_alpha=norm_cfg.get("learn_alpha", True))

@@ -1,7 +1,7 @@
-"""timm classifiers (ViT, ConvNeXt): created with LayerNorm, then converted to the configured norm.
+"""timm classifiers (ViT, ConvNeXt; ResNet / VGG for Table 15): created with their own norms, then converted.
 
-This is exactly the paper's recipe: ``timm.create_model(..., pretrained=False)`` then LN -> DyT; the LN baseline
-keeps timm's own LayerNorm layers untouched.
+This is exactly the paper's recipe: ``timm.create_model(..., pretrained=False)`` then LN -> DyT; the baseline
+(``norm=`` the model's own ``model.norm_sites``: layernorm, or batchnorm for the CNNs) keeps timm's layers untouched.
 """
 from __future__ import annotations
 
@@ -12,20 +12,25 @@ from dyt.errors import ConfigError
 from dyt.nn import convert_norms
 
 
-def apply_norm(model: nn.Module, norm_cfg) -> nn.Module:
-    """Swap timm's LayerNorms for the configured kind (a no-op for the LayerNorm baseline)."""
-    if norm_cfg.name == "layernorm":
+def apply_norm(model: nn.Module, model_cfg, norm_cfg) -> nn.Module:
+    """Swap the model's own norms (``model.norm_sites``) for the configured kind (a no-op for the baseline)."""
+    sites = model_cfg.get("norm_sites", "layernorm")  # .get: run configs written before the key existed
+    if norm_cfg.name == sites:
         return model
-    return convert_norms(model, kind=norm_cfg.name, alpha_init=norm_cfg.alpha_init)
+    return convert_norms(model, kind=norm_cfg.name, alpha_init=norm_cfg.alpha_init,
+                         learn_alpha=norm_cfg.get("learn_alpha", True), replace=(sites,))
 
 
 def _create(model_cfg, data_cfg, **arch_args) -> nn.Module:
     if model_cfg.arch not in timm.list_models():
         raise ConfigError(f"unknown timm model {model_cfg.arch!r} (model.arch); see timm.list_models()")
-    return timm.create_model(
-        model_cfg.arch, pretrained=False, num_classes=data_cfg.num_classes, in_chans=data_cfg.in_chans,
-        drop_path_rate=model_cfg.drop_path, **arch_args, **dict(model_cfg.kwargs),
-    )
+    if model_cfg.drop_path:  # not every timm architecture takes it (VGG does not)
+        arch_args["drop_path_rate"] = model_cfg.drop_path
+    try:
+        return timm.create_model(model_cfg.arch, pretrained=False, num_classes=data_cfg.num_classes,
+                                 in_chans=data_cfg.in_chans, **arch_args, **dict(model_cfg.kwargs))
+    except TypeError as e:  # an option this architecture does not have (model.kwargs / model.drop_path)
+        raise ConfigError(f"timm model {model_cfg.arch!r}: {e}") from None
 
 
 def build_vit(model_cfg, norm_cfg, data_cfg) -> nn.Module:
@@ -36,11 +41,16 @@ def build_vit(model_cfg, norm_cfg, data_cfg) -> nn.Module:
                           "set model.patch_size or data.image_size")
     pool = {"global_pool": model_cfg.global_pool} if model_cfg.global_pool is not None else {}
     model = _create(model_cfg, data_cfg, img_size=data_cfg.image_size, patch_size=patch, **pool)
-    return apply_norm(model, norm_cfg)
+    return apply_norm(model, model_cfg, norm_cfg)
 
 
 def build_convnext(model_cfg, norm_cfg, data_cfg) -> nn.Module:
     """A timm ConvNeXt; its channels-first LayerNorm2d (stem, downsample) become channels-first DyT."""
     if data_cfg.image_size < 32:  # stem /4 then three /2 downsamples
         raise ConfigError(f"ConvNeXt needs data.image_size >= 32 (total stride 32), got {data_cfg.image_size}")
-    return apply_norm(_create(model_cfg, data_cfg), norm_cfg)
+    return apply_norm(_create(model_cfg, data_cfg), model_cfg, norm_cfg)
+
+
+def build_cnn(model_cfg, norm_cfg, data_cfg) -> nn.Module:
+    """A timm CNN with BatchNorm (ResNet-50, VGG19-BN: the paper's Table 15); BatchNorm2d -> channels-first kind."""
+    return apply_norm(_create(model_cfg, data_cfg), model_cfg, norm_cfg)

@@ -3,7 +3,9 @@
 This is how timm models get DyT, as in the paper's code: build the model with its LayerNorms, then replace
 each one. Channels-first norms (timm's ``LayerNorm2d``, ConvNeXt's stem and downsample) become channels-first
 DyT. The new layer keeps the old one's device, dtype, affine and bias flags (an RMSNorm, which has no bias,
-becomes ``weight * tanh(alpha * x)`` as in the paper's LLaMA). BatchNorm and GroupNorm are left alone.
+becomes ``weight * tanh(alpha * x)`` as in the paper's LLaMA). ``replace`` names the families replaced:
+LayerNorm and RMSNorm by default; ``("batchnorm",)`` is the paper's Table 15 (BatchNorm2d in ResNet / VGG ->
+channels-first DyT). GroupNorm is always left alone.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch.nn as nn
 
 from dyt.nn.norms import LayerNorm2d, RMSNorm2d, build_norm
 
-__all__ = ["convert_norms", "is_norm"]
+__all__ = ["convert_norms", "is_norm", "norm_family", "NORM_FAMILIES"]
 
 AlphaInit = Union[float, Callable[[str], float]]
 
@@ -30,17 +32,34 @@ _CHANNELS_FIRST = (LayerNorm2d, RMSNorm2d) + _timm_classes("LayerNorm2d", "RmsNo
 _RMS_LIKE = (nn.RMSNorm,) + _timm_classes("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d")
 
 
+#: what ``replace=`` may name
+NORM_FAMILIES = ("layernorm", "rmsnorm", "batchnorm")
+
+
 def _is_hf_rmsnorm(module: nn.Module) -> bool:
     # Hugging Face models define their own RMSNorm class per architecture (LlamaRMSNorm, MistralRMSNorm, ...).
     return type(module).__name__.lower().endswith("rmsnorm") and isinstance(getattr(module, "weight", None), nn.Parameter)
 
 
-def is_norm(module: nn.Module) -> bool:
-    """True for the normalization layers `convert_norms` replaces."""
-    return isinstance(module, (nn.LayerNorm,) + _RMS_LIKE) or _is_hf_rmsnorm(module)
+def norm_family(module: nn.Module) -> str | None:
+    """``layernorm`` / ``rmsnorm`` / ``batchnorm`` for the layers `convert_norms` can replace, else None."""
+    if isinstance(module, _RMS_LIKE) or _is_hf_rmsnorm(module):
+        return "rmsnorm"
+    if isinstance(module, nn.LayerNorm):
+        return "layernorm"
+    if isinstance(module, nn.BatchNorm2d):  # timm's BatchNormAct2d too (its activation is kept, see _replacement)
+        return "batchnorm"
+    return None
+
+
+def is_norm(module: nn.Module, replace: tuple[str, ...] = ("layernorm", "rmsnorm")) -> bool:
+    """True for the normalization layers `convert_norms(..., replace=replace)` replaces."""
+    return norm_family(module) in replace
 
 
 def _channels(module: nn.Module) -> int:
+    if isinstance(module, nn.BatchNorm2d):
+        return module.num_features
     shape = getattr(module, "normalized_shape", None)
     if shape is None:  # Hugging Face RMSNorm keeps only its weight
         shape = module.weight.shape
@@ -50,39 +69,49 @@ def _channels(module: nn.Module) -> int:
     return shape[0]
 
 
-def _replacement(module: nn.Module, kind: str, alpha_init: float) -> nn.Module:
+def _replacement(module: nn.Module, kind: str, alpha_init: float, learn_alpha: bool) -> nn.Module:
     weight = getattr(module, "weight", None)
     bias = getattr(module, "bias", None)
-    ref = next(module.parameters(), None)
-    rms = isinstance(module, _RMS_LIKE) or _is_hf_rmsnorm(module)
+    # device / dtype from a parameter, else a float buffer (an affine-free BatchNorm has only its running stats)
+    ref = next((t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), None)
+    family = norm_family(module)
     new = build_norm(
         kind, _channels(module),
-        channels_last=not isinstance(module, _CHANNELS_FIRST),
+        channels_last=not isinstance(module, _CHANNELS_FIRST + (nn.BatchNorm2d,)),
         eps=getattr(module, "eps", None) or getattr(module, "variance_epsilon", None),
-        alpha_init=alpha_init,
-        elementwise_affine=weight is not None,
-        bias=isinstance(bias, nn.Parameter) and not rms,
+        alpha_init=alpha_init, learn_alpha=learn_alpha,
+        elementwise_affine=isinstance(weight, nn.Parameter),
+        bias=isinstance(bias, nn.Parameter) and family != "rmsnorm",
         device=ref.device if ref is not None else None,
         dtype=ref.dtype if ref is not None else None,
     )
-    return new
+    # timm's BatchNormAct2d is norm + dropout + activation in one module: keep what follows the norm
+    tail = [m for m in (getattr(module, "drop", None), getattr(module, "act", None))
+            if m is not None and not isinstance(m, nn.Identity)]
+    return nn.Sequential(new, *tail) if tail else new
 
 
-def convert_norms(model: nn.Module, kind: str = "dyt", alpha_init: AlphaInit = 0.5) -> nn.Module:
-    """Replace every LayerNorm / RMSNorm in ``model`` by ``build_norm(kind, ...)``; returns the model.
+def convert_norms(model: nn.Module, kind: str = "dyt", alpha_init: AlphaInit = 0.5, *, learn_alpha: bool = True,
+                  replace: tuple[str, ...] = ("layernorm", "rmsnorm")) -> nn.Module:
+    """Replace every norm of the ``replace`` families in ``model`` by ``build_norm(kind, ...)``; returns the model.
 
     ``alpha_init`` is a float for every site, or a function of the module's dotted path (e.g. the LLaMA
-    per-site values: ``lambda path: 0.8 if "attention_norm" in path else 0.2``). A model that is itself a
+    per-site values: ``lambda path: 0.8 if "attention_norm" in path else 0.2``). ``learn_alpha=False`` fixes
+    alpha (Table 9). ``replace``: any of ``layernorm``, ``rmsnorm``, ``batchnorm``. A model that is itself a
     norm is returned converted.
     """
-    def alpha_for(path: str) -> float:
-        return alpha_init(path) if callable(alpha_init) else alpha_init
+    unknown = set(replace) - set(NORM_FAMILIES)
+    if unknown:
+        raise ValueError(f"convert_norms(replace=...) got {sorted(unknown)}; choose from: {', '.join(NORM_FAMILIES)}")
 
-    if is_norm(model):
-        return _replacement(model, kind, alpha_for(""))
-    targets = [(path, m) for path, m in model.named_modules() if path and is_norm(m)]
+    def swap(path: str, module: nn.Module) -> nn.Module:
+        return _replacement(module, kind, alpha_init(path) if callable(alpha_init) else alpha_init, learn_alpha)
+
+    if is_norm(model, replace):
+        return swap("", model)
+    targets = [(path, m) for path, m in model.named_modules() if path and is_norm(m, replace)]
     for path, module in targets:
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, child, _replacement(module, kind, alpha_for(path)))
+        setattr(parent, child, swap(path, module))
     return model
