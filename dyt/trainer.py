@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 
 from dyt import distributed as D
+from dyt.analysis import InputStdProbe, elementwise_norms
 from dyt.checkpoint import (load_latest, remove_leftovers, restore_checkpoint, rng_state, save_checkpoint,
                             save_sharded_checkpoint, set_rng_state, sharded_states)
 from dyt.errors import ConfigError
 from dyt.logging import RunLogger, progress_bar
-from dyt.nn import DynamicTanh
 from dyt.optim import build_optimizer, build_scheduler
 from dyt.tasks import build_task
 from dyt.validate import check_model_fits
@@ -39,10 +39,9 @@ def seed_everything(seed: int) -> None:
 
 
 def alpha_metrics(model: nn.Module) -> dict[str, float]:
-    """Every DyT layer's alpha as ``alpha/<module path>`` (the paper's Fig. 8 tracks these). Under FSDP each is
-    gathered (a collective: every rank calls this)."""
-    return {f"alpha/{D.clean_name(name)}": D.scalar(m.alpha) for name, m in model.named_modules()
-            if isinstance(m, DynamicTanh)}
+    """Every element-wise norm layer's (DyT's) alpha as ``alpha/<module path>`` (the paper's Fig. 8 tracks these).
+    Under FSDP each is gathered (a collective: every rank calls this)."""
+    return {f"alpha/{name}": D.scalar(m.alpha) for name, m in elementwise_norms(model)}
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -257,6 +256,9 @@ class Trainer:
         """Sums over the steps since the last train log event (its loss is their mean)."""
         return {"loss": 0.0, "steps": 0, "units": 0, "time": 0.0, "parts": {}}
 
+    def _log_step(self, step: int) -> bool:
+        return step % self.tc.log_every == 0 or step == self.max_steps
+
     def _on_signal(self, signum, frame):
         self._stop_signal = signum  # finish the current step, checkpoint, exit (SLURM preemption, Ctrl-C)
 
@@ -336,7 +338,10 @@ class Trainer:
         try:
             while self.step < self.max_steps:
                 t0 = time.perf_counter()
-                loss, grad_norm, units, parts = self._train_step(batches)
+                # A logged step records each DyT layer's input std (Fig. 8). A compiled model ignores hooks added
+                # after compilation: no std/ metrics under trainer.compile.
+                with InputStdProbe(self.model, self._log_step(self.step + 1) and not tc.get("compile")) as probe:
+                    loss, grad_norm, units, parts = self._train_step(batches)
                 step_time = time.perf_counter() - t0  # data + forward/backward/update; never eval or checkpoint time
                 if not math.isfinite(loss):
                     reason = f"non-finite training loss ({loss}) at step {self.step + 1}"
@@ -348,10 +353,11 @@ class Trainer:
                            time=win["time"] + step_time,
                            parts={k: win["parts"].get(k, 0.0) + v for k, v in parts.items()})
                 bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == self.max_steps:
+                if self._log_step(self.step):
                     metrics = {"train/loss": win["loss"] / win["steps"], "train/lr": self.optimizer.param_groups[0]["lr"],
                                "train/throughput": win["units"] * self.dist.world_size / max(win["time"], 1e-9),
-                               "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model)}
+                               "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model),
+                               **probe.metrics()}
                     metrics.update({f"train/{k}": v / win["steps"] for k, v in win["parts"].items()})
                     if grad_norm is not None:
                         metrics["train/grad_norm"] = grad_norm

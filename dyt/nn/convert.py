@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from dyt.nn.norms import LayerNorm2d, RMSNorm2d, build_norm
 
-__all__ = ["convert_norms", "is_norm", "norm_family", "NORM_FAMILIES"]
+__all__ = ["convert_norms", "is_norm", "is_channels_first", "norm_family", "NORM_FAMILIES"]
 
 AlphaInit = Union[float, Callable[[str], float]]
 
@@ -52,6 +52,11 @@ def norm_family(module: nn.Module) -> str | None:
     return None
 
 
+def is_channels_first(module: nn.Module) -> bool:
+    """True for norms over dim 1 of an NCHW tensor (LayerNorm2d / RMSNorm2d / BatchNorm2d / channels-first DyT)."""
+    return isinstance(module, _CHANNELS_FIRST + (nn.BatchNorm2d,)) or getattr(module, "channels_last", True) is False
+
+
 def is_norm(module: nn.Module, replace: tuple[str, ...] = ("layernorm", "rmsnorm")) -> bool:
     """True for the normalization layers `convert_norms(..., replace=replace)` replaces."""
     return norm_family(module) in replace
@@ -77,7 +82,7 @@ def _replacement(module: nn.Module, kind: str, alpha_init: float, learn_alpha: b
     family = norm_family(module)
     new = build_norm(
         kind, _channels(module),
-        channels_last=not isinstance(module, _CHANNELS_FIRST + (nn.BatchNorm2d,)),
+        channels_last=not is_channels_first(module),
         eps=getattr(module, "eps", None) or getattr(module, "variance_epsilon", None),
         alpha_init=alpha_init, learn_alpha=learn_alpha,
         elementwise_affine=isinstance(weight, nn.Parameter),

@@ -1,0 +1,233 @@
+"""The paper's analysis figures, from a run directory.
+
+    python scripts/figures.py scurves runs/vit_pico-layernorm-digits-s0    # Figs. 2-4: norm input vs output
+    python scripts/figures.py scurves <run> --layers all --points 5000 --batch 64 --weights raw
+    python scripts/figures.py alpha-std runs/vit_pico-dyt-digits-s0        # Fig. 8: alpha tracks 1/std
+    python scripts/figures.py functions                                    # Fig. 7: the squashing functions
+
+scurves: one validation batch through the run's latest checkpoint (its EMA weights when kept, unless --weights
+raw); each panel is one norm layer, x = its input, y = its output before the learnable affine (as the paper
+plots), colour = channel. alpha-std: from metrics.jsonl, each DyT layer's alpha and the 1/std of its input over
+training, and the final alpha vs 1/std of every layer. Figures go to <run>/figures/<name>.png unless --out
+(functions: figures/functions.png).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dyt.errors import ConfigError  # noqa: E402
+
+TRAIN_DYT = "python train.py norm=dyt <the run's other overrides>"
+
+
+def run_dir_arg(path: str) -> Path:
+    run = Path(path.removeprefix("run_dir="))
+    if not run.is_dir():
+        raise ConfigError(f"run directory {run} does not exist (a run's directory is made by: python train.py ...)")
+    return run
+
+
+def pick(names: list[str], layers: str) -> list[str]:
+    """`layers` names ("all", or N spread evenly over depth, first and last included)."""
+    if layers == "all":
+        return names
+    if not layers.isdigit() or int(layers) < 1:
+        raise ConfigError(f"--layers {layers}: give a positive count or 'all'")
+    n = int(layers)
+    if n >= len(names):
+        return names
+    if n == 1:
+        return names[-1:]  # the deepest: its S-curve is the clearest (Fig. 2)
+    return [names[i] for i in sorted({round(k * (len(names) - 1) / (n - 1)) for k in range(n)})]
+
+
+def grid(plt, panels: int, cols: int, size: tuple[float, float]):
+    cols = min(cols, panels)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:panels])
+
+
+def save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return out
+
+
+# --- scurves ----------------------------------------------------------------------------------------------
+def load_run_model(run: Path, weights: str, device_name: str):
+    """(task, model in eval mode, device, checkpoint step, "ema" | "raw") of a run's latest checkpoint."""
+    from dyt import distributed as D
+    from dyt.checkpoint import load_checkpoint, load_model_state
+    from dyt.run import run_checkpoint, run_config
+    from dyt.tasks import build_task
+
+    cfg = run_config(run)
+    try:
+        path = run_checkpoint(run)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; train (or resume) the run to write one: python train.py <the run's overrides>") from e
+    device = D.pick_device(device_name)
+    state = load_checkpoint(path, map_location=device, keys=("model", "ema"))
+    key = "ema" if weights == "auto" and "ema" in state else "model"
+    task = build_task(cfg, D.DistInfo(device=device))
+    model = task.build_model().to(device)
+    load_model_state(model, state[key], path)
+    return task, model.eval(), device, int(state["step"]), "ema" if key == "ema" else "raw"
+
+
+def scurves(args) -> Path:
+    import matplotlib.pyplot as plt
+
+    from dyt.analysis import record_norm_io
+    from dyt.trainer import amp_dtype, autocast
+
+    run = run_dir_arg(args.run_dir)
+    task, model, device, step, weights = load_run_model(run, args.weights, args.device)
+    batch = task.to_device(next(iter(task.val_loader(args.batch))), device)
+    dtype = amp_dtype(task.cfg.trainer.precision, device)
+
+    def forward():
+        with autocast(device, dtype):
+            task.eval_step(model, batch)  # every task's forward on a val batch (DiT: at the batch's val timesteps)
+    points = record_norm_io(model, forward, max_points=args.points, seed=args.seed)
+    if not points:
+        raise ConfigError(f"{run}: the model has no normalization layer (norm={task.cfg.norm.name}); "
+                          "train one with norm=layernorm or norm=dyt")
+    names = pick(list(points), args.layers)
+    fig, axes = grid(plt, len(names), 4, (3.2, 3.0))
+    for ax, name in zip(axes, names):
+        p = points[name]
+        ax.scatter(p.input, p.output, c=p.channel, cmap="turbo", s=1, alpha=0.5, linewidths=0, rasterized=True)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("input")
+        ax.set_ylabel("output (before affine)")
+    fig.suptitle(f"{run.name}: norm input vs output, step {step}, {weights} weights, colour = channel", fontsize=10)
+    return save(fig, Path(args.out) if args.out else run / "figures" / "scurves.png")
+
+
+# --- alpha-std --------------------------------------------------------------------------------------------
+def alpha_std_series(run: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
+    """Per DyT layer (module order): (steps, alpha, 1/std) over the train events that log both."""
+    from dyt.logging import read_jsonl
+
+    events = [e for e in read_jsonl(run / "metrics.jsonl") if e.get("split") == "train"]
+    if not events:
+        raise ConfigError(f"{run} has no training events in metrics.jsonl; train it: python train.py ...")
+    layers = list(dict.fromkeys(k[len("alpha/"):] for e in events for k in e if k.startswith("alpha/")))
+    if not layers:
+        raise ConfigError(f"{run}/metrics.jsonl has no alpha/ metrics: the run has no DyT layers; train one: "
+                          f"{TRAIN_DYT}")
+    series = {}
+    for name in layers:
+        pts = [(e["step"], e[f"alpha/{name}"], 1 / e[f"std/{name}"]) for e in events
+               if isinstance(e.get(f"alpha/{name}"), float) and isinstance(e.get(f"std/{name}"), float)
+               and e[f"std/{name}"] > 0]
+        if pts:
+            series[name] = tuple(map(list, zip(*pts)))
+    if not series:
+        raise ConfigError(f"{run}/metrics.jsonl has alpha/ but no std/ metrics (logged by the trainer since std "
+                          f"logging exists, never under trainer.compile); train it again: {TRAIN_DYT}")
+    return series
+
+
+def alpha_std(args) -> Path:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    run = run_dir_arg(args.run_dir)
+    series = alpha_std_series(run)
+    names = pick(list(series), args.layers)
+    fig, axes = grid(plt, len(names) + 1, 5, (3.4, 3.0))
+    for ax, name in zip(axes, names):
+        steps, alpha, inv_std = series[name]
+        ax.plot(steps, alpha, color="C0", label="alpha")
+        ax.set_ylabel("alpha", color="C0")
+        twin = ax.twinx()  # two scales: the paper's point is that the curves move together, not their values
+        twin.plot(steps, inv_std, color="C1", linestyle="--", label="1/std")
+        twin.set_ylabel("1/std of input", color="C1")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    final_alpha = np.array([series[n][1][-1] for n in series])
+    final_inv = np.array([series[n][2][-1] for n in series])
+    r = np.corrcoef(final_alpha, final_inv)[0, 1] if len(series) > 1 else float("nan")
+    ax = axes[-1]
+    ax.scatter(final_inv, final_alpha, c=np.arange(len(series)), cmap="viridis", s=18)
+    ax.set_xlabel("1/std of input (final)")
+    ax.set_ylabel("alpha (final)")
+    ax.set_title(f"{len(series)} layers, colour = depth: r = {r:.3f}", fontsize=9)
+    fig.suptitle(f"{run.name}: alpha vs 1/std of each DyT layer's input", fontsize=10)
+    return save(fig, Path(args.out) if args.out else run / "figures" / "alpha_std.png")
+
+
+# --- functions --------------------------------------------------------------------------------------------
+def functions(args) -> Path:
+    import matplotlib.pyplot as plt
+    import torch
+
+    from dyt.nn import DynamicSquash
+
+    x = torch.linspace(-6, 6, 601)
+    funcs = DynamicSquash.FUNCTIONS  # the layers' own definitions: tanh, hardtanh, sigmoid, identity
+    fig, axes = grid(plt, len(funcs) + 1, 5, (3.0, 2.8))
+    for name, f in funcs.items():
+        axes[0].plot(x, f(x), label=name)
+    axes[0].set_title("f(x) (Fig. 7)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    for ax, (name, f) in zip(axes[1:], funcs.items()):
+        for alpha in args.alphas:
+            ax.plot(x, f(alpha * x), label=f"alpha={alpha:g}")
+        ax.set_title(f"{name}(alpha x)", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in axes:
+        ax.set_ylim(-1.6, 1.6)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.axvline(0, color="grey", linewidth=0.5)
+        ax.set_xlabel("x")
+    return save(fig, Path(args.out) if args.out else Path("figures") / "functions.png")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("scurves", help="norm layers' input vs output on one val batch (Figs. 2-4)")
+    s.add_argument("run_dir")
+    s.add_argument("--layers", default="4", help="how many layers, spread over depth, or 'all' (default 4)")
+    s.add_argument("--points", type=int, default=20_000, help="points per layer (default 20000)")
+    s.add_argument("--batch", type=int, default=16, help="validation samples in the batch (default 16)")
+    s.add_argument("--weights", choices=("auto", "raw"), default="auto", help="auto: the EMA when kept")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--seed", type=int, default=0, help="seed of the point sample")
+    s.add_argument("--out", default=None)
+    s.set_defaults(make=scurves)
+    s = sub.add_parser("alpha-std", help="DyT alpha vs 1/std of its input over training (Fig. 8)")
+    s.add_argument("run_dir")
+    s.add_argument("--layers", default="4", help="layers plotted over steps, spread over depth, or 'all'")
+    s.add_argument("--out", default=None)
+    s.set_defaults(make=alpha_std)
+    s = sub.add_parser("functions", help="tanh, hardtanh, sigmoid, identity of alpha*x (Fig. 7)")
+    s.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    s.add_argument("--out", default=None)
+    s.set_defaults(make=functions)
+    args = p.parse_args(argv)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    try:
+        out = args.make(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

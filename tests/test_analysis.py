@@ -1,0 +1,177 @@
+"""The paper's analysis: each DyT layer's input std logged beside its alpha (Fig. 8), the norm layers' sampled
+input/output points (Figs. 2-4), and scripts/figures.py on real tiny runs."""
+import importlib.util
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import ROOT, TINY, compose
+from dyt.analysis import InputStdProbe, elementwise_norms, norm_layers, record_norm_io
+from dyt.logging import read_jsonl
+from dyt.models import build_model
+from dyt.nn import DynamicTanh, ElementwiseNorm
+from dyt.run import train
+from dyt.trainer import Trainer
+
+_spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts/figures.py")
+figures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(figures)
+
+SHORT = ["trainer.max_steps=4", "trainer.eval_every=4", "trainer.ckpt_every=4"]  # TINY logs every 3: steps 3, 4
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A finished tiny DyT run and LayerNorm run (ViT on digits)."""
+    root = tmp_path_factory.mktemp("runs")
+    for norm in ("dyt", "layernorm"):
+        train(compose([*TINY, *SHORT, f"norm={norm}"]), root / norm)
+    return root
+
+
+def first_inputs(layers, forward) -> dict[str, torch.Tensor]:
+    """Each layer's input in its first call during `forward()`, by our own hooks."""
+    seen = {}
+
+    def hook(name):
+        def record(module, args):
+            seen.setdefault(name, args[0].detach().clone())
+        return record
+    hooks = [m.register_forward_pre_hook(hook(name)) for name, m in layers]
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def train_events(run_dir):
+    return [e for e in read_jsonl(run_dir / "metrics.jsonl") if e["split"] == "train"]
+
+
+# --- std/ beside alpha/ ---------------------------------------------------------------------------------------
+def test_std_logged_for_the_alpha_layers_on_log_steps_only(runs):
+    events = train_events(runs / "dyt")
+    assert [e["step"] for e in events] == [3, 4]
+    for e in events:
+        alphas = {k.removeprefix("alpha/") for k in e if k.startswith("alpha/")}
+        stds = {k.removeprefix("std/") for k in e if k.startswith("std/")}
+        assert alphas == stds and "fc_norm" in stds and all(e[f"std/{n}"] > 0 for n in stds)
+    assert not any(k.startswith(("std/", "alpha/")) for e in train_events(runs / "layernorm") for k in e)
+
+
+@pytest.mark.parametrize("extra", [[], ["trainer.grad_accum=2", "trainer.activation_checkpointing=full"]])
+def test_logged_std_is_the_first_micro_batch_input_std(tmp_path, extra):
+    trainer = Trainer(compose([*TINY, "norm=dyt", "trainer.max_steps=1", *extra]), tmp_path / "r")
+    try:
+        layers = elementwise_norms(trainer.model)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # step 1's first micro-batch, on step 1's weights
+            inputs = first_inputs(layers, lambda: trainer.task.loss(trainer.net, next(trainer._batches())))
+        trainer.fit()
+        assert all(not m._forward_pre_hooks for _, m in layers)  # the probe left nothing behind
+    finally:
+        trainer.close()
+    (event,) = train_events(tmp_path / "r")
+    logged = {k.removeprefix("std/"): v for k, v in event.items() if k.startswith("std/")}
+    assert len(layers) == 5 and logged == pytest.approx({n: x.std().item() for n, x in inputs.items()}, rel=1e-6)
+
+
+def test_probe_records_the_first_forward_once_then_removes_its_hooks():
+    model = nn.Sequential(DynamicTanh(4), nn.Sequential(nn.Identity(), DynamicTanh(4)))
+    x = torch.randn(3, 4)
+    with InputStdProbe(model) as probe:
+        model(x)
+        model(10 * torch.randn(5, 4))  # a later micro-batch / a checkpointed recompute: not recorded
+    assert probe.metrics() == pytest.approx({"std/0": x.std().item(), "std/1.1": torch.tanh(0.5 * x).std().item()})
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with InputStdProbe(model, enabled=False) as off:
+        assert all(not m._forward_pre_hooks for m in model.modules())
+        model(x)
+    assert off.metrics() == {}
+
+
+# --- record_norm_io --------------------------------------------------------------------------------------------
+def test_layernorm_points_are_its_output_before_the_affine():
+    ln = nn.LayerNorm(6)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 2.0)
+        ln.bias.normal_()
+    x = torch.randn(2, 5, 6)
+    ref = F.layer_norm(x, (6,), eps=ln.eps)  # the paper plots LN outputs before the learnable affine
+    io = record_norm_io(ln, lambda: ln(x), max_points=60)[""]  # every point, in order
+    assert torch.equal(io.input, x.flatten()) and torch.equal(io.channel, torch.arange(6).repeat(10))
+    torch.testing.assert_close(io.output, ref.flatten())
+    sampled = record_norm_io(ln, lambda: ln(x), max_points=20, seed=1)[""]
+    assert len(sampled.input) == 20 and torch.equal(sampled.input, record_norm_io(ln, lambda: ln(x), 20, 1)[""].input)
+    check_points(sampled, x.reshape(-1, 6), ref.reshape(-1, 6))
+
+
+def check_points(io, rows: torch.Tensor, expected: torch.Tensor) -> None:
+    """Each point (input, channel) is an entry of column `channel` of `rows` (N, C), and its output is `expected`
+    at that entry."""
+    assert io.channel.min() >= 0 and io.channel.max() < rows.shape[1]
+    match = rows[:, io.channel] == io.input  # (N, points)
+    assert match.any(0).all()
+    r = match.float().argmax(0)
+    torch.testing.assert_close(io.output, expected[r, io.channel], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_args, image", [
+    (TINY, (2, 1, 8, 8)),  # ViT: channels-last LayerNorms (blocks, fc_norm)
+    (["model=convnext_atto", "data.image_size=32"], (2, 1, 32, 32)),  # + channels-first stem / downsample norms
+])
+@pytest.mark.parametrize("norm", ["layernorm", "dyt"])
+def test_record_norm_io_on_timm_models(model_args, image, norm):
+    torch.manual_seed(0)
+    model = build_model(compose([*model_args, f"norm={norm}"])).eval()
+    layers = dict(norm_layers(model))
+    x = torch.randn(image)
+    inputs = first_inputs(layers.items(), lambda: model(x))
+    io = record_norm_io(model, lambda: model(x), max_points=300)
+    assert set(io) == set(layers) == set(inputs) and len(layers) >= 5
+    channels_first = 0
+    for name, m in layers.items():
+        cf = type(m).__name__.endswith("2d") or getattr(m, "channels_last", True) is False  # NCHW sites
+        channels_first += cf
+        rows = (inputs[name].permute(0, 2, 3, 1) if cf else inputs[name]).flatten(0, -2)
+        if isinstance(m, ElementwiseNorm):
+            expected = torch.tanh(m.alpha * rows)
+        else:
+            expected = F.layer_norm(rows, rows.shape[-1:], eps=m.eps)
+        check_points(io[name], rows, expected)
+    # ConvNeXt-Atto's blocks use conv_mlp (NCHW): every norm is channels-first (stem, 3 downsamples, 12 blocks, head)
+    assert channels_first == (17 if "model=convnext_atto" in model_args else 0)
+
+
+# --- scripts/figures.py ---------------------------------------------------------------------------------------
+def is_png(path):
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scurves_and_alpha_std_figures(runs, tmp_path, capsys):
+    for norm in ("layernorm", "dyt"):
+        assert figures.main(["scurves", str(runs / norm), "--points", "500", "--batch", "8", "--device", "cpu"]) == 0
+        assert is_png(runs / norm / "figures/scurves.png")
+    assert figures.main(["alpha-std", str(runs / "dyt"), "--layers", "all"]) == 0
+    assert is_png(runs / "dyt/figures/alpha_std.png")
+    assert figures.main(["functions", "--out", str(tmp_path / "f.png")]) == 0 and is_png(tmp_path / "f.png")
+
+
+def test_figures_errors_name_what_is_missing(runs, tmp_path, capsys):
+    def error(*argv):
+        assert figures.main(list(argv)) == 2
+        return capsys.readouterr().err
+    err = error("alpha-std", str(runs / "layernorm"))
+    assert "no alpha/ metrics" in err and "norm=dyt" in err
+    assert "does not exist" in error("scurves", str(tmp_path / "nope"))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.yaml").write_text((runs / "dyt/config.yaml").read_text())
+    assert "has no checkpoint" in error("scurves", str(bare))
+    old = [{k: v for k, v in e.items() if not k.startswith("std/")} for e in train_events(runs / "dyt")]
+    (bare / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in old))
+    assert "no std/ metrics" in error("alpha-std", str(bare))
