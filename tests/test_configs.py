@@ -72,3 +72,12 @@ def test_wrong_type_fails():
 def test_unknown_choice_names_the_options(group, value):
     with pytest.raises(ConfigCompositionException, match=rf"(?s)Could not find '{group}/{value}'.*Available options"):
         compose([f"{group}={value}"])
+
+
+def test_list_valued_timm_kwargs_reach_timm_as_plain_lists():
+    """model.kwargs from YAML are OmegaConf nodes; timm needs plain lists (ConvNeXt splits by its dims)."""
+    cfg = compose(["experiment=mini_convnext", "norm=dyt"])
+    assert list(cfg.model.kwargs.dims) == [24, 48, 96, 192]
+    model = dyt.build_model(cfg)
+    assert [s.blocks[0].conv_dw.in_channels for s in model.stages] == [24, 48, 96, 192]
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import timm
 import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
 
 from dyt.errors import ConfigError
 from dyt.nn import convert_norms
@@ -21,6 +22,11 @@ def apply_norm(model: nn.Module, model_cfg, norm_cfg) -> nn.Module:
                          learn_alpha=norm_cfg.get("learn_alpha", True), replace=(sites,))
 
 
+def _plain(kwargs) -> dict:
+    """model.kwargs as plain Python values: timm does arithmetic on its lists (a ListConfig is not a tuple of ints)."""
+    return OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs)
+
+
 def _create(model_cfg, data_cfg, **arch_args) -> nn.Module:
     if model_cfg.arch not in timm.list_models():
         raise ConfigError(f"unknown timm model {model_cfg.arch!r} (model.arch); see timm.list_models()")
@@ -28,7 +34,7 @@ def _create(model_cfg, data_cfg, **arch_args) -> nn.Module:
         arch_args["drop_path_rate"] = model_cfg.drop_path
     try:
         return timm.create_model(model_cfg.arch, pretrained=False, num_classes=data_cfg.num_classes,
-                                 in_chans=data_cfg.in_chans, **arch_args, **dict(model_cfg.kwargs))
+                                 in_chans=data_cfg.in_chans, **arch_args, **_plain(model_cfg.kwargs))
     except TypeError as e:  # an option this architecture does not have (model.kwargs / model.drop_path)
         raise ConfigError(f"timm model {model_cfg.arch!r}: {e}") from None
 
