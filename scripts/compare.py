@@ -18,16 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dyt.logging import read_jsonl  # noqa: E402
+from dyt.paper import compare_reference  # noqa: E402
 
-# The paper's values (arXiv v1), LN -> DyT: Table 1 (ImageNet-1K top-1), Table 3 (DiT FID-50K, lower is better).
-TOP1, FID = "val/top1", "val/fid"
-PAPER = {("table1", "vit_b"): (TOP1, {"layernorm": 82.3, "dyt": 82.5}),
-         ("table1", "vit_l"): (TOP1, {"layernorm": 83.1, "dyt": 83.6}),
-         ("table1", "convnext_b"): (TOP1, {"layernorm": 83.7, "dyt": 83.7}),
-         ("table1", "convnext_l"): (TOP1, {"layernorm": 84.3, "dyt": 84.4}),
-         ("table3", "dit_b4"): (FID, {"layernorm": 64.9, "dyt": 63.9}),
-         ("table3", "dit_l4"): (FID, {"layernorm": 45.9, "dyt": 45.7}),
-         ("table3", "dit_xl2"): (FID, {"layernorm": 19.9, "dyt": 20.8})}
+# The paper's values, (table, model name) -> (metric, {norm: value}); one source of paper numbers: dyt/paper/.
+PAPER = compare_reference()
 EVAL_METRICS = ("val/fid", "val_ema/fid", "val/is", "val_ema/is")  # eval.py's (eval.json), beside the bests
 NORM_ORDER = ["layernorm", "rmsnorm", "dyt"]  # columns as the paper reads: baseline -> DyT
 

@@ -1,0 +1,67 @@
+"""The CPU mini-suite as data (scripts/mini_suite.sh): each mini table miniaturises a paper table on Fashion-MNIST or
+pydoc text with tiny models.
+
+It has no paper values of its own: a row shows the values of the paper row it mirrors (`paper_ref`), so the report
+puts our LN -> DyT delta beside the paper's, and `claim` says in words what the paper found. Every mini run is
+tagged `table: mini`; a run is recognised by its family, norm and whether alpha is learned, not by model name.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dyt.paper.schema import ALPHA_GRID, Cell, Grid, Row, Table
+from dyt.paper.tables import SQUASH, T1, T8, T9, TOP1, VAL_LOSS
+
+MINI = "mini"  # the `table` of every mini-suite run (configs/experiment/_mini_vision.yaml, mini_llama_alpha.yaml)
+
+
+def _mini_cell(experiment: str, family: str, norm: str, learn_alpha: bool, paper: Cell) -> Cell:
+    return Cell(paper=paper.paper, overrides=(f"experiment={experiment}", f"norm={norm}"),
+                match={"table": MINI, "model.family": family, "norm.name": norm,
+                       **({"norm.learn_alpha": learn_alpha} if norm.startswith("dyt") else {})})
+
+
+MINI_T1 = Table("mini_t1", "Mini Table 1: LayerNorm vs DyT on Fashion-MNIST", (TOP1,),
+                {"layernorm": "LayerNorm", "dyt": "DyT"}, reference="layernorm", paper_table="table1",
+                claim="DyT matches LayerNorm: within about half a point on every model (T1: ViT-B +0.2, ViT-L +0.5, "
+                      "ConvNeXt-B 0.0, ConvNeXt-L +0.1).", rows=tuple(
+    Row(label, {norm: _mini_cell(experiment, family, norm, True, T1.cell(ref, norm)) for norm in ("layernorm", "dyt")},
+        paper_ref=f"T1 {ref}")
+    for label, experiment, family, ref in (("ViT", "mini_vit", "vit", "ViT-B"),
+                                           ("ConvNeXt", "mini_convnext", "convnext", "ConvNeXt-B"))))
+
+MINI_T8 = Table("mini_t8", "Mini Table 8: squashing functions with alpha, on Fashion-MNIST", (TOP1,), SQUASH,
+                reference="dyt", paper_table="table8",
+                claim="identity diverges; tanh is best, hardtanh and sigmoid a little worse (T8 ViT-S: tanh 80.3, "
+                      "hardtanh 79.9, sigmoid 79.6; ViT-B: 82.5, 82.2, 81.6).", rows=(
+    Row("ViT", {norm: _mini_cell("mini_vit", "vit", norm, True, T8.cell("ViT-B", norm)) for norm in SQUASH},
+        paper_ref="T8 ViT-B"),
+))
+
+
+def _mini_t9_row(norm: str) -> Row:
+    """With alpha: the mini_t8 run; without: mini_vit_fixed_alpha. T9 has no identity row: its paper value is T8's."""
+    with_alpha = T9.cell(SQUASH[norm], "with_alpha") if norm != "dyt_identity" else T8.cell("ViT-B", norm)
+    without = T9.cell(SQUASH[norm], "without_alpha") if norm != "dyt_identity" else Cell()
+    return Row(SQUASH[norm], {"with_alpha": replace(MINI_T8.cell("ViT", norm), paper=with_alpha.paper),
+                              "without_alpha": _mini_cell("mini_vit_fixed_alpha", "vit", norm, False, without)},
+               paper_ref="T9 ViT-B" if norm != "dyt_identity" else "T8 ViT-B")
+
+
+MINI_T9 = Table("mini_t9", "Mini Table 9: squashing functions without alpha (fixed at 1), on Fashion-MNIST", (TOP1,),
+                dict(T9.columns), reference="with_alpha", paper_table="table9",
+                claim="alpha helps: without it each function loses 0.9 to 1.5 points (T9 ViT-B: tanh 82.5 -> 81.1, "
+                      "hardtanh 82.2 -> 80.7, sigmoid 81.6 -> 80.7).", rows=tuple(_mini_t9_row(n) for n in SQUASH))
+
+# Widths are the suite's choice (scripts/mini_suite.sh: 32 and 128): every width among the runs becomes a row. The
+# mini grid uses one alpha0 for every site (alpha_ffn = alpha_attn), so its points lie on the diagonal.
+MINI_T12 = Table("mini_t12", "Mini Table 12: best alpha0 by width, tiny LLaMA on pydoc text", (VAL_LOSS,),
+                 {"best": "best alpha0 (attention / other)"}, rows=(), kind=ALPHA_GRID, paper_table="table12",
+                 grid=Grid("model.dim", {"table": MINI, "model.family": "llama", "norm.name": "dyt"},
+                           "python train.py -m experiment=mini_llama_alpha model.dim=<width> (scripts/mini_suite.sh)",
+                           "width", "model.n_layers",
+                           baseline={"table": MINI, "model.family": "llama", "norm.name": "rmsnorm"}),
+                 claim="the best alpha0 shrinks as the model gets wider, whatever the depth (T12: 1024 -> 1.0/1.0, "
+                       "2048 -> 1.0/0.5, 4096 -> 0.8/0.2, 8192 -> 0.2/0.05).")
+
+MINI_TABLES = (MINI_T1, MINI_T8, MINI_T9, MINI_T12)

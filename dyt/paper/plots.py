@@ -1,0 +1,158 @@
+"""PNG figures of a TableReport (matplotlib, Agg): paper-vs-ours bars per row, training-loss curves per row (one
+line per run, one colour per column: LN vs DyT), and for alpha0 grids a heatmap per group with the best marked."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from dyt.paper.report import CellResult, TableReport, mean_value
+from dyt.paper.render import shown_metrics
+
+PAPER_COLOUR = "0.7"
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _subplots(n: int, width: float = 4.4, height: float = 3.3):
+    plt = _pyplot()
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return plt, fig, list(axes.flat)
+
+
+def plot_table(tr: TableReport, out: Path) -> list[Path]:
+    """The table's PNGs under `out`: <id>.png (bars or heatmaps) and, when runs logged losses, <id>_curves.png."""
+    t = tr.table
+    if t.grid:
+        made = [plot_grid(tr, out / f"{t.id}.png")]
+    else:
+        made = [plot_bars(tr, out / f"{t.id}.png"), plot_curves(tr, out / f"{t.id}_curves.png")]
+    return [p for p in made if p]
+
+
+def plot_bars(tr: TableReport, path: Path) -> Path | None:
+    """One panel per (row, metric): the paper's bar and ours (and our EMA's) per column."""
+    t = tr.table
+    panels = [(row, m) for row in t.rows for m in t.metrics_of(row)
+              if any(isinstance(c.paper.get(m.name), (int, float)) for c in row.cells.values())
+              or any(r.row is row and r.runs for r in tr.cells)]
+    if not panels:
+        return None
+    plt, fig, axes = _subplots(len(panels))
+    for ax, (row, m) in zip(axes, panels):
+        cols = [c for c in t.columns if c in row.cells]
+        series = [("paper", PAPER_COLOUR, [row.cells[c].paper.get(m.name) for c in cols])]
+        series += [(f"ours {k}", f"C{i}", [_ours(tr.result(row.label, c), k) for c in cols])
+                   for i, k in enumerate(shown_metrics(tr, m))]
+        width = 0.8 / len(series)
+        numbers = [v for _, _, vals in series for v in vals if isinstance(v, (int, float))]
+        for j, (name, colour, vals) in enumerate(series):
+            for i, v in enumerate(vals):
+                x = i + (j - (len(series) - 1) / 2) * width
+                if isinstance(v, (int, float)):
+                    ax.bar(x, v, width, color=colour, label=name)
+                elif v:  # "diverged" (the paper's mark, or how all our runs of the cell ended)
+                    ax.text(x, 0.5, v, rotation=90, ha="center", va="center", fontsize=7, color=colour if j else "k",
+                            transform=ax.get_xaxis_transform())
+        if numbers:
+            lo, hi = min(numbers), max(numbers)
+            pad = max((hi - lo) * 0.3, abs(hi) * 0.01, 1e-3)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(-0.6, len(cols) - 0.4)  # room for a text-only (diverged) first column
+        ax.set_xticks(range(len(cols)), [t.columns[c] for c in cols], fontsize=8)
+        ax.set_title(f"{row.label}" + (f" (paper: {row.paper_ref})" if row.paper_ref else ""), fontsize=9)
+        ax.set_ylabel(m.label, fontsize=8)
+        by_label = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per series
+        if by_label:
+            ax.legend(by_label.values(), by_label.keys(), fontsize=6, loc="best")
+    fig.suptitle(f"{t.id}: {t.title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _ours(res: CellResult, key: str):
+    """Our mean, or how our runs ended when none completed (no text when there is no run)."""
+    v = res.ours(key)
+    return v if v is not None else (res.runs[0].status if res.runs else None)
+
+
+def plot_curves(tr: TableReport, path: Path) -> Path | None:
+    """Training loss over steps, one panel per row, one colour per column (every seed its own line)."""
+    t = tr.table
+    panels = []
+    for row in t.rows:
+        lines = [(c, r, curve) for c in t.columns for res in tr.cells if res.row is row and res.column == c
+                 for r in res.runs if (curve := r.load_curve())]
+        if lines:
+            panels.append((row, lines))
+    if not panels:
+        return None
+    plt, fig, axes = _subplots(len(panels))
+    for ax, (row, lines) in zip(axes, panels):
+        labelled = set()
+        for col, run, curve in lines:
+            colour = f"C{list(t.columns).index(col)}"
+            ax.plot(*zip(*curve), color=colour, alpha=0.8, lw=1,
+                    label=None if col in labelled else t.columns[col])
+            labelled.add(col)
+        ax.set(xlabel="step", ylabel="train/loss", title=row.label)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{t.id}: training loss", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(tr: TableReport, path: Path) -> Path | None:
+    """A heatmap per group of the metric over (attention, other) alpha0: ours' best boxed, the paper's ringed."""
+    import numpy as np
+
+    metric, axes_names = tr.table.metrics[0], tr.table.grid.axes
+    groups = [g for g in tr.groups if g.points]
+    if not groups:
+        return None
+    plt, fig, axes = _subplots(len(groups))
+    for ax, g in zip(axes, groups):
+        rows = sorted({p[0] for p in g.points}, key=lambda v: (v is not None, v or 0))
+        cols = sorted({p[1] for p in g.points}, key=lambda v: (v is not None, v or 0))
+        grid = np.full((len(rows), len(cols)), np.nan)
+        for (a, f) in g.points:
+            v = g.value((a, f), metric.name)
+            grid[rows.index(a), cols.index(f)] = np.nan if v is None else v
+        im = ax.imshow(grid, cmap="viridis" if metric.higher_better else "viridis_r", aspect="auto")
+        fig.colorbar(im, ax=ax, shrink=0.8, label=metric.name)
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                text = "-" if (rows[i], cols[j]) not in g.points else (
+                    "div" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3g}")
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="k" if np.isnan(grid[i, j]) else "w")
+        best = g.best(metric)
+        if best is not None:
+            ax.add_patch(plt.Rectangle((cols.index(best[1]) - 0.5, rows.index(best[0]) - 0.5), 1, 1, fill=False,
+                                       ec="red", lw=2.5, label="ours best"))
+        paper = g.cell.best_alpha if g.cell else None
+        if paper and paper[0] in rows and paper[1] in cols:
+            ax.plot(cols.index(paper[1]), rows.index(paper[0]), "o", mfc="none", mec="w", ms=18, mew=2,
+                    label="paper best")
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols], fontsize=7)
+        ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=7)
+        base = mean_value(g.baseline, metric.name)[0]
+        ax.set(xlabel=axes_names[1], ylabel=axes_names[0], title=f"{tr.table.grid.label} {g.label}"
+               + (f" ({tr.table.grid.baseline.get('norm.name', 'baseline')} {base:.3g})" if base is not None else ""))
+        ax.legend(fontsize=6, loc="upper right")
+    fig.suptitle(f"{tr.table.id}: {metric.name} over alpha0", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

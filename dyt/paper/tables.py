@@ -1,0 +1,209 @@
+"""The paper's tables as data (arXiv 2503.10622 v1, "Transformers without Normalization"; PAPER.md), and the Derf
+follow-up's LN / DyT / Derf rows (arXiv 2512.10938). The one place the repo keeps the paper's numbers.
+
+A cell's `overrides` run it (`python train.py <overrides>`) and its `match` recognises our runs of it by their
+resolved config.yaml. A cell that re-uses another table's run (T10's LayerNorm ViT-B is T1's) is that cell.
+"""
+from __future__ import annotations
+
+from dyt.paper.schema import (ALPHA_GRID, BENCHMARK, SPEED, Cell, Grid, Metric, Row, Table,
+                              not_implemented, not_implemented_row, run_cell, run_row, values_of)
+
+TOP1 = Metric("val/top1", True, ema="val_ema/top1", label="top-1 (%)")
+FID = Metric("val/fid", False, ema="val_ema/fid", label="FID-50K")  # eval.json (python eval.py <run> --fid 50000)
+ZERO_SHOT = Metric("lm_eval/avg", True, label="avg zero-shot score")  # eval.json (eval.py <run> --tasks paper15)
+TRAIN_LOSS = Metric("train/loss", False, label="final train loss")
+VAL_LOSS = Metric("val/loss", False, label="val loss")
+DNA_ACC = Metric("val/top1", True, label="GenomicBenchmarks avg accuracy (%)")
+SECONDS = Metric("time_s", False, label="time (s)")
+
+LN_DYT = {"layernorm": "LayerNorm", "dyt": "DyT"}
+MAE_DINO = "MAE / DINO self-supervised pre-training is not implemented (no masked-image or self-distillation task)"
+WAV2VEC = "wav2vec 2.0 (speech) is not implemented"
+
+T1 = Table("table1", "Supervised classification on ImageNet-1K", (TOP1,), LN_DYT, reference="layernorm", rows=tuple(
+    run_row(label, (TOP1,), f"table1_{model}", {"table": "table1", "model.name": model}, {"layernorm": ln, "dyt": dyt})
+    for label, model, ln, dyt in (("ViT-B", "vit_b", 82.3, 82.5), ("ViT-L", "vit_l", 83.1, 83.6),
+                                  ("ConvNeXt-B", "convnext_b", 83.7, 83.7), ("ConvNeXt-L", "convnext_l", 84.3, 84.4))))
+
+T2 = Table("table2", "Self-supervised learning on ImageNet-1K (fine-tuned top-1)", (TOP1,), LN_DYT,
+           reference="layernorm", rows=(
+    not_implemented_row("MAE ViT-B", MAE_DINO, (TOP1,), {"layernorm": 83.2, "dyt": 83.2}),
+    not_implemented_row("MAE ViT-L", MAE_DINO, (TOP1,), {"layernorm": 85.5, "dyt": 85.4}),
+    not_implemented_row("DINO ViT-B/16", MAE_DINO, (TOP1,), {"layernorm": 83.2, "dyt": 83.4}),
+    not_implemented_row("DINO ViT-B/8", MAE_DINO, (TOP1,), {"layernorm": 84.1, "dyt": 84.5}),
+))
+
+T3 = Table("table3", "Diffusion Transformers on ImageNet 256 (FID-50K, lower is better)", (FID,), LN_DYT,
+           reference="layernorm", notes="Runs need `data.root=<imagenet256 latents>`; FID: "
+           "`python eval.py <run dir> --fid 50000 --fid-ref VIRTUAL_imagenet256_labeled.npz` (writes eval.json).",
+           rows=tuple(
+    run_row(label, (FID,), f"table3_{model}", {"table": "table3", "model.name": model}, {"layernorm": ln, "dyt": dyt})
+    for label, model, ln, dyt in (("DiT-B/4", "dit_b4", 64.9, 63.9), ("DiT-L/4", "dit_l4", 45.9, 45.7),
+                                  ("DiT-XL/2", "dit_xl2", 19.9, 20.8))))
+
+_LLAMA = (ZERO_SHOT, TRAIN_LOSS)
+T4 = Table("table4", "LLaMA pre-training on The Pile (avg zero-shot score over 15 lm-eval tasks / final train loss)",
+           _LLAMA, {"rmsnorm": "RMSNorm", "dyt": "DyT"}, reference="rmsnorm",
+           notes="Zero-shot score: `python eval.py <run dir> --tasks paper15` (writes eval.json).", rows=tuple(
+    run_row(size, _LLAMA, f"table4_{size.lower()}", {"table": "table4", "model.name": f"llama_{size.lower()}"}, values)
+    for size, values in (("7B", {"rmsnorm": (0.513, 1.59), "dyt": (0.513, 1.60)}),
+                         ("13B", {"rmsnorm": (0.529, 1.53), "dyt": (0.529, 1.54)}),
+                         ("34B", {"rmsnorm": (0.536, 1.50), "dyt": (0.536, 1.50)}),
+                         ("70B", {"rmsnorm": (0.549, 1.45), "dyt": (0.549, 1.45)}))))
+
+T5 = Table("table5", "wav2vec 2.0 pre-training on LibriSpeech (val loss)", (VAL_LOSS,), LN_DYT, reference="layernorm",
+           rows=(not_implemented_row("wav2vec 2.0 Base", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.95, "dyt": 1.95}),
+                 not_implemented_row("wav2vec 2.0 Large", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.92, "dyt": 1.91})))
+
+_DNA = "DNA sequence models (HyenaDNA, Caduceus) are not implemented"
+T6 = Table("table6", "DNA sequence modelling (GenomicBenchmarks avg accuracy)", (DNA_ACC,), LN_DYT,
+           reference="layernorm",
+           rows=(not_implemented_row("HyenaDNA", _DNA, (DNA_ACC,), {"layernorm": 85.2, "dyt": 85.2}),
+                 not_implemented_row("Caduceus", _DNA, (DNA_ACC,), {"layernorm": 86.9, "dyt": 86.9})))
+
+# T7 is measured by benchmark scripts, not train runs: the cells carry their command.
+_BENCH_LAYERS = "python scripts/bench_norms.py --dtypes bf16"  # one layer at a time, not the 7B's sum
+_BENCH_MODEL = ("python scripts/bench_models.py --models llama_7b --norms rmsnorm dyt --seq-len 4096 --batch 1 "
+                "--amp bf16 --modes eager")
+
+
+def _bench(value: float, command: str) -> Cell:
+    return Cell(paper=values_of((SECONDS,), value), status=BENCHMARK, command_text=command)
+
+
+_INFERENCE = "bench_models.py times training steps only (forward + backward + AdamW)"
+T7 = Table("table7", "LLaMA 7B speed: 100 passes of one 4096-token sequence, BF16, eager (s)", (SECONDS,),
+           {"rmsnorm": "RMSNorm", "dyt": "DyT"}, reference="rmsnorm", kind=SPEED,
+           notes="Our benchmarks report their own units (ms per layer call; tokens/s per training step) in "
+                 "docs/BENCHMARKS.md. The paper's later version: with the norm layers compiled, RMSNorm and DyT "
+                 "take the same time.", rows=(
+    Row("inference, norm layers", {"rmsnorm": _bench(2.1, _BENCH_LAYERS), "dyt": _bench(1.0, _BENCH_LAYERS)}),
+    Row("inference, model", {"rmsnorm": not_implemented(_INFERENCE, (SECONDS,), 14.1),
+                             "dyt": not_implemented(_INFERENCE, (SECONDS,), 13.0)}),
+    Row("training, norm layers", {"rmsnorm": _bench(8.3, _BENCH_LAYERS), "dyt": _bench(4.8, _BENCH_LAYERS)}),
+    Row("training, model", {"rmsnorm": _bench(42.6, _BENCH_MODEL), "dyt": _bench(39.1, _BENCH_MODEL)}),
+))
+
+SQUASH = {"dyt_identity": "identity", "dyt": "tanh", "dyt_hardtanh": "hardtanh", "dyt_sigmoid": "sigmoid"}
+# tanh with alpha on ViT-B is exactly Table 1's DyT run (table8_vit_b is table1_vit_b): either table's run counts.
+_T8_VIT_B = Row("ViT-B", {
+    norm: run_cell((TOP1,), v, "table8_vit_b", {"table": ("table8", "table1") if norm == "dyt" else "table8",
+                                               "model.name": "vit_b"}, norm)
+    for norm, v in {"dyt_identity": "diverged", "dyt": 82.5, "dyt_hardtanh": 82.2, "dyt_sigmoid": 81.6}.items()},
+    (TOP1,))
+T8 = Table("table8", "Squashing functions, with alpha (ImageNet-1K top-1)", (TOP1,), SQUASH, reference="dyt", rows=(
+    run_row("ViT-S", (TOP1,), "table8_vit_s", {"table": "table8", "model.name": "vit_s"},
+            {"dyt_identity": "diverged", "dyt": 80.3, "dyt_hardtanh": 79.9, "dyt_sigmoid": 79.6}),
+    _T8_VIT_B,
+))
+
+
+def _no_alpha(value: float, norm: str) -> Cell:
+    return Cell(paper=values_of((TOP1,), value), overrides=("experiment=table9_vit_b", f"norm={norm}"),
+                match={"table": "table9", "model.name": "vit_b", "norm.name": norm, "norm.learn_alpha": False})
+
+
+T9 = Table("table9", "ViT-B without alpha (alpha fixed at 1; ImageNet-1K top-1)", (TOP1,),
+           {"with_alpha": "with alpha (Table 8)", "without_alpha": "without alpha"}, reference="with_alpha", rows=tuple(
+    Row(SQUASH[norm], {"with_alpha": T8.cell("ViT-B", norm), "without_alpha": _no_alpha(value, norm)})
+    for norm, value in (("dyt", 81.1), ("dyt_hardtanh", 80.7), ("dyt_sigmoid", 80.7))))
+
+TUNED_LR = Cell(paper=values_of((TOP1,), 82.8), overrides=("experiment=table13_vit_b", "norm=dyt"),
+                match={"table": "table13", "model.name": "vit_b", "norm.name": "dyt"})
+TUNED_ALPHA = Cell(paper=values_of((TOP1,), 82.6), overrides=("experiment=table14_vit_b", "norm=dyt"),
+                   match={"table": "table14", "model.name": "vit_b", "norm.name": "dyt"})
+
+_OTHER = "{} is not implemented"
+
+
+def _mae(value: float) -> Cell:
+    return not_implemented(MAE_DINO, (TOP1,), value)
+
+
+T10 = Table("table10", "DyT against other normalization-free methods (ImageNet-1K top-1)", (TOP1,),
+            {"layernorm": "LayerNorm", "fixup": "Fixup", "skipinit": "SkipInit", "sigma_reparam": "sigmaReparam",
+             "dyt": "DyT"}, reference="layernorm",
+            notes="DyT's ViT-B value is with its tuned lr (Table 13); LayerNorm and DyT ViT-L are Table 1's runs.",
+            rows=tuple(
+    Row(label, {"layernorm": ln,
+                **{k: not_implemented(_OTHER.format(name), (TOP1,), v)
+                   for (k, name), v in zip((("fixup", "Fixup"), ("skipinit", "SkipInit"),
+                                            ("sigma_reparam", "sigmaReparam")), others)},
+                "dyt": dyt})
+    for label, ln, others, dyt in (
+        ("ViT-B", T1.cell("ViT-B", "layernorm"), (77.2, 74.1, 82.5), TUNED_LR),
+        ("ViT-L", T1.cell("ViT-L", "layernorm"), (78.1, 75.6, 83.0), T1.cell("ViT-L", "dyt")),
+        ("MAE ViT-B", _mae(83.2), (73.7, 73.1, 83.2), _mae(83.7)),
+        ("MAE ViT-L", _mae(85.5), (74.1, 74.0, 85.4), _mae(85.8)),
+    )))
+
+
+def _tuned_table(table_id: str, title: str, tuned: str, notes: str, vit_b_tuned: Cell, others) -> Table:
+    """T13 / T14: LayerNorm, DyT with the LayerNorm recipe, DyT tuned; ViT-B runnable, the rest listed."""
+    rows = [Row("ViT-B", {"layernorm": T1.cell("ViT-B", "layernorm"), "dyt": T1.cell("ViT-B", "dyt"),
+                          "dyt_tuned": vit_b_tuned})]
+    for label, reason, metric, values in others:
+        rows.append(Row(label, {k: not_implemented(reason, (metric,), v)
+                                for k, v in zip(("layernorm", "dyt", "dyt_tuned"), values)}, (metric,)))
+    return Table(table_id, title, (TOP1,), {**LN_DYT, "dyt_tuned": tuned}, tuple(rows), reference="layernorm",
+                 notes=notes)
+
+
+T13 = _tuned_table("table13", "Learning-rate tuning for DyT", "DyT, tuned lr",
+                   "Tuned lr: ViT-B 6e-3 (recipe 4e-3), MAE ViT-B/L 3.2e-3, wav2vec 2.0 Base 6e-4.", TUNED_LR, (
+    ("MAE ViT-B", MAE_DINO, TOP1, (83.2, 83.2, 83.7)),
+    ("MAE ViT-L", MAE_DINO, TOP1, (85.5, 85.4, 85.8)),
+    ("wav2vec 2.0 Base", WAV2VEC, VAL_LOSS, (1.95, 1.95, 1.94))))
+
+T14 = _tuned_table("table14", "alpha0 tuning for DyT", "DyT, alpha0 = 1.0",
+                   "Tuned alpha0 = 1.0 for all three (recipe 0.5).", TUNED_ALPHA, (
+    ("MAE ViT-B", MAE_DINO, TOP1, (83.2, 83.2, 83.4)),
+    ("wav2vec 2.0 Large", WAV2VEC, VAL_LOSS, (1.92, 1.91, 1.90))))
+
+# alpha0 grids: the paper gives the best (attention, other = FFN and final) alpha0 of each model / width.
+_T11_CMD = "python train.py -m experiment=table11_alpha model=<llama model>"
+T11 = Table("table11", "LLaMA alpha0 per model size (best attention / other alpha0, by val loss)", (VAL_LOSS,),
+            {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
+            grid=Grid("model.name", {"table": "table11"}, _T11_CMD, "model"), rows=tuple(
+    Row(size, {"best": Cell(overrides=("experiment=table11_alpha", f"model=llama_{size.lower()}"), sweep=True,
+                            match={"table": "table11", "model.name": f"llama_{size.lower()}"}, best_alpha=best)})
+    for size, best in (("7B", (0.8, 0.2)), ("13B", (0.6, 0.15)), ("34B", (0.2, 0.05)), ("70B", (0.2, 0.05)))))
+
+_T12_CMD = "python train.py -m experiment=table12_alpha model=<llama model of that width>"
+T12 = Table("table12", "LLaMA alpha0 by width (best attention / other alpha0, by val loss; depth 8..64 agrees)",
+            (VAL_LOSS,), {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
+            grid=Grid("model.dim", {"table": "table12"}, _T12_CMD, "width", "model.n_layers"), rows=tuple(
+    Row(str(width), {"best": Cell(overrides=("experiment=table12_alpha", f"model={model}"), sweep=True,
+                                  match={"table": "table12", "model.dim": width}, best_alpha=best)})
+    for width, model, best in ((1024, "llama_350m", (1.0, 1.0)), (2048, "llama_1b", (1.0, 0.5)),
+                               (4096, "llama_7b", (0.8, 0.2)), (8192, "llama_34b", (0.2, 0.05)))))
+
+T15 = Table("table15", "DyT replacing BatchNorm in CNNs (ImageNet-1K top-1)", (TOP1,),
+            {"batchnorm": "BatchNorm", "dyt": "DyT"}, reference="batchnorm", rows=(
+    run_row("ResNet-50", (TOP1,), "table15_resnet50", {"table": "table15", "model.name": "resnet50"},
+            {"batchnorm": 76.2, "dyt": 68.9}),
+    run_row("VGG19", (TOP1,), "table15_vgg19", {"table": "table15", "model.name": "vgg19"},
+            {"batchnorm": 72.7, "dyt": 71.0}),
+))
+
+
+def _derf_row(label: str, metric: Metric, model: str, paper_table: str, values: dict) -> Row:
+    """LayerNorm and DyT are the paper table's runs (same recipe) or derf-tagged ones; Derf runs from derf_<model>."""
+    match = {"table": ("derf", paper_table), "model.name": model}
+    return Row(label, {norm: run_cell((metric,), v, f"derf_{model}", match, norm) for norm, v in values.items()},
+               (metric,))
+
+
+DERF = Table("derf", "Derf follow-up (arXiv 2512.10938): LayerNorm / DyT / Derf", (TOP1,),
+             {**LN_DYT, "derf": "Derf"}, reference="layernorm",
+             notes="Derf(x) = weight * erf(alpha * x + s) + bias. LayerNorm and DyT cells also count Table 1 / 3 runs.",
+             rows=(
+    _derf_row("ViT-B", TOP1, "vit_b", "table1", {"layernorm": 82.3, "dyt": 82.5, "derf": 82.8}),
+    _derf_row("ViT-L", TOP1, "vit_l", "table1", {"layernorm": 83.1, "dyt": 83.6, "derf": 83.8}),
+    _derf_row("DiT-XL/2", FID, "dit_xl2", "table3", {"layernorm": 19.94, "dyt": 20.83, "derf": 18.92}),
+    not_implemented_row("GPT-2", "no GPT-2 family: our language model is LLaMA (RMSNorm, RoPE, SwiGLU)", (VAL_LOSS,),
+                        {"layernorm": 2.94, "dyt": 2.97, "derf": 2.94}),
+))
+
+PAPER_TABLES = (T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14, T15, DERF)

@@ -1,0 +1,64 @@
+"""The paper as data (dyt/paper): every runnable cell composes and its composed config is recognised as that cell;
+not-implemented cells say why; the values scripts/compare.py shows come from the same data."""
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose
+from dyt.paper import TABLES, compare_reference
+from dyt.paper.runs import matches
+from dyt.paper.schema import ALPHA_GRID, BENCHMARK, NOT_IMPLEMENTED, RUNNABLE
+
+RUNNABLE_CELLS = {}  # overrides -> (where, cell): each distinct command once (T10 re-uses T1's cells)
+for _t in TABLES.values():
+    for _row, _col, _cell in _t.cells():
+        if _cell.status == RUNNABLE:
+            RUNNABLE_CELLS.setdefault(_cell.overrides, (f"{_t.id}/{_row.label}/{_col}", _cell))
+
+
+@pytest.mark.parametrize("overrides", list(RUNNABLE_CELLS), ids=[w for w, _ in RUNNABLE_CELLS.values()])
+def test_runnable_cell_composes_and_is_recognised_as_itself(overrides):
+    where, cell = RUNNABLE_CELLS[overrides]
+    experiment = next(o.split("=", 1)[1] for o in overrides if o.startswith("experiment="))
+    if not (ROOT / "configs" / "experiment" / f"{experiment}.yaml").exists():  # the mini suite is being written
+        pytest.skip(f"config not yet present: configs/experiment/{experiment}.yaml")
+    config = OmegaConf.to_container(compose(overrides), resolve=True)
+    assert matches(config, cell.match), f"{where}: {' '.join(overrides)} does not give {dict(cell.match)}"
+
+
+def test_every_cell_is_runnable_listed_with_a_reason_or_a_benchmark():
+    assert list(TABLES) == [f"table{i}" for i in range(1, 16)] + ["derf", "mini_t1", "mini_t8", "mini_t9", "mini_t12"]
+    counts = {RUNNABLE: 0, NOT_IMPLEMENTED: 0, BENCHMARK: 0}
+    for t in TABLES.values():
+        assert t.kind == ALPHA_GRID or t.rows, t.id
+        for row, col, cell in t.cells():
+            counts[cell.status] += 1
+            assert col in t.columns and set(cell.paper) <= {m.name for m in t.metrics_of(row)}, (t.id, row.label)
+            if cell.status == NOT_IMPLEMENTED:
+                assert cell.reason and not cell.overrides
+            elif cell.status == BENCHMARK:
+                assert cell.command.startswith("python scripts/bench_")
+            else:
+                assert cell.overrides[0].startswith("experiment=") and "table" in cell.match
+    assert counts[NOT_IMPLEMENTED] >= 30 and counts[BENCHMARK] == 6
+
+
+def test_values_as_the_paper_prints_them():
+    assert TABLES["table1"].cell("ConvNeXt-L", "dyt").paper == {"val/top1": 84.4}
+    assert TABLES["table3"].cell("DiT-XL/2", "layernorm").paper == {"val/fid": 19.9}
+    assert TABLES["table4"].cell("13B", "dyt").paper == {"lm_eval/avg": 0.529, "train/loss": 1.54}
+    assert TABLES["table8"].cell("ViT-B", "dyt_identity").paper == {"val/top1": "diverged"}
+    assert TABLES["table9"].cell("hardtanh", "without_alpha").match["norm.learn_alpha"] is False
+    assert TABLES["table10"].cell("ViT-B", "dyt") is TABLES["table13"].cell("ViT-B", "dyt_tuned")
+    assert [r.cells["best"].best_alpha for r in TABLES["table12"].rows] == [(1.0, 1.0), (1.0, 0.5), (0.8, 0.2),
+                                                                            (0.2, 0.05)]
+    assert TABLES["derf"].cell("DiT-XL/2", "derf").paper == {"val/fid": 18.92}
+    assert TABLES["mini_t1"].cell("ViT", "dyt").paper == TABLES["table1"].cell("ViT-B", "dyt").paper
+
+
+def test_compare_reads_its_paper_values_from_the_tables():
+    ref = compare_reference()
+    assert ref["table1", "vit_b"] == ("val/top1", {"layernorm": 82.3, "dyt": 82.5})
+    assert ref["table3", "dit_b4"] == ("val/fid", {"layernorm": 64.9, "dyt": 63.9})
+    assert ref["table15", "resnet50"] == ("val/top1", {"batchnorm": 76.2, "dyt": 68.9})

@@ -1,0 +1,258 @@
+"""The paper report (dyt/paper/report.py, scripts/report.py) on FAKE run directories written here, shaped like the
+trainer's (config.yaml resolved, summary.json, metrics.jsonl): matching, seed means, deltas, diverged and missing
+cells, unmatched runs, alpha0 grids, CSV, PNGs, wandb logging (offline) and the wandb-API conversion."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from dyt.paper import TABLES
+from dyt.paper.render import csv_rows, markdown
+from dyt.paper.report import build_report, write_report
+from dyt.paper.runs import from_wandb_run, load_run_dirs
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import report as report_script  # noqa: E402
+
+VIT = {"family": "vit", "arch": "vit_base_patch16_224", "drop_path": 0.1, "global_pool": "avg", "kwargs": {}}
+
+
+def write_run(root: Path, name: str, *, table, model: dict, norm: str, seed: int = 0, learn_alpha: bool = True,
+              metrics: dict, status: str = "completed", step: int = 40, losses=(2.3, 1.9, 1.5)) -> Path:
+    """A run directory as the trainer leaves it: resolved config.yaml, summary.json (status, step, best/<metric>
+    and the last values), metrics.jsonl (train and val events)."""
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"model": model, "norm": {"name": norm, "alpha_init": 0.5, "learn_alpha": learn_alpha},
+              "data": {"name": "digits", "source": "digits"}, "optim": {"name": "adamw", "lr": 0.004},
+              "trainer": {"max_steps": 40, "batch_size": 64, "ema_decay": None},
+              "logger": {"name": "none", "mode": "disabled", "project": "dyt"}, "seed": seed,
+              "run_name": f"{model['name']}-{norm}-digits-s{seed}", "sweep_name": "sweep", "table": table,
+              "launcher": {"nproc": 1, "nodes": 1}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = {"status": status, "step": step, "reason": None if status == "completed" else
+               f"non-finite training loss (nan) at step {step}", "model": model["name"], "norm": norm,
+               "data": "digits", "params": 1000, "max_steps": 40, "world_size": 1, "train/loss": losses[-1],
+               "wall_time_s": 1.0, "metric": next(iter(metrics))}
+    summary.update({f"best/{k}": v for k, v in metrics.items()})  # a diverged run keeps its bests from before
+    summary.update(metrics)
+    (d / "summary.json").write_text(json.dumps(summary, indent=2))
+    events = [{"step": 10 * (i + 1), "split": "train", "train/loss": loss, "train/lr": 0.004}
+              for i, loss in enumerate(losses)]
+    events.append({"step": 10 * len(losses), "split": "val", **metrics})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return d
+
+
+def vit(name: str) -> dict:
+    return {"name": name, **VIT}
+
+
+def top1(raw: float, ema: float) -> dict:
+    return {"val/top1": raw, "val_ema/top1": ema, "val/loss": 1.0}
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    """T1 ViT-B: LN two seeds, DyT one; T8 ViT-S: identity diverged, hardtanh one of two seeds diverged; a default
+    job (no table); the mini_t12 alpha0 grid at widths 64 and 128."""
+    root = tmp_path / "multirun"
+    write_run(root, "vit_b-layernorm-s0", table="table1", model=vit("vit_b"), norm="layernorm",
+              metrics=top1(80.0, 80.5))
+    write_run(root, "vit_b-layernorm-s1", table="table1", model=vit("vit_b"), norm="layernorm", seed=1,
+              metrics=top1(81.0, 81.5))
+    write_run(root, "vit_b-dyt-s0", table="table1", model=vit("vit_b"), norm="dyt", metrics=top1(82.25, 82.0),
+              losses=(2.2, 1.7, 1.4))
+    write_run(root, "vit_s-dyt_identity-s0", table="table8", model=vit("vit_s"), norm="dyt_identity",
+              metrics=top1(12.0, 11.0), status="diverged", step=37)
+    write_run(root, "vit_s-dyt_hardtanh-s0", table="table8", model=vit("vit_s"), norm="dyt_hardtanh",
+              metrics=top1(70.0, 71.0))
+    write_run(root, "vit_s-dyt_hardtanh-s1", table="table8", model=vit("vit_s"), norm="dyt_hardtanh", seed=1,
+              metrics=top1(99.0, 99.0), status="diverged", step=12)
+    write_run(root, "vit_pico-dyt-digits-s0", table=None, model=vit("vit_pico"), norm="dyt", metrics=top1(95.0, 95.0))
+    for norm, acc in (("layernorm", 88.0), ("dyt", 88.75)):  # the mini suite's ViT (table: mini)
+        write_run(root / "mini_vit", f"vit_pico-{norm}-fashion_mnist-s0", table="mini", model=vit("vit_pico"),
+                  norm=norm, metrics={"val/top1": acc, "val/loss": 0.3})
+    for dim, best in ((64, (2.0, 1.0)), (128, (0.5, 0.5))):
+        for a in (0.5, 1.0, 2.0):
+            for f in (0.5, 1.0):
+                loss = 3.0 + a + f if (a, f) != best else 2.5
+                model = {"name": f"llama_d{dim}", "family": "llama", "dim": dim, "n_layers": 2, "alpha_attn": a,
+                         "alpha_ffn": f, "alpha_final": f}
+                write_run(root / "mini_t12", f"d{dim}-a{a}-f{f}", table="mini", model=model, norm="dyt",
+                          metrics={"val/loss": loss})
+        # a second seed at the best point, and a diverged point whose bests would win if they were counted
+        model = {"name": f"llama_d{dim}", "family": "llama", "dim": dim, "n_layers": 2, "alpha_attn": best[0],
+                 "alpha_ffn": best[1], "alpha_final": best[1]}
+        write_run(root / "mini_t12", f"d{dim}-best-s1", table="mini", model=model, norm="dyt", seed=1,
+                  metrics={"val/loss": 2.25})
+        model = {**model, "alpha_attn": 4.0, "alpha_ffn": 4.0, "alpha_final": 4.0}
+        write_run(root / "mini_t12", f"d{dim}-a4-f4", table="mini", model=model, norm="dyt",
+                  metrics={"val/loss": 0.1}, status="diverged", step=5)
+        write_run(root / "mini_t12", f"d{dim}-rmsnorm", table="mini", model={**model, "alpha_attn": 1.0},
+                  norm="rmsnorm", metrics={"val/loss": 3.0 if dim == 64 else 2.75})  # the width's baseline
+    # another depth at width 64: a grid of its own (averaged in, its 0.5 would make (0.5, 0.5) the best at depth 2)
+    model = {"name": "llama_d64", "family": "llama", "dim": 64, "n_layers": 4, "alpha_attn": 0.5, "alpha_ffn": 0.5,
+             "alpha_final": 0.5}
+    write_run(root / "mini_t12", "d64-l4-a0.5-f0.5", table="mini", model=model, norm="dyt",
+              metrics={"val/loss": 0.5})
+    return root
+
+
+def rows_of(tr, **where) -> list[dict]:
+    return [r for r in csv_rows(tr) if all(r[k] == v for k, v in where.items())]
+
+
+def test_seeds_average_and_deltas_use_the_reference_column(runs_dir):
+    rep = build_report(load_run_dirs([runs_dir]), ["table1", "table10"])
+    t1 = rep.tables[0]
+    assert len(t1.result("ViT-B", "layernorm").runs) == 2 and len(t1.result("ViT-B", "dyt").runs) == 1
+    ln, dyt = rows_of(t1, row="ViT-B", column="layernorm", metric="val/top1")[0], \
+        rows_of(t1, row="ViT-B", column="dyt", metric="val/top1")[0]
+    assert (ln["ours"], ln["n"], ln["ours_delta"]) == ((80.0 + 81.0) / 2, 2, "")
+    assert dyt["ours"] == 82.25 and dyt["ours_delta"] == pytest.approx(82.25 - (80.0 + 81.0) / 2)
+    t1_paper = {n: TABLES["table1"].cell("ViT-B", n).paper["val/top1"] for n in ("layernorm", "dyt")}
+    assert dyt["paper_delta"] == round(t1_paper["dyt"] - t1_paper["layernorm"], 1) == 0.2
+    ema = rows_of(t1, row="ViT-B", column="dyt", metric="val_ema/top1")[0]
+    assert ema["ours"] == 82.0 and ema["ours_delta"] == pytest.approx(82.0 - (80.5 + 81.5) / 2)
+    md = markdown(t1)
+    assert "| ViT-B | DyT | 82.5 | +0.2 | 82.25 | +1.75 | 82.00 | +1.00 | 1 |" in md
+    # Table 10's LayerNorm ViT-B is Table 1's cell: the same two runs count there
+    assert len(rep.tables[1].result("ViT-B", "layernorm").runs) == 2
+
+
+def test_diverged_missing_and_unmatched_runs_are_shown(runs_dir):
+    rep = build_report(load_run_dirs([runs_dir]), ["table1", "table8"])
+    t1, t8 = rep.tables
+    md8 = markdown(t8)
+    assert "| ViT-S | identity | diverged |  | diverged @37 |" in md8  # the paper's mark and ours
+    ident = rows_of(t8, row="ViT-S", column="dyt_identity", metric="val/top1")[0]
+    assert (ident["ours"], ident["n"], ident["status"]) == ("", 0, "diverged @37")
+    # one of two seeds diverged: the mean is the completed seed's alone, and the diverged one is said
+    hard = rows_of(t8, row="ViT-S", column="dyt_hardtanh", metric="val/top1")[0]
+    assert (hard["ours"], hard["n"], hard["status"]) == (70.0, 1, "completed, diverged @12")
+    assert "70.00 (diverged @12)" in md8
+    # a cell without runs says how to run it
+    assert "missing: `python train.py experiment=table1_vit_l norm=layernorm`" in markdown(t1)
+    vit_l = rows_of(t1, row="ViT-L", column="layernorm", metric="val/top1")[0]
+    assert (vit_l["status"], vit_l["note"]) == ("missing", "python train.py experiment=table1_vit_l norm=layernorm")
+    assert [r.name for r in rep.unmatched] == ["vit_pico-dyt-digits-s0"]
+
+
+def test_mini_tables_put_our_delta_beside_the_papers(runs_dir):
+    rep = build_report(load_run_dirs([runs_dir]), ["mini_t1", "mini_t8"])
+    dyt = rows_of(rep.tables[0], row="ViT", column="dyt", metric="val/top1")[0]
+    assert (dyt["ours"], dyt["ours_delta"], dyt["paper_delta"]) == (88.75, 88.75 - 88.0, 0.2)
+    assert "| ViT (paper: T1 ViT-B) | DyT | 82.5 | +0.2 | 88.75 | +0.75 | 1 |" in markdown(rep.tables[0])
+    assert rep.tables[1].result("ViT", "dyt").runs[0].name == "vit_pico-dyt-fashion_mnist-s0"  # T8's tanh too
+
+
+def test_fid_and_zero_shot_come_from_the_eval_files(tmp_path):
+    dit = {"name": "dit_b4", "family": "dit", "depth": 12, "hidden": 768, "heads": 12, "patch_size": 4}
+    for norm, fids in (("layernorm", (70.5, 66.0)), ("dyt", (69.25, 64.5))):
+        d = write_run(tmp_path, f"dit_b4-{norm}", table="table3", model=dit, norm=norm, metrics={"val/loss": 0.2})
+        # as eval.py --fid writes it: the checkpoint's step, its path, and the raw / EMA FIDs
+        (d / "eval.json").write_text(json.dumps({"step": 999, "checkpoint": str(d / "checkpoints"), "val/loss": 9.0,
+                                                 "val/fid": fids[0], "val_ema/fid": fids[1]}))
+    llama = {"name": "llama_7b", "family": "llama", "dim": 4096, "n_layers": 32}
+    d = write_run(tmp_path, "llama_7b-dyt", table="table4", model=llama, norm="dyt", metrics={"val/loss": 1.7},
+                  losses=(3.0, 1.625))
+    (d / "lm_eval.json").write_text(json.dumps({"lm_eval/avg": 0.505, "lm_eval/piqa/acc": 0.7}))
+    runs = {r.name: r for r in load_run_dirs([tmp_path])}
+    assert runs["dit_b4-dyt"].step == 40 and runs["dit_b4-dyt"].value("val/loss") == 0.2  # summary.json first
+    t3, t4 = build_report(list(runs.values()), ["table3", "table4"]).tables
+    fid = rows_of(t3, row="DiT-B/4", column="dyt", metric="val_ema/fid")[0]
+    assert (fid["ours"], fid["ours_delta"], fid["paper_delta"]) == (64.5, 64.5 - 66.0, round(63.9 - 64.9, 1))
+    zs = rows_of(t4, row="7B", column="dyt", metric="lm_eval/avg")[0]
+    loss = rows_of(t4, row="7B", column="dyt", metric="train/loss")[0]
+    assert (zs["ours"], zs["paper"], loss["ours"], loss["paper"]) == (0.505, 0.513, 1.625, 1.6)
+
+
+def test_mini_t12_picks_the_best_alpha_per_width(runs_dir):
+    rep = build_report(load_run_dirs([runs_dir]), ["mini_t12"])
+    tr = rep.tables[0]
+    assert [g.label for g in tr.groups] == ["64, n_layers 2", "64, n_layers 4", "128"]
+    for label, best in (("64, n_layers 2", (2.0, 1.0)), ("128", (0.5, 0.5))):
+        g = tr.group(label)
+        assert g.best(TABLES["mini_t12"].metrics[0]) == best  # not the diverged (4, 4) with its 0.1
+        assert g.value(best, "val/loss") == (2.5 + 2.25) / 2
+        flagged = [(r["alpha_attn"], r["alpha_ffn"]) for r in rows_of(tr, group=label) if r["best"] is True]
+        assert flagged == [best]
+    md = markdown(tr)
+    # 7 points, 8 runs, 1 diverged point; the width's RMSNorm run beside the best
+    assert "| 64, n_layers 2 |  | 2 / 1 | 2.38 | 3.00 | 7 (8) | 1 |" in md
+    assert "| 64, n_layers 4 |  | 0.5 / 0.5 | 0.5000 |  | 1 (1) | 0 |" in md
+    assert "| 128 |  | 0.5 / 0.5 | 2.38 | 2.75 | 7 (8) | 1 |" in md
+    assert "**2.38**" in md and "diverged @5" in md
+
+
+def test_written_files_csv_parses_back_and_pngs(runs_dir, tmp_path):
+    runs = load_run_dirs([runs_dir])
+    rep = build_report(runs, ["table1", "table8", "mini_t12"])
+    out = tmp_path / "report"
+    written = write_report(rep, out)
+    assert {f.name for fs in written.values() for f in fs} >= {
+        "table1.md", "table1.csv", "table1.png", "table1_curves.png", "table8.png", "mini_t12.png", "mini_t12.csv"}
+    for f in (f for fs in written.values() for f in fs if f.suffix == ".png"):
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
+    with open(out / "table1.csv") as fh:
+        back = {(r["row"], r["column"], r["metric"]): r for r in csv.DictReader(fh)}
+    assert float(back["ViT-B", "layernorm", "val/top1"]["ours"]) == (80.0 + 81.0) / 2
+    assert float(back["ViT-B", "dyt", "val_ema/top1"]["ours"]) == 82.0
+    assert float(back["ViT-B", "dyt", "val/top1"]["paper"]) == 82.5
+    assert back["ViT-L", "dyt", "val/top1"]["ours"] == ""
+    index = (out / "README.md").read_text()
+    assert "[table1](table1.md)" in index and "(mini_t12.png)" in index and "vit_pico-dyt-digits-s0" in index
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    cases = [([str(tmp_path / "nope")], "no such path"), ([str(tmp_path)], "no run"),
+             ([str(tmp_path), "--tables", "table1,tabel8"], "unknown table tabel8; the tables are: table1, table2")]
+    for argv, message in cases:
+        assert report_script.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_cli_writes_the_report_and_logs_it_to_wandb_offline(runs_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert report_script.main([str(runs_dir), "--out", str(out), "--tables", "table1,mini_t12", "--wandb-log"]) == 0
+    stdout = capsys.readouterr().out
+    assert "## table1:" in stdout and "1 unmatched" in stdout
+    run_dirs = list((out / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1 and list(run_dirs[0].glob("*.wandb"))
+    tables = list(run_dirs[0].glob("files/media/table/tables/table1_*.table.json"))
+    assert tables and "82.3" in tables[0].read_text()  # the paper's LayerNorm ViT-B beside ours
+    assert list(run_dirs[0].glob("files/media/images/plots/mini_t12_*.png"))
+
+
+class FakeSummary:
+    def __init__(self, d):
+        self._json_dict = d
+
+
+class FakeApiRun:
+    """What the conversion reads of a wandb.apis.public.Run (the real one needs a login and a network: not here)."""
+    name, path, job_type = "vit_b-dyt-imagenet-s0", ["me", "dyt", "abc123"], "dyt"
+    config = {"model": {"name": "vit_b", "family": "vit"}, "norm": {"name": "dyt", "alpha_init": 0.5},
+              "table": "table1", "seed": 0, "_wandb": {"cli_version": "0.31.0"}}
+    summary = FakeSummary({"status": "completed", "step": 100, "best/val/top1": 82.4, "val/top1": 82.1,
+                           "_runtime": 12.0})
+
+    def scan_history(self, keys):
+        return [{"_step": 10, "train/loss": 2.0}, {"_step": 20, "train/loss": 1.5}, {"_step": 25, "val/top1": 80.0}]
+
+
+def test_wandb_api_run_conversion_matches_a_cell():
+    run = from_wandb_run(FakeApiRun())
+    assert (run.name, run.source, run.status, run.value("val/top1")) == ("vit_b-dyt-imagenet-s0", "me/dyt/abc123",
+                                                                        "completed", 82.4)
+    assert "_wandb" not in run.config and run.load_curve() == [(10, 2.0), (20, 1.5)]
+    rep = build_report([run], ["table1"])
+    assert rep.tables[0].result("ViT-B", "dyt").runs == [run] and not rep.unmatched
