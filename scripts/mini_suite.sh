@@ -2,54 +2,45 @@
 # The CPU mini-suite: the paper's claims in miniature, each a real sweep through train.py, then the report and the
 # analysis figures. One command, about 45 minutes on 2 CPU cores; re-running skips finished runs (and resumes
 # unfinished ones), so an interrupted suite continues where it stopped.
-#   scripts/mini_suite.sh                  # every sweep, two lanes in parallel; tables + figures in docs/reproduction
+#   scripts/mini_suite.sh                  # every sweep, two at a time; tables + figures in docs/reproduction
 #   JOBS=1 scripts/mini_suite.sh           # one run at a time (a 1-core machine)
 #   OUT=/tmp/repro scripts/mini_suite.sh   # write the tables and figures elsewhere
 #
 #   T1      mini_vit (layernorm, dyt) and mini_convnext (layernorm, dyt): Fashion-MNIST
 #   T8      mini_vit: dyt vs dyt_hardtanh / dyt_sigmoid / dyt_identity, alpha learnable
 #   T9      mini_vit_fixed_alpha: the same functions with alpha fixed at 1
-#   T11/12  mini_llama_alpha: DyT alpha0 grid at widths 32 and 128 (+ each width's RMSNorm) on pydoc text
-# Runs: multirun/mini_*; logs: multirun/mini_suite_lane*.log.
+#   T11/12  mini_llama_alpha: DyT alpha0 grid at widths 64 and 128 (+ each width's RMSNorm) on pydoc text
+# Runs: multirun/mini_*; logs: multirun/mini_logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 OUT=${OUT:-docs/reproduction}
 JOBS=${JOBS:-2}
-export OMP_NUM_THREADS=1  # one thread per run: the two lanes share two cores without oversubscription
+export OMP_NUM_THREADS=1  # one thread per run: JOBS runs share JOBS cores without oversubscription
 mkdir -p multirun
 
-# width -> the overrides that make it (heads that divide it; embedding init 1/sqrt(width), see model/llama_tiny.yaml)
-LLAMA_32=(model.dim=32 model.n_heads=2 model.n_kv_heads=1 model.embed_init_std=0.177)
-LLAMA_128=(model.dim=128 model.embed_init_std=0.088)
-
-lane_vit() {
-  "$PY" train.py -m experiment=mini_vit
-  "$PY" train.py -m experiment=mini_vit_fixed_alpha
-}
-lane_other() {
-  "$PY" train.py -m experiment=mini_convnext
-  for width in LLAMA_32 LLAMA_128; do
-    declare -n args=$width
-    "$PY" train.py -m experiment=mini_llama_alpha "${args[@]}"
-    "$PY" train.py -m experiment=mini_llama_alpha norm=rmsnorm model.alpha_attn=1.0 "${args[@]}"  # the baseline
-  done
-}
-
+# The sweeps, longest first; JOBS of them run at once (xargs -P), each logging to multirun/mini_logs/<name>.log.
+# LLaMA widths: heads that divide the width, embedding init 1/sqrt(width) (see configs/model/llama_tiny.yaml).
+W64="model.dim=64 model.n_heads=2 model.n_kv_heads=1 model.embed_init_std=0.125"
+W128="model.dim=128 model.embed_init_std=0.088"
+SWEEPS=(
+  "vit        -m experiment=mini_vit"
+  "vit_fixed  -m experiment=mini_vit_fixed_alpha"
+  "llama128   -m experiment=mini_llama_alpha $W128"
+  "convnext   -m experiment=mini_convnext"
+  "llama64    -m experiment=mini_llama_alpha $W64"
+  "llama128_rmsnorm -m experiment=mini_llama_alpha norm=rmsnorm model.alpha_attn=1.0 $W128"
+  "llama64_rmsnorm  -m experiment=mini_llama_alpha norm=rmsnorm model.alpha_attn=1.0 $W64"
+)
+mkdir -p multirun/mini_logs
 start=$(date +%s)
-if [ "$JOBS" -ge 2 ]; then
-  lane_vit > multirun/mini_suite_lane1.log 2>&1 & vit=$!
-  lane_other > multirun/mini_suite_lane2.log 2>&1 & other=$!
-  echo "mini-suite: 2 lanes running (tail -f multirun/mini_suite_lane{1,2}.log)"
-  status=0
-  wait $vit || { status=$?; echo "lane 1 failed: see multirun/mini_suite_lane1.log" >&2; }
-  wait $other || { status=$?; echo "lane 2 failed: see multirun/mini_suite_lane2.log" >&2; }
-  [ $status -eq 0 ] || exit $status
-else
-  lane_vit 2>&1 | tee multirun/mini_suite_lane1.log
-  lane_other 2>&1 | tee multirun/mini_suite_lane2.log
-fi
+echo "mini-suite: ${#SWEEPS[@]} sweeps, $JOBS at a time (logs: multirun/mini_logs/)"
+export PY
+printf '%s\n' "${SWEEPS[@]}" | xargs -P "$JOBS" -L 1 bash -c '
+  name=$0; log=multirun/mini_logs/$name.log
+  if "$PY" train.py "$@" > "$log" 2>&1; then echo "  done: $name ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs)"
+  else echo "  FAILED: $name (see $log)" >&2; exit 1; fi'
 echo "mini-suite: sweeps done in $(( ($(date +%s) - start) / 60 )) min"
 
 # Tables next to the paper's, and the figures (S-curves of the LayerNorm ViT, alpha vs 1/std of the DyT ViT).
