@@ -164,7 +164,7 @@ def _elastic_launch(nproc: int, argv: list[str]):
     except SignalException as e:
         stopped = signal.Signals(e.sigval).name
     except ChildFailedError as e:
-        failed = (0, e.failures[0]) if 0 in e.failures else e.get_first_failure()
+        failed = reported_failure(e.failures)
         code = failed[1].exitcode
         if code > 128 and code - 128 in {s.value for s in signal.Signals}:  # a worker stopped by a signal itself
             stopped = signal.Signals(code - 128).name
@@ -176,6 +176,19 @@ def _elastic_launch(nproc: int, argv: list[str]):
         for log, level in zip(elastic_logs, saved_levels):
             log.setLevel(level)
     return stopped, failed
+
+
+def reported_failure(failures: dict) -> tuple[int, object]:
+    """(rank, failure) that caused a worker group to fail: a worker's config error (exit 2) first, then rank 0's own
+    failure, then the earliest. A negative exit code is the agent's SIGTERM to the peers of the worker that failed:
+    a consequence, never the cause (under load rank 1's config error can end rank 0 before rank 0 raises its own)."""
+    own = {rank: f for rank, f in failures.items() if f.exitcode >= 0} or failures
+    config = sorted(rank for rank, f in own.items() if f.exitcode == 2)
+    if config:
+        return config[0], own[config[0]]
+    if 0 in own:
+        return 0, own[0]
+    return min(own.items(), key=lambda item: item[1].timestamp)
 
 
 def _message(failure) -> str:

@@ -225,6 +225,19 @@ def test_srun_tasks_equal_torchrun(tmp_path, torchrun_run):
 
 
 @pytest.mark.slow
+def test_the_reported_failure_is_the_cause_not_the_agents_sigterm():
+    """Rank 1's config error ended the group; the agent then SIGTERMed rank 0 (exit -15): report rank 1's error."""
+    from types import SimpleNamespace as F
+    failures = {0: F(exitcode=-15, timestamp=2), 1: F(exitcode=2, timestamp=1)}
+    assert launch.reported_failure(failures) == (1, failures[1])
+    crash = {0: F(exitcode=-15, timestamp=2), 1: F(exitcode=1, timestamp=1), 2: F(exitcode=1, timestamp=3)}
+    assert launch.reported_failure(crash) == (1, crash[1])  # the earliest own failure
+    both = {0: F(exitcode=1, timestamp=5), 1: F(exitcode=1, timestamp=1)}
+    assert launch.reported_failure(both) == (0, both[0])  # rank 0's own failure first, as before
+    killed = {0: F(exitcode=-9, timestamp=3), 1: F(exitcode=-15, timestamp=4)}
+    assert launch.reported_failure(killed) == (0, killed[0])
+
+
 def test_worker_config_error_is_one_line_exit_2(tmp_path):
     out = run_script(["python", str(ROOT / "train.py"), "launcher.nproc=2", *tiny(trainer__batch_size=63),
                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
