@@ -81,7 +81,8 @@ def _header(tr: TableReport) -> list[str]:
     if t.reference:
         lines.append(f"- Δ: each column minus {t.columns[t.reference]}, within a row (paper and ours).")
     if t.paper_table:
-        lines.append(f"- Mini version of [{t.paper_table}]({t.paper_table}.md); paper values are that table's. "
+        lines.append(f"- Mini version of the paper's {t.paper_table} (`--tables {t.paper_table}` renders it); paper "
+                     "values are that table's. "
                      f"The paper's claim: {t.claim}")
     if t.notes:
         lines.append(f"- {t.notes}")
