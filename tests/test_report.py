@@ -256,3 +256,20 @@ def test_wandb_api_run_conversion_matches_a_cell():
     assert "_wandb" not in run.config and run.load_curve() == [(10, 2.0), (20, 1.5)]
     rep = build_report([run], ["table1"])
     assert rep.tables[0].result("ViT-B", "dyt").runs == [run] and not rep.unmatched
+
+
+def test_a_diagonal_alpha_grid_is_drawn_as_alpha0_curves(tmp_path, monkeypatch):
+    """The mini-suite ties every site's alpha0: its grid is one curve per width (alpha0 sensitivity), not a heatmap."""
+    from dyt.paper import plots
+    for a, loss in ((0.5, 2.9), (1.0, 2.4), (2.0, 2.6)):
+        model = {"name": "llama_d32", "family": "llama", "dim": 32, "n_layers": 2, "alpha_attn": a, "alpha_ffn": a,
+                 "alpha_final": a}
+        write_run(tmp_path / "runs", f"d32-a{a}", table="mini", model=model, norm="dyt", metrics={"val/loss": loss})
+    tr = build_report(load_run_dirs([tmp_path / "runs"]), ["mini_t12"]).tables[0]
+    drawn = []
+    real = plots.plot_alpha_curves
+    monkeypatch.setattr(plots, "plot_alpha_curves", lambda tr, groups, path: drawn.append(groups) or real(tr, groups, path))
+    (png,) = plots.plot_table(tr, tmp_path)
+    assert len(drawn) == 1 and [sorted(g.points) for g in drawn[0]] == [[(0.5, 0.5), (1.0, 1.0), (2.0, 2.0)]]
+    assert drawn[0][0].best(TABLES["mini_t12"].metrics[0]) == (1.0, 1.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

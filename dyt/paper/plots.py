@@ -115,13 +115,16 @@ def plot_curves(tr: TableReport, path: Path) -> Path | None:
 
 
 def plot_grid(tr: TableReport, path: Path) -> Path | None:
-    """A heatmap per group of the metric over (attention, other) alpha0: ours' best boxed, the paper's ringed."""
+    """A heatmap per group of the metric over (attention, other) alpha0: ours' best boxed, the paper's ringed.
+    A grid that ties the two (every point on the diagonal, as the mini-suite's) is one curve per group instead."""
     import numpy as np
 
     metric, axes_names = tr.table.metrics[0], tr.table.grid.axes
     groups = [g for g in tr.groups if g.points]
     if not groups:
         return None
+    if all(a == f for g in groups for (a, f) in g.points):
+        return plot_alpha_curves(tr, groups, path)
     plt, fig, axes = _subplots(len(groups))
     for ax, g in zip(axes, groups):
         rows = sorted({p[0] for p in g.points}, key=lambda v: (v is not None, v or 0))
@@ -152,6 +155,40 @@ def plot_grid(tr: TableReport, path: Path) -> Path | None:
                + (f" ({tr.table.grid.baseline.get('norm.name', 'baseline')} {base:.3g})" if base is not None else ""))
         ax.legend(fontsize=6, loc="upper right")
     fig.suptitle(f"{tr.table.id}: {metric.name} over alpha0", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_alpha_curves(tr: TableReport, groups: list, path: Path) -> Path:
+    """alpha0 sensitivity: the metric against one alpha0 for every site, a line per group (model / width), its
+    baseline (e.g. RMSNorm) dashed in the same colour, each group's best circled; diverged points as x at the top."""
+    metric = tr.table.metrics[0]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, g in enumerate(groups):
+        colour = f"C{i}"
+        alphas = sorted(a for a, _ in g.points)
+        values = [g.value((a, a), metric.name) for a in alphas]
+        ax.plot([a for a, v in zip(alphas, values) if v is not None], [v for v in values if v is not None], "o-",
+                color=colour, label=f"{tr.table.grid.label} {g.label}")
+        failed = [a for a, v in zip(alphas, values) if v is None]
+        if failed:
+            ax.plot(failed, [max(v for v in values if v is not None)] * len(failed), "x", color=colour, ms=9)
+        best = g.best(metric)
+        if best is not None:
+            ax.plot(best[0], g.value(best, metric.name), "o", mfc="none", mec=colour, ms=16, mew=2)
+        base = mean_value(g.baseline, metric.name)[0]
+        if base is not None:
+            ax.axhline(base, ls="--", color=colour, lw=1,
+                       label=f"{tr.table.grid.baseline.get('norm.name', 'baseline')}, {tr.table.grid.label} {g.label}")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({a for g in groups for a, _ in g.points})
+    ax.set_xticks(ticks, [f"{a:g}" for a in ticks])
+    ax.set(xlabel="alpha0 (every site)", ylabel=metric.name, title=f"{tr.table.id}: {metric.name} over alpha0 "
+           "(circled: best per group)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
