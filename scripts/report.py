@@ -12,6 +12,7 @@ show the command that runs them; runs that match no cell are listed in the index
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None, help="also read the runs of a wandb project")
     p.add_argument("--wandb-log", action="store_true",
                    help="log the tables and PNGs as one wandb run (job_type report) of --wandb's project (default dyt)")
+    p.add_argument("--wandb-mode", choices=("online", "offline"), default=os.environ.get("WANDB_MODE") or "online",
+                   help="for --wandb-log (default $WANDB_MODE, else online); offline writes a run folder to sync later")
     p.add_argument("--tables", default=None, help=f"comma-separated table ids (default all: {', '.join(TABLES)})")
     p.add_argument("--no-plots", action="store_true", help="Markdown and CSV only")
     args = p.parse_args(argv)
@@ -67,7 +70,13 @@ def main(argv=None) -> int:
     print(f"{len(runs)} runs, {len(report.unmatched)} unmatched; wrote {args.out / 'README.md'} and "
           f"{sum(map(len, written.values()))} table files")
     if args.wandb_log:
-        print(f"wandb: logged the report in {log_to_wandb(report, written, args.out, args.wandb)}")
+        try:
+            where = log_to_wandb(report, written, args.out, args.wandb, args.wandb_mode)
+        except Exception as e:  # no login for online mode, a wrong entity/project (no common wandb error base)
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return fail(f"could not log the report to wandb ({args.wandb_mode}): {why}; run `wandb login` or use "
+                        "--wandb-mode offline")
+        print(f"wandb: logged the report in {where}")
     return 0
 
 

@@ -232,6 +232,23 @@ def test_cli_writes_the_report_and_logs_it_to_wandb_offline(runs_dir, tmp_path, 
     assert list(run_dirs[0].glob("files/media/images/plots/mini_t12_*.png"))
 
 
+def test_wandb_log_follows_the_mode_asked_and_a_missing_login_is_one_line(runs_dir, tmp_path, capsys, monkeypatch):
+    """The mode is explicit (wandb keeps process-wide settings: an earlier online run in this process made the
+    offline log fail); online without a login is one line and exit 2, after the files are written."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no stored login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    out = tmp_path / "out"
+    argv = [str(runs_dir), "--out", str(out), "--tables", "table1", "--wandb-log"]
+    assert report_script.main(argv + ["--wandb-mode", "online"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not log the report to wandb (online)" in err and "--wandb-mode offline" in err
+    assert (out / "table1.md").exists()
+    assert report_script.main(argv + ["--wandb-mode", "offline"]) == 0
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+
 class FakeSummary:
     def __init__(self, d):
         self._json_dict = d

@@ -171,15 +171,17 @@ def write_report(report: Report, out: Path, plots: bool = True) -> dict[str, lis
     return written
 
 
-def log_to_wandb(report: Report, written: dict[str, list[Path]], out: Path, project: Optional[str]) -> str:
+def log_to_wandb(report: Report, written: dict[str, list[Path]], out: Path, project: Optional[str],
+                 mode: str = "online") -> str:
     """One wandb run (job_type report) of `entity/project` holding every table as a wandb.Table (the CSV's rows:
     paper and ours side by side) and the PNGs as images. Returns the run's directory."""
     import wandb
 
     from dyt.paper import render
     entity, _, name = (project or "dyt").rpartition("/")
+    # the mode explicitly: wandb's process-wide settings may hold another one from an earlier run in this process
     run = wandb.init(project=name, entity=entity or None, job_type="report", name="paper-report", dir=str(out),
-                     config={"tables": [tr.table.id for tr in report.tables], "runs": len(report.runs)})
+                     mode=mode, config={"tables": [tr.table.id for tr in report.tables], "runs": len(report.runs)})
     try:
         for tr in report.tables:
             rows = render.csv_rows(tr)
