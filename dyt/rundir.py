@@ -3,7 +3,8 @@ and files that survive a crash.
 
 - ``RunLock(run_dir)``: an exclusive ``flock`` on ``<run_dir>/.lock`` (rank 0 only); a second process on the same
   directory stops with one line naming the holder. The OS drops the lock when its process dies, so a lock left by a
-  killed run is taken over without any clean-up.
+  killed run is taken over without any clean-up; the run's forked children (data workers) close their inherited
+  copy at once, so they never keep a killed run's lock.
 - ``check_config_change(run_dir, cfg)``: a resume whose config changed what defines the run is one clear error;
   the settings that may differ on resume (longer training, loader workers, event periods, logging) are returned so
   the change is recorded.
@@ -102,6 +103,39 @@ class ConfigChanged(ConfigError):
     """A resume with a config that changes what defines the run; the directory's records are left as they are."""
 
 
+# Lock descriptors this process holds. A flock belongs to the open file description, which a forked child shares:
+# a DataLoader worker would keep a SIGKILLed run's lock until it noticed its parent's death (~5 s), and the re-run
+# (a SLURM requeue, a retry) would be refused. Every child forked by Python closes them first thing.
+_HELD_FDS: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _alive(pid: str) -> bool:
+    """Whether a process with this pid runs on this host (a zombie does not: it holds nothing any more)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):  # PermissionError: someone else's live process
+        return True
+    try:
+        state = Path(f"/proc/{int(pid)}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
 class RunLock:
     """Exclusive ownership of a run directory while a run writes it::
 
@@ -111,12 +145,18 @@ class RunLock:
     ``<run_dir>/.lock`` holds ``<pid> <host>`` of the owner. ``enabled=None`` takes the lock on rank 0 only (the
     ``RANK`` environment variable of torchrun; no variable = a single process, which is rank 0). A directory that
     the lock itself created and that is still empty when it is released is removed again.
+
+    The lock is not inherited: children forked by Python close it (``os.register_at_fork``), children started by
+    exec never get it (Python's descriptors are close-on-exec). Should a dead owner's descendants still hold it (a
+    fork from C code), acquiring waits up to `wait_orphans` seconds for them, then says so without calling the dead
+    process the holder.
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool | None = None):
+    def __init__(self, run_dir: str | Path, enabled: bool | None = None, wait_orphans: float = 10.0):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / ".lock"
         self.enabled = os.environ.get("RANK", "0") == "0" if enabled is None else enabled
+        self.wait_orphans = wait_orphans
         self._fd: int | None = None
         self._created = False
 
@@ -126,20 +166,33 @@ class RunLock:
         self._created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # e.g. ENOLCK: no locks on this fs
-                os.close(fd)
-                warn(f"cannot lock {self.path} ({os_error(e)}); make sure no other process uses {self.run_dir}")
-                return self
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # e.g. ENOLCK: no locks on this fs
+                    os.close(fd)
+                    warn(f"cannot lock {self.path} ({os_error(e)}); make sure no other process uses {self.run_dir}")
+                    return self
             pid, host = self._holder(fd)
-            os.close(fd)
-            raise RunDirInUse(f"run directory {self.run_dir} is in use by pid {pid} on {host}; wait for it or use "
-                              f"another hydra.run.dir") from None
+            if host != socket.gethostname() or _alive(pid):
+                os.close(fd)
+                raise RunDirInUse(f"run directory {self.run_dir} is in use by pid {pid} on {host}; wait for it or "
+                                  f"use another hydra.run.dir")
+            # The recorded owner is dead, yet the lock is held: by processes it left behind, which exit soon.
+            deadline = deadline or time.monotonic() + self.wait_orphans
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RunDirInUse(f"run directory {self.run_dir} is still locked by processes left behind by pid "
+                                  f"{pid}, which is no longer running (find them with `fuser {self.path}`); wait for "
+                                  f"them to exit or use another hydra.run.dir")
+            time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
+        _HELD_FDS.add(fd)
         return self
 
     @staticmethod
@@ -155,6 +208,7 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD_FDS.discard(fd)
         try:
             if self._created and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
                 self.path.unlink()  # nothing was recorded: leave no empty run directory behind

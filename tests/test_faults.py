@@ -6,9 +6,11 @@ import inspect
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -382,6 +384,89 @@ def test_lock_only_on_rank_zero_and_no_empty_directory_left(tmp_path, monkeypatc
     monkeypatch.setenv("RANK", "1")
     with RunLock(tmp_path / "r") as lock:
         assert not lock.enabled and not (tmp_path / "r").exists()
+
+
+# Runs with data workers, forked on request from one process that imported torch once (cheap to repeat): each run
+# takes the lock, forks its DataLoader workers (as a real run), prints "<pid> <worker pids>", then idles.
+RUNS_WITH_WORKERS = """import os, sys, time
+from torch.utils.data import DataLoader
+from dyt.rundir import RunLock
+for line in sys.stdin:
+    if os.fork() == 0:
+        RunLock(sys.argv[1]).acquire()
+        it = iter(DataLoader(range(100), batch_size=1, num_workers=2))
+        next(it)
+        print(os.getpid(), *(w.pid for w in it._workers), flush=True)
+        time.sleep(120)
+        os._exit(0)
+"""
+
+
+def _open_files(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return out
+
+
+def test_killed_runs_data_workers_never_keep_its_lock(tmp_path):
+    """SIGKILL a run whose data workers live on (they notice their parent's death only after ~5 s) and take its
+    directory at once, 20 times: every time the lock is free, and the workers never had the lock file open. With a
+    lock the workers inherit (a plain flock), the re-run was refused naming the dead pid."""
+    d = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    launcher = subprocess.Popen([sys.executable, "-c", RUNS_WITH_WORKERS, str(d)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env)
+    leftovers = []
+    try:
+        for attempt in range(20):
+            launcher.stdin.write("run\n")
+            launcher.stdin.flush()
+            run, *workers = [int(p) for p in launcher.stdout.readline().split()]
+            leftovers += workers
+            assert len(workers) == 2, f"attempt {attempt}: the run did not start its workers"
+            lock_file = str((d / ".lock").resolve())
+            for pid in workers:  # the root cause, checked directly: no worker has the lock's file open
+                assert lock_file not in _open_files(pid), f"attempt {attempt}: data worker {pid} holds the run's lock"
+            os.kill(run, signal.SIGKILL)
+            while os.path.exists(f"/proc/{run}") and open(f"/proc/{run}/stat").read().split()[2] != "Z":
+                time.sleep(0.001)  # dead (a zombie until its parent reaps it: it holds nothing)
+            # The re-run, at once. The kernel may list a just-killed owner's lock for a few ms more; workers exit only
+            # when they notice their parent's death (torch polls every 5 s), so a 1 s grace cannot hide them.
+            with RunLock(d, wait_orphans=1.0):
+                pass
+    finally:
+        launcher.kill()
+        launcher.wait()
+        for pid in leftovers:  # the workers may still be alive here; they must not outlive the test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_dead_owners_leftover_children_are_named_as_such(tmp_path):
+    """A lock kept by children of a dead owner (a fork done outside Python's hooks) is waited for, then reported
+    as theirs: the message never calls the dead process the holder."""
+    d = tmp_path / "r"
+    keep = ("import fcntl, os, sys, time; d = sys.argv[1]; os.makedirs(d, exist_ok=True); "
+            "fd = os.open(d + '/.lock', os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "os.write(fd, b'999999999 ' + os.uname().nodename.encode() + b'\\n'); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", keep, str(d)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirInUse, match=rf"^run directory {d} is still locked by processes left behind by pid "
+                                              rf"999999999, which is no longer running"):
+            RunLock(d, wait_orphans=0.3).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(d, wait_orphans=0.3):  # once they are gone, the directory is taken over
+        pass
 
 
 @pytest.mark.skipif("RunLock" not in inspect.getsource(dyt.run), reason="dyt.run does not take the RunLock yet")
