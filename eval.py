@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 from dyt.errors import ConfigError
+from dyt.families import families, get_family
+from dyt.logging import write_json
+from dyt.run import evaluate_run, run_config
 
 
 def read_eval(run_dir) -> dict:
@@ -29,41 +32,39 @@ def read_eval(run_dir) -> dict:
         return {}
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The common options, then each family's evaluations as an option group (``Family.evals``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run directory (or run_dir=<dir>)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's latest)")
-    p.add_argument("--tasks", default=None, help="LM runs: comma-separated lm-eval tasks or lists (paper15)")
-    p.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAMLs (local tasks)")
-    p.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task (for quick checks)")
-    p.add_argument("--fid", type=int, default=None, metavar="N", help="DiT runs: FID of N generated samples")
-    p.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
-    p.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
-    p.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
-    p.add_argument("--fid-weights", choices=("auto", "ema", "raw"), default="auto",
-                   help="auto: the EMA when kept (val_ema/fid, the paper's), else the raw weights (val/fid)")
-    p.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
-                   help="sqrtm: ADM / pytorch-fid's computation; eigh: the same trace, ~5x faster on a CPU")
-    args = p.parse_intermixed_args(argv)  # key=value overrides may follow the options
-    run_dir = args.run_dir.removeprefix("run_dir=")
+    seen = set()
+    for family in families().values():
+        for ev in family.evals:
+            if ev.name not in seen:
+                seen.add(ev.name)
+                ev.add_arguments(p.add_argument_group(f"{ev.name} ({family.name} runs)"))
+    return p
 
-    from dyt.run import evaluate_run
+
+def main(argv=None) -> int:
+    args = parser().parse_intermixed_args(argv)  # key=value overrides may follow the options
+    run_dir = args.run_dir.removeprefix("run_dir=")
     try:
         previous = read_eval(run_dir)
+        family = get_family(run_config(run_dir, args.overrides).model.family)
+        asked = [ev for f in families().values() for ev in f.evals if ev.requested(args)]
+        for ev in asked:
+            if ev not in family.evals:
+                owners = ", ".join(f.name for f in families().values() if ev in f.evals)
+                raise ConfigError(f"{ev.name} applies to {owners} runs; {run_dir} is a {family.name} run")
         metrics = evaluate_run(run_dir, args.overrides, args.checkpoint)
-        if args.fid is not None:
-            from dyt.tasks.diffusion_eval import run_fid
-            metrics.update(run_fid(run_dir, args.fid, args.overrides, args.checkpoint, args.fid_ref, args.fid_batch,
-                                   args.fid_ref_count, method=args.fid_method, weights=args.fid_weights))
-        if args.tasks:
-            from dyt.lm_eval import run_lm_eval
-            metrics.update(run_lm_eval(run_dir, args.tasks.split(","), args.include_path, args.limit, args.checkpoint))
+        for ev in asked:
+            metrics.update(ev.run(run_dir, args, args.overrides, args.checkpoint))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
-        from dyt.logging import write_json
         # FIDs of the same checkpoint measured by earlier calls (raw, then EMA weights) are kept
         same = previous.get("checkpoint") == metrics.get("checkpoint")
         write_json(Path(run_dir) / "eval.json", {**(previous if same else {}), **metrics})

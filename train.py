@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dyt import launch
-from dyt.config import setup
+from dyt.families import setup
 from dyt.errors import ConfigError
 
 setup()

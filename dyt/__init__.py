@@ -6,6 +6,6 @@ __version__ = "0.1.0"
 
 
 def build_model(cfg):
-    """The model for a composed config (``cfg.model``, ``cfg.norm``), without data; see dyt.models."""
-    from dyt.models import build_model as _build
+    """The model for a composed config (``cfg.model``, ``cfg.norm``), without data; see dyt.families."""
+    from dyt.families import build_model as _build  # the registry imports every family: only when asked
     return _build(cfg)

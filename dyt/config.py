@@ -2,16 +2,21 @@
 
 Each YAML file in ``configs/`` names its schema in its defaults list (e.g. ``- schema_timm``), so a value of
 the wrong type or a misspelt key is an error at composition time, not a silent no-op. Builders receive only
-their own sub-config (``cfg.optim``, ``cfg.trainer``, ...).
+their own sub-config (``cfg.optim``, ``cfg.trainer``, ...). A numeric field carries its accepted range
+(``dyt.ranges.ranged``), checked by ``dyt.validate``. This module holds the schemas every run shares and the data
+kinds; each model family registers its own model schema (``dyt.family``).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from dyt.ranges import (ANY_INT, COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONNEG, OPT_POSITIVE, POSITIVE,
+                        PROB, Num, NumList, ranged, ranged_list)
 
 
 @dataclass
@@ -19,39 +24,28 @@ class NormConfig:
     # a kind of dyt.build_norm: layernorm | rmsnorm | dyt | dyt_hardtanh | dyt_sigmoid | dyt_identity | derf |
     # dyisru | identity (no norm); or the norm a timm model is built with (model.norm_sites, e.g. batchnorm) to keep it
     name: str = "dyt"
-    alpha_init: float = 0.5  # alpha0 of the element-wise kinds (dyt, dyt_*, derf, dyisru); ignored by the others
+    alpha_init: float = ranged(0.5, POSITIVE)  # alpha0 of the element-wise kinds (dyt, dyt_*, derf, dyisru); ignored by the others
     learn_alpha: bool = True  # false: alpha stays at alpha_init (Table 9's "without alpha": alpha_init=1)
 
 
 @dataclass
-class TimmModelConfig:
-    """A timm classifier (ViT, ConvNeXt, ...) built with its LayerNorms, then converted (as the paper's code)."""
-    name: str = MISSING  # our config name, used in run names and wandb tags
-    family: str = MISSING  # vit | convnext: picks the builder and the task
-    arch: str = MISSING  # timm model name
-    drop_path: float = 0.0
-    global_pool: Optional[str] = None  # the paper's ViTs use 'avg' (then the final norm is timm's fc_norm)
-    norm_sites: str = "layernorm"  # the norm timm builds the model with (batchnorm: ResNet / VGG, Table 15)
-    patch_size: Optional[int] = None  # ViT only; null keeps the arch's
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # other timm constructor args (depth, embed_dim, ...)
-
-
-@dataclass
 class AugmentConfig:
-    shift: int = 0  # random translation by up to this many pixels (embedded tensor datasets: digits, fashion_mnist)
+    shift: int = ranged(0, NONNEG_INT)  # random translation by up to this many pixels (embedded tensor datasets: digits, fashion_mnist)
     randaugment: Optional[str] = None  # timm RandAugment spec, e.g. 'rand-m9-mstd0.5-inc1'
-    hflip: float = 0.0
+    hflip: float = ranged(0.0, PROB)
     random_resized_crop: bool = False
-    reprob: float = 0.0  # random erasing probability
+    reprob: float = ranged(0.0, PROB)  # random erasing probability
     remode: str = "pixel"  # random erasing fill: pixel (per-pixel noise, the paper's recipe) | rand | const
-    recount: int = 1  # erased boxes per image
-    mixup: float = 0.0  # mixup alpha (0 = off)
-    cutmix: float = 0.0  # cutmix alpha (0 = off)
-    label_smoothing: float = 0.0
+    recount: int = ranged(1, COUNT)  # erased boxes per image
+    mixup: float = ranged(0.0, NONNEG)  # mixup alpha (0 = off)
+    cutmix: float = ranged(0.0, NONNEG)  # cutmix alpha (0 = off)
+    label_smoothing: float = ranged(0.0, FRACTION)
 
 
 @dataclass
 class VisionDataConfig:
+    """Labelled images (configs/data/digits.yaml, cifar10.yaml, imagenet.yaml, ...)."""
+    KIND: ClassVar[str] = "images"
     name: str = MISSING
     source: str = MISSING  # digits | fashion_mnist | hf | imagefolder
     root: Optional[str] = None  # local folder (offline alternative to a hub id)
@@ -60,13 +54,14 @@ class VisionDataConfig:
     val_split: str = "test"
     image_column: str = "image"
     label_column: str = "label"
-    num_classes: int = MISSING
-    in_chans: int = 3
-    image_size: int = MISSING  # images are resized to this (square)
-    patch_size: int = 16  # the ViT patch size that suits this resolution (model.patch_size defaults to it)
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    num_workers: int = 0
+    num_classes: int = ranged(MISSING, COUNT)
+    in_chans: int = ranged(3, COUNT)
+    image_size: int = ranged(MISSING, COUNT)  # images are resized to this (square)
+    patch_size: int = ranged(16, COUNT)  # the ViT patch size that suits this resolution (model.patch_size defaults to it)
+    # std 0 is accepted: it gives inf inputs, the way tests/test_trainer.py forces a NaN loss (divergence)
+    mean: List[float] = ranged_list(lambda: [0.485, 0.456, 0.406], NumList(Num(), "in_chans"))
+    std: List[float] = ranged_list(lambda: [0.229, 0.224, 0.225], NumList(Num(), "in_chans"))
+    num_workers: int = ranged(0, NONNEG_INT)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     fid_ref: Optional[str] = None  # DiT: FID reference statistics (.npz from scripts/fid_stats.py); null = computed
 
@@ -74,47 +69,76 @@ class VisionDataConfig:
 @dataclass
 class LatentDataConfig:
     """Pre-extracted VAE latents (scripts/extract_latents.py): what latent DiT trains on (no VAE in the loop)."""
+    KIND: ClassVar[str] = "latents"
     name: str = MISSING
     source: str = "latents"
     root: Optional[str] = None  # the folder extract_latents.py wrote: <root>/<split>/meta.json, shards, labels
     vae: str = "stabilityai/sd-vae-ft-ema"  # decodes samples (grids, FID): a hub id or a local folder
     train_split: str = "train"
     val_split: str = "val"
-    num_classes: int = MISSING
-    in_chans: int = 4  # latent channels
-    image_size: int = 32  # latent side (image side / 8)
-    patch_size: int = 2
-    num_workers: int = 0
+    num_classes: int = ranged(MISSING, COUNT)
+    in_chans: int = ranged(4, COUNT)  # latent channels
+    image_size: int = ranged(32, COUNT)  # latent side (image side / 8)
+    patch_size: int = ranged(2, COUNT)
+    num_workers: int = ranged(0, NONNEG_INT)
     fid_ref: Optional[str] = None  # FID reference statistics (.npz: scripts/fid_stats.py, or ADM's reference batch)
+
+
+@dataclass
+class TextDataConfig:
+    """Schema of configs/data/text_*.yaml (``defaults: [schema_text]``)."""
+    KIND: ClassVar[str] = "text"
+    name: str = MISSING  # short, path-safe: part of the run name
+    source: str = MISSING  # pydoc | local | hf | shards
+    root: Optional[str] = None  # local folder (local, shards)
+    hub_id: Optional[str] = None  # Hugging Face dataset id (hf)
+    hub_config: Optional[str] = None  # its config name, e.g. FineWeb's 'sample-10BT'
+    train_split: str = "train"
+    val_split: Optional[str] = None  # null: hold out documents of the train split (val_fraction / val_docs)
+    val_fraction: float = ranged(0.05, Num(0, 1, lo_open=True, hi_open=True))  # held-out share of documents (map-style sources)
+    val_docs: int = ranged(2000, COUNT)  # held-out leading documents of a stream (streaming, no val_split)
+    text_column: str = "text"
+    tokenizer: str = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder
+    eos_token: Optional[str] = None  # for a bare tokenizer.json: the token put between documents
+    add_bos: bool = False  # pack BOS + document + EOS (the released LLaMA code) instead of document + EOS
+    bos_token: Optional[str] = None  # for a bare tokenizer.json: the token put before each document (add_bos)
+    vocab_size: Optional[int] = ranged(None, OPT_COUNT)  # null = the tokenizer's, rounded up to pad_vocab_multiple
+    pad_vocab_multiple: int = ranged(64, COUNT)
+    seq_len: int = ranged(256, COUNT)  # tokens per training sequence (the model sees seq_len, predicts seq_len)
+    streaming: bool = False  # hf only: stream instead of downloading the whole dataset
+    shuffle_buffer: int = ranged(10_000, NONNEG_INT)  # streaming: HF's buffer shuffle (seeded by run seed and pass)
+    max_train_tokens: Optional[int] = ranged(None, OPT_COUNT)  # cap on tokenized training text (map-style sources)
+    max_val_tokens: Optional[int] = ranged(2_000_000, OPT_COUNT)
+    num_workers: int = ranged(0, NONNEG_INT)  # streaming always uses 0 (one deterministic stream per rank)
 
 
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.05
+    lr: float = ranged(1e-3, NONNEG)
+    weight_decay: float = ranged(0.05, NONNEG)
     decay_1d: bool = False  # also decay 1-D parameters (alpha, norm weights, biases): the released LLaMA code does
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.9  # sgd only
-    warmup_steps: int = 0
-    warmup_epochs: Optional[float] = None  # when set, replaces warmup_steps
+    betas: List[float] = ranged_list(lambda: [0.9, 0.999], NumList(FRACTION, 2))
+    eps: float = ranged(1e-8, POSITIVE)
+    momentum: float = ranged(0.9, FRACTION)  # sgd only
+    warmup_steps: int = ranged(0, NONNEG_INT)
+    warmup_epochs: Optional[float] = ranged(None, OPT_NONNEG)  # when set, replaces warmup_steps
     warmup_shape: str = "linear"  # linear: lr * x | quadratic: lr * (1 - (1 - x)^2), x = step / warmup (LLaMA code)
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    clip_grad: Optional[float] = None  # max global grad norm (null = off)
+    min_lr_ratio: float = ranged(0.0, PROB)  # cosine decays to lr * min_lr_ratio
+    clip_grad: Optional[float] = ranged(None, OPT_POSITIVE)  # max global grad norm (null = off)
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = 300  # optimizer steps; when null, `epochs` decides
-    epochs: Optional[float] = None
-    batch_size: int = 64  # GLOBAL batch (all ranks, all accumulation micro-steps)
-    grad_accum: int = 1
-    eval_every: int = 100  # optimizer steps between evaluations
-    eval_every_epochs: Optional[float] = None  # when set, replaces eval_every (e.g. 1 = every epoch, as the paper)
-    ckpt_every: int = 100
-    log_every: int = 10
-    eval_batch_size: Optional[int] = None  # per rank; null = batch_size / world
+    max_steps: Optional[int] = ranged(300, OPT_COUNT)  # optimizer steps; when null, `epochs` decides
+    epochs: Optional[float] = ranged(None, Num(0, lo_open=True, optional=True))
+    batch_size: int = ranged(64, COUNT)  # GLOBAL batch (all ranks, all accumulation micro-steps)
+    grad_accum: int = ranged(1, COUNT)
+    eval_every: int = ranged(100, COUNT)  # optimizer steps between evaluations
+    eval_every_epochs: Optional[float] = ranged(None, Num(0, lo_open=True, optional=True))  # when set, replaces eval_every (e.g. 1 = every epoch, as the paper)
+    ckpt_every: int = ranged(100, COUNT)
+    log_every: int = ranged(10, COUNT)
+    eval_batch_size: Optional[int] = ranged(None, OPT_COUNT)  # per rank; null = batch_size / world
     resume: str = "auto"  # auto | never | <path to a checkpoint file>
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
@@ -123,14 +147,14 @@ class TrainerConfig:
     # root sharded over all ranks. hsdp: sharded within a group of hsdp_shard_size ranks (null: one node,
     # LOCAL_WORLD_SIZE), replicated across groups. On one process both train the plain module.
     parallel: str = "ddp"  # ddp | fsdp | hsdp
-    hsdp_shard_size: Optional[int] = None
+    hsdp_shard_size: Optional[int] = ranged(None, OPT_COUNT)
     init: str = "exact"  # fsdp / hsdp: exact (rank 0's CPU build broadcast into the shards: equals a 1-process run)
     #                      | meta (each shard initialised in place: no process ever holds the full model)
     activation_checkpointing: str = "none"  # none | full (every block) | selective (one block in every ac_every)
-    ac_every: int = 2  # selective: the released LLaMA code's selective_checkpointing p = 1 / ac_every
+    ac_every: int = ranged(2, COUNT)  # selective: the released LLaMA code's selective_checkpointing p = 1 / ac_every
     channels_last: bool = False  # image models and batches in channels_last memory (timm's --channels-last)
-    ema_decay: Optional[float] = None  # model EMA (timm ModelEmaV3); null = off
-    keep_checkpoints: int = 1
+    ema_decay: Optional[float] = ranged(None, Num(0, 1, hi_open=True, optional=True))  # model EMA (timm ModelEmaV3); null = off
+    keep_checkpoints: int = ranged(1, COUNT)
     progress: str = "auto"  # auto (a bar on a tty, quiet otherwise) | on | off
     deterministic: bool = False
 
@@ -153,8 +177,8 @@ class LauncherConfig:
     nproc > 1 starts a torchrun-style worker group per job; under SLURM (hydra/launcher=dyt_slurm) the job gets
     `nodes` nodes with `nproc` tasks and GPUs each. Not part of a run's name, and may differ when a run resumes.
     """
-    nproc: int = 1  # processes (GPUs) per node
-    nodes: int = 1  # nodes per job: > 1 only under a cluster launcher (SLURM)
+    nproc: int = ranged(1, COUNT)  # processes (GPUs) per node
+    nodes: int = ranged(1, COUNT)  # nodes per job: > 1 only under a cluster launcher (SLURM)
 
 
 @dataclass
@@ -165,7 +189,7 @@ class TrainConfig:
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
-    seed: int = 0
+    seed: int = ranged(0, ANY_INT)  # any integer (negative seeds are fine: every use reduces them)
     run_name: str = MISSING
     sweep_name: str = "sweep"
     table: Optional[str] = None  # the paper table a run reproduces (tags the wandb run)
@@ -176,17 +200,14 @@ def register_configs() -> None:
     """Register the schemas; the YAML files in configs/ extend them by name."""
     cs = ConfigStore.instance()
     cs.store(name="schema_train", node=TrainConfig)
-    cs.store(group="model", name="schema_timm", node=TimmModelConfig)
     cs.store(group="norm", name="schema_norm", node=NormConfig)
     cs.store(group="data", name="schema_vision", node=VisionDataConfig)
     cs.store(group="data", name="schema_latents", node=LatentDataConfig)
+    cs.store(group="data", name="schema_text", node=TextDataConfig)
     cs.store(group="optim", name="schema_optim", node=OptimConfig)
     cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
     cs.store(group="logger", name="schema_logger", node=LoggerConfig)
     cs.store(group="launcher", name="schema_launcher", node=LauncherConfig)
-    # Families register their own model / data schemas (e.g. LLaMA, text corpora) on import.
-    from dyt.models import register_model_schemas
-    register_model_schemas(cs)
 
 
 MAX_SUFFIX = 180  # with the run name before it, well under the 255-byte file-name limit
@@ -209,12 +230,15 @@ def _suffix(override_dirname: str) -> str:
 
 
 def register_resolvers() -> None:
-    from omegaconf import OmegaConf
     if not OmegaConf.has_resolver("dyt.suffix"):
         OmegaConf.register_new_resolver("dyt.suffix", _suffix)
 
 
-def setup() -> None:
-    """Everything Hydra needs before composing our configs (entry points and tests call this once)."""
+def register_shared() -> None:
+    """The shared schemas and resolvers (``dyt.families.setup`` adds every family's; entry points call that)."""
     register_configs()
     register_resolvers()
+
+
+#: every data schema, by the kind of data it describes (a family names the kinds it trains on)
+DATA_SCHEMAS = (VisionDataConfig, LatentDataConfig, TextDataConfig)

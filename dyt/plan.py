@@ -38,54 +38,26 @@ less (DDP < HSDP < FSDP: intra-node sharding before sharding across nodes).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 
+from dyt.distributed import AC_MODES, PARALLEL
 from dyt.errors import ConfigError
+from dyt.families import build_model, get_family, setup
+from dyt.family import Shape
 
 GIB = 2**30
-STRATEGIES = ("ddp", "hsdp", "fsdp")
-AC_MODES = ("none", "selective", "full")
+# The planner's orders: least communication first (intra-node sharding before sharding across nodes), least
+# recomputation first.
+STRATEGIES = tuple(sorted(PARALLEL, key=("ddp", "hsdp", "fsdp").index))
+AC_ORDER = tuple(sorted(AC_MODES, key=("none", "selective", "full").index))
 LAUNCHER_KEYS = ("nodes", "gpus_per_node", "nproc")
-
-
-@dataclass
-class Shape:
-    """What the activation formula needs of a Transformer (per sample: s tokens of width h)."""
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-    seq: int
-    blocks: nn.ModuleList  # the repeated blocks: one FSDP unit and one checkpoint each
-    glu: bool = False  # SwiGLU MLP (LLaMA)
-    adaln: bool = False  # adaLN modulation and gates (DiT)
-    kv_ratio: float = 1.0  # K/V heads / heads as SDPA sees them
-    head_elems: float = 0.0  # activations outside the blocks, in s*h elements per sample
-    head_bytes_per_token: float = 0.0  # LM loss: fp32 log-softmax output + its gradient (8 x vocab)
-
-
-def _llama_shape(model, cfg) -> Shape:
-    c = model.cfg  # K/V are repeated to all heads before SDPA (dyt.models.llama.Attention): kv_ratio 1
-    return Shape(c.n_layers, c.dim, c.n_heads, model.layers[0].ffn.w1.out_features, int(cfg.data.seq_len),
-                 model.layers, glu=True, head_elems=2, head_bytes_per_token=8 * model.vocab_size)
-
-
-def _vit_shape(model, cfg) -> Shape:
-    b0 = model.blocks[0]
-    return Shape(len(model.blocks), model.embed_dim, b0.attn.num_heads, b0.mlp.fc1.out_features,
-                 model.patch_embed.num_patches + model.num_prefix_tokens, model.blocks)
-
-
-def _dit_shape(model, cfg) -> Shape:
-    b0 = model.blocks[0]
-    return Shape(len(model.blocks), b0.attn.qkv.in_features, b0.attn.num_heads, b0.mlp.fc1.out_features,
-                 model.x_embedder.num_patches, model.blocks, adaln=True, head_elems=3)
-
-
-SHAPES = {"llama": _llama_shape, "vit": _vit_shape, "dit": _dit_shape}  # by family; others: no activation model
 
 
 def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, *, act_bytes: int = 2, glu: bool = False,
@@ -119,10 +91,10 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
 
 
-def largest_unit(model: nn.Module, blocks: nn.ModuleList | None) -> int:
+def largest_unit(model: nn.Module, blocks: list[nn.Module] | None) -> int:
     """Params of the largest FSDP unit: one block, or the root (everything outside the blocks)."""
     total = count_params(model)
-    if blocks is None:
+    if not blocks:
         return total
     sizes = [count_params(blk) for blk in blocks]
     return max(max(sizes), total - sum(sizes))
@@ -143,28 +115,28 @@ def memory(n_params: int, unit: int, per_param: dict, strategy: str, nodes: int,
 def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0, margin: float = 0.1,
          model: nn.Module | None = None) -> dict:
     """The memory plan of a composed config on ``nodes`` x ``gpus_per_node`` GPUs (every size in bytes)."""
-    from dyt.models import build_model
     if nodes < 1 or gpus_per_node < 1:
         raise ConfigError(f"launcher.nodes={nodes} and GPUs per node={gpus_per_node} must be >= 1")
     if model is None:
         with torch.device("meta"):
             model = build_model(cfg)
     family, tc = cfg.model.family, cfg.trainer
+    spec = get_family(family)
     world, accum = nodes * gpus_per_node, int(tc.grad_accum)
     n = count_params(model)
-    shape = SHAPES[family](model, cfg) if family in SHAPES else None
+    shape = spec.shape(model, cfg) if spec.shape is not None else None
     ac_every = int(tc.get("ac_every", None) or 2)
     per_param = state_bytes_per_param(str(tc.precision), bool(tc.ema_decay))
-    unit = largest_unit(model, shape.blocks if shape else None)
+    unit = largest_unit(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
     usable = gpu_mem_gib * GIB * (1 - margin)
     out = {"model": cfg.model.name, "family": family, "norm": cfg.norm.name, "params": n,
            "nodes": nodes, "gpus_per_node": gpus_per_node, "world": world, "grad_accum": accum,
            "global_batch": int(tc.batch_size), "precision": str(tc.precision), "ac_every": ac_every,
            "gpu_mem_gib": gpu_mem_gib, "margin": margin, "usable": usable, "largest_unit": unit,
            "configured": _configured(tc), "notes": []}
-    if family == "llama":
-        out["non_embedding_params"] = n - model.tok_embeddings.weight.numel()
-        out["seq_len"] = int(cfg.data.seq_len)
+    if shape is not None and shape.tokens:
+        out["non_embedding_params"] = n - shape.embedding_params
+        out["seq_len"] = shape.seq
         out["tokens_per_step"] = out["global_batch"] * out["seq_len"]
     else:
         out["images_per_step"] = out["global_batch"]
@@ -193,7 +165,7 @@ def _rows(out, n, unit, per_param, shape, accum) -> tuple[list[dict], int]:
     micro = -(-out["global_batch"] // (out["world"] * accum))
     act_bytes = per_param["params"]  # activations in the compute dtype: 2 (bf16) or 4 (fp32)
     rows = []
-    for ac in AC_MODES:
+    for ac in AC_ORDER:
         act = activation_bytes(shape, micro, act_bytes, ac, out["ac_every"]) if shape else None
         for strategy in STRATEGIES:
             mem = memory(n, unit, per_param, strategy, out["nodes"], out["gpus_per_node"], act)
@@ -230,12 +202,6 @@ def split_launcher(overrides: list[str]) -> tuple[dict[str, int], list[str]]:
 
 def compose(overrides: list[str]):
     """The composed config for ``overrides``, exactly as ``python train.py <overrides>`` sees it."""
-    from pathlib import Path
-
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from dyt.config import setup
     setup()
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))
@@ -315,3 +281,81 @@ def format_plan(p: dict, markdown: bool = False) -> str:
                         f"{s['strategy'].upper()} + AC {s['ac']} ({_gib(s['total'])} GiB)")
     tail += [f"note: {n}" for n in p["notes"]]
     return "\n".join([bullet + x for x in lines] + [""] + table + [""] + [bullet + x for x in tail])
+
+
+# --- does a full replica fit this machine (the trainer asks before building a DDP model) ------------------
+def _bytes(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+def _short_count(n: float) -> str:
+    return next(f"{n / d:.3g}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, "")) if n >= d or d == 1)
+
+
+def _cgroup_available() -> Optional[int]:
+    """Memory left under this process's cgroup (v2) limit, if it has one."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device) -> tuple[int, str]:
+    """(bytes available for a new model on `device`, a description): free GPU memory on CUDA; MemAvailable (and
+    the cgroup limit) on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"is free on GPU {device}"
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            import psutil
+            avail = int(psutil.virtual_memory().available)
+        except ImportError:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cgroup = _cgroup_available()
+    return (min(avail, cgroup) if cgroup is not None else avail), "of CPU memory is available"
+
+
+def training_bytes(cfg) -> tuple[int, int]:
+    """(parameters, bytes one rank needs to train them as a full replica) from a meta-device build: the model
+    states of ``state_bytes_per_param`` (16 bytes per parameter, + 4 for an EMA). Activations are not counted:
+    the estimate is a lower bound."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    n = count_params(model)
+    per_param = state_bytes_per_param(str(cfg.trainer.precision), bool(cfg.trainer.get("ema_decay")))
+    return n, n * sum(per_param.values())
+
+
+def check_model_fits(cfg, device, world_size: int = 1) -> None:
+    """Stop with one line when training this model cannot fit in `device`'s memory.
+
+    Each rank holds a full replica (DDP), so `world_size` does not shrink the per-rank need; on CPU the ranks
+    of one machine (LOCAL_WORLD_SIZE) share its memory.
+    """
+    device = torch.device(device)
+    n, need = training_bytes(cfg)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    total = need * max(1, local)
+    avail, where = available_memory(device)
+    if total <= avail:
+        return
+    per_param = need // max(n, 1)
+    ema = ", an EMA copy" if cfg.trainer.get("ema_decay") else ""
+    ranks = f", x {local} ranks on this machine" if local > 1 else ""
+    raise ConfigError(
+        f"model {cfg.model.get('name')} needs about {_bytes(total)} to train ({_short_count(n)} parameters x "
+        f"{per_param} bytes: fp32 weights, gradients, AdamW's two moments{ema}{ranks}; activations not counted) "
+        f"but only {_bytes(avail)} {where} (world size {world_size}, a full copy per rank); use a smaller "
+        "model (model=...), shard it with FSDP over more ranks, or a device with more memory")

@@ -92,7 +92,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
     from dyt import distributed as D
     from dyt.checkpoint import load_checkpoint, load_model_state
     from dyt.logging import write_json
-    from dyt.tasks import build_task
+    from dyt.families import build_task
     from dyt.trainer import amp_dtype, evaluate
 
     run_dir = Path(run_dir)

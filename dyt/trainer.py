@@ -8,7 +8,6 @@ checkpointing) is `dyt.distributed.wrap_model`; which checkpoint format a run wr
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import signal
@@ -26,10 +25,10 @@ from dyt.checkpoint import (load_latest, remove_leftovers, restore_checkpoint, r
 from dyt.errors import ConfigError
 from dyt.logging import RunLogger, progress_bar
 from dyt.optim import build_optimizer, build_scheduler
-from dyt.tasks import build_task
-from dyt.validate import check_model_fits
+from dyt.plan import check_model_fits
+from dyt.precision import amp_dtype, autocast
+from dyt.families import build_task
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -42,22 +41,6 @@ def alpha_metrics(model: nn.Module) -> dict[str, float]:
     """Every element-wise norm layer's (DyT's) alpha as ``alpha/<module path>`` (the paper's Fig. 8 tracks these).
     Under FSDP each is gathered (a collective: every rank calls this)."""
     return {f"alpha/{name}": D.scalar(m.alpha) for name, m in elementwise_norms(model)}
-
-
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for trainer.precision (None = full fp32; 'auto' = bf16 on GPU, fp32 on CPU)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown trainer.precision {precision!r}; choose one of: auto, {', '.join(PRECISIONS)}")
-    if precision == "fp32" and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # the paper's vision runs: FP32 with TF32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-    return PRECISIONS[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ DEFAULT_DATA = {"llama": "text_pydoc"}  # a data config only fixes input shapes 
 def compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from dyt.config import setup
+    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=overrides)

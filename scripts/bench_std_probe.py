@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from hydra import compose, initialize_config_dir
 
-    from dyt.config import setup
+    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)

@@ -57,7 +57,7 @@ def data_batches(name: str, root: str | None, split: str, overrides, batch_size:
     from hydra import compose, initialize_config_dir
     from torch.utils.data import DataLoader, Subset
 
-    from dyt.config import setup
+    from dyt.families import setup
     from dyt.data.vision import RandomShift, build_vision_datasets
     from dyt.errors import ConfigError
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         p.error("--limit must be at least 2 (a covariance needs two images)")
 
     from dyt.errors import ConfigError
-    from dyt.tasks.fid import InceptionFeatures, dataset_stats, save_stats
+    from dyt.families.dit.fid import InceptionFeatures, dataset_stats, save_stats
 
     name = args.npz.stem if args.npz is not None else f"{args.data}_{args.split}"
     out = args.out or Path(f"fid_stats_{name}.npz")

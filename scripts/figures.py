@@ -67,7 +67,7 @@ def load_run_model(run: Path, weights: str, device_name: str):
     from dyt import distributed as D
     from dyt.checkpoint import load_checkpoint, load_model_state
     from dyt.run import run_checkpoint, run_config
-    from dyt.tasks import build_task
+    from dyt.families import build_task
 
     cfg = run_config(run)
     try:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 def data_config(name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from dyt.config import setup
+    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=[f"data={name}", *overrides]).data

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     import torch
 
     from dyt.errors import ConfigError
-    from dyt.lm_eval import generate, load_run_model
+    from dyt.families.llama.lm_eval import generate, load_run_model
     torch.manual_seed(args.seed)
     try:
         model, tok, cfg = load_run_model(args.run_dir, args.checkpoint, args.device)

@@ -22,7 +22,7 @@ def compose(overrides=()):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from dyt.config import setup
+    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))

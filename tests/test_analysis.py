@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import ROOT, TINY, compose
 from dyt.analysis import InputStdProbe, elementwise_norms, norm_layers, record_norm_io
 from dyt.logging import read_jsonl
-from dyt.models import build_model
+from dyt.families import build_model
 from dyt.nn import DynamicTanh, ElementwiseNorm
 from dyt.run import train
 from dyt.trainer import Trainer

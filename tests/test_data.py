@@ -12,7 +12,7 @@ from dyt.data.sampler import ShardedSampler
 from dyt.data.vision import _transforms, build_vision_datasets
 from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
-from dyt.tasks import build_task
+from dyt.families import build_task
 
 
 def test_digits_split_and_shapes():

@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from conftest import compose
 from dyt.errors import ConfigError
-from dyt.models import build_model
-from dyt.models.dit import DiT, sincos_pos_embed, timestep_embedding
+from dyt.families import build_model
+from dyt.families.dit.model import DiT, sincos_pos_embed, timestep_embedding
 from dyt.nn import DynamicTanh
 from dyt.validate import validate
 

@@ -76,7 +76,7 @@ def test_diffusion_draws_are_per_sample():
     """Timestep, noise and class dropout come with each sample: fixed by (seed, index) for validation, seeded per
     (seed, epoch, index) by the train loader, never by rank or batch."""
     from dyt.distributed import DistInfo
-    from dyt.tasks import build_task
+    from dyt.families import build_task
     cfg = compose(DIT)
     ranks = [build_task(cfg, DistInfo(rank=r, world_size=2)) for r in (0, 1)]
     single = build_task(cfg, DistInfo())
@@ -99,7 +99,7 @@ def test_diffusion_draws_are_per_sample():
 
 def test_guidance_uses_the_null_class(dyt_run):
     from dyt.distributed import DistInfo
-    from dyt.tasks import build_task
+    from dyt.families import build_task
     d, _ = dyt_run
     task = build_task(compose([*DIT, "norm=dyt"]), DistInfo())
     model = task.build_model().eval()
@@ -138,9 +138,9 @@ def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path):
     from dyt.checkpoint import load_checkpoint
     from dyt.distributed import DistInfo
     from dyt.run import run_config
-    from dyt.tasks import build_task
-    from dyt.tasks.diffusion_eval import chunk_seed
-    from dyt.tasks.fid import FeatureStats, InceptionFeatures, frechet_distance, load_stats
+    from dyt.families import build_task
+    from dyt.families.dit.evaluate import chunk_seed
+    from dyt.families.dit.fid import FeatureStats, InceptionFeatures, frechet_distance, load_stats
     task = build_task(run_config(d), DistInfo())
     model = task.build_model()
     model.load_state_dict(load_checkpoint(d / "checkpoints/step_00000012.pt", map_location="cpu")["ema"])

@@ -11,7 +11,7 @@ import torch
 
 from dyt.data.vision import DEBIAN_FASHION_MNIST, _read_idx
 from dyt.errors import ConfigError
-from dyt.tasks import fid
+from dyt.families.dit import fid
 
 from conftest import ROOT, run_script
 

@@ -154,7 +154,7 @@ import sys, torch
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from conftest import compose
 from dyt import distributed as D
-from dyt.tasks import build_task
+from dyt.families import build_task
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 dist = D.init_distributed("cpu")
 for family, over in (("llama", sys.argv[2].split()), ("vit", sys.argv[3].split())):
@@ -209,7 +209,7 @@ def test_selective_checkpointing_follows_the_released_llama_rule():
 ])
 def test_every_family_has_its_blocks_found(overrides, count):
     from dyt.distributed import transformer_blocks
-    from dyt.models import build_model
+    from dyt.families import build_model
     cfg = compose(overrides)
     with torch.device("meta"):
         model = build_model(cfg)

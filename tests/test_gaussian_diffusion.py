@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dyt.tasks.gaussian_diffusion import GaussianDiffusion, linear_betas, mean_flat, space_timesteps
+from dyt.families.dit.gaussian_diffusion import GaussianDiffusion, linear_betas, mean_flat, space_timesteps
 
 F64 = torch.float64
 

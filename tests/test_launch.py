@@ -129,7 +129,7 @@ def _compose_hydra(overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from dyt.config import setup
+    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose("train", overrides=overrides, return_hydra_config=True)

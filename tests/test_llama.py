@@ -9,8 +9,8 @@ import torch.nn as nn
 from conftest import compose
 from dyt import DynamicTanh, convert_norms
 from dyt.errors import ConfigError
-from dyt.models import build_model
-from dyt.models.llama import table12_alpha
+from dyt.families import build_model
+from dyt.families.llama.model import table12_alpha
 
 TABLE11 = {"7b": (4096, 32, 0.8, 0.2), "13b": (5120, 40, 0.6, 0.15), "34b": (8192, 48, 0.2, 0.05),
            "70b": (8192, 80, 0.2, 0.05)}

@@ -112,7 +112,7 @@ def test_eval_and_zero_shot_on_local_task(dyt_run, tmp_path):
     import random
 
     from dyt.data.text import pydoc_documents
-    from dyt.lm_eval import load_run_model
+    from dyt.families.llama.lm_eval import load_run_model
     d, s = dyt_run
     again = evaluate_run(d)
     assert again["val/loss"] == pytest.approx(s["val/loss"], rel=1e-5) and "val/ppl" in again
@@ -151,7 +151,7 @@ def test_loglikelihood_matches_direct_computation(dyt_run):
     import torch
     from lm_eval.api.instance import Instance
 
-    from dyt.lm_eval import load_run_model, make_lm
+    from dyt.families.llama.lm_eval import load_run_model, make_lm
     model, tok, _ = load_run_model(dyt_run[0])
     lm = make_lm(model, tok, batch_size=2)
     reqs = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate([("def f", "(x):"), ("a ", "b"),
@@ -175,7 +175,7 @@ def test_sample_script(dyt_run, capsys):
 def test_lm_eval_requests_start_like_training_documents(dyt_run):
     """A run packed BOS + doc + EOS is scored on contexts that start with EOS, BOS, as its documents did."""
     pytest.importorskip("lm_eval")
-    from dyt.lm_eval import load_run_model, make_lm
+    from dyt.families.llama.lm_eval import load_run_model, make_lm
     model, tok, _ = load_run_model(dyt_run[0])
     plain, bos = make_lm(model, tok, add_bos=False), make_lm(model, tok, add_bos=True)
     assert plain._encode_pair("Hi", " there") == ([tok.eos_id, *tok.encode("Hi")], tok.encode(" there"))

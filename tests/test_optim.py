@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 from dyt.errors import ConfigError
-from dyt.models import build_model
+from dyt.families import build_model
 from dyt.optim import build_optimizer, build_scheduler, param_groups
 
 TINY_LM = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=4",

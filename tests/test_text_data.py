@@ -12,7 +12,7 @@ from conftest import ROOT, compose
 from dyt.data import text as T
 from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
-from dyt.tasks.language import LanguageTask
+from dyt.families.llama.task import LanguageTask
 
 
 def data_cfg(*extra):

@@ -121,16 +121,17 @@ def _numeric(tp) -> bool:
 
 
 def test_every_numeric_option_has_a_range():
-    """Exhaustive: every int/float field of every schema (dyt.config, TextDataConfig, LlamaModelConfig) has a rule."""
-    from dyt.data.text import TextDataConfig
-    from dyt.models.llama import LlamaModelConfig
-    from dyt.validate import _rules
-    rules = _rules()
-    schemas = [c for c in vars(dyt.config).values() if dataclasses.is_dataclass(c)] + [TextDataConfig, LlamaModelConfig]
-    missing = [f"{cls.__name__}.{f.name}" for cls in schemas
+    """Exhaustive: every int/float field of every schema (the shared ones in dyt.config, every registered family's,
+    and the schemas nested in them) declares its accepted range beside the field (dyt.ranges.ranged)."""
+    from dyt.ranges import rules
+    from dyt.validate import schemas
+    found = schemas()
+    assert {"TrainerConfig", "TextDataConfig", "LlamaModelConfig", "DiTModelConfig", "DiffusionConfig",
+            "TimmModelConfig", "AugmentConfig"} <= {c.__name__ for c in found}
+    missing = [f"{cls.__name__}.{f.name}" for cls in found
                for f in dataclasses.fields(cls) if _numeric(typing.get_type_hints(cls)[f.name])
-               and f.name not in rules.get(cls, {})]
-    assert not missing, f"numeric options without a range in dyt.validate: {missing}"
+               and f.name not in rules(cls)]
+    assert not missing, f"numeric options without a range (dyt.ranges.ranged): {missing}"
 
 
 @pytest.mark.parametrize("overrides", [[], ["experiment=table1_vit_b"], ["experiment=table1_convnext_l"],
@@ -218,8 +219,8 @@ def test_vocab_size_below_the_tokenizer(tmp_path):
 
 # --- memory -------------------------------------------------------------------------------------------------
 def test_model_that_cannot_fit_is_one_line(monkeypatch):
-    import dyt.validate as V
-    from dyt.validate import check_model_fits
+    import dyt.plan as V
+    from dyt.plan import check_model_fits
     monkeypatch.setattr(V, "available_memory", lambda device: (24 * 2**30, "of CPU memory is available"))
     cfg = compose(["experiment=table4_7b"])
     with pytest.raises(ConfigError) as e:
@@ -234,7 +235,7 @@ def test_model_that_cannot_fit_is_one_line(monkeypatch):
 
 
 def test_available_memory_reads_the_machine():
-    from dyt.validate import available_memory
+    from dyt.plan import available_memory
     n, where = available_memory("cpu")
     assert 2**26 < n < 2**50 and "CPU" in where
 
@@ -248,7 +249,7 @@ def task_manager():
 
 
 def test_lm_eval_offline_names_the_tasks_at_once(tmp_path, monkeypatch, task_manager):
-    from dyt import lm_eval as E
+    from dyt.families.llama import lm_eval as E
     monkeypatch.setattr("lm_eval.tasks.TaskManager", lambda *a, **k: task_manager)
     with pytest.raises(ConfigError) as e:
         E.run_lm_eval(tmp_path, ["paper15"])  # before any model is loaded (tmp_path is no run directory)
@@ -263,7 +264,7 @@ def test_lm_eval_unreachable_hub_is_one_line(monkeypatch):
     pytest.importorskip("lm_eval")
     import requests
 
-    from dyt import lm_eval as E
+    from dyt.families.llama import lm_eval as E
 
     def unreachable(**kw):
         try:

@@ -32,33 +32,6 @@ from dyt.errors import ConfigError
 SOURCES = ("pydoc", "local", "hf", "shards")
 
 
-@dataclass
-class TextDataConfig:
-    """Schema of configs/data/text_*.yaml (``defaults: [schema_text]``)."""
-    name: str = MISSING  # short, path-safe: part of the run name
-    source: str = MISSING  # pydoc | local | hf | shards
-    root: Optional[str] = None  # local folder (local, shards)
-    hub_id: Optional[str] = None  # Hugging Face dataset id (hf)
-    hub_config: Optional[str] = None  # its config name, e.g. FineWeb's 'sample-10BT'
-    train_split: str = "train"
-    val_split: Optional[str] = None  # null: hold out documents of the train split (val_fraction / val_docs)
-    val_fraction: float = 0.05  # held-out share of documents (map-style sources)
-    val_docs: int = 2000  # held-out leading documents of a stream (streaming, no val_split)
-    text_column: str = "text"
-    tokenizer: str = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder
-    eos_token: Optional[str] = None  # for a bare tokenizer.json: the token put between documents
-    add_bos: bool = False  # pack BOS + document + EOS (the released LLaMA code) instead of document + EOS
-    bos_token: Optional[str] = None  # for a bare tokenizer.json: the token put before each document (add_bos)
-    vocab_size: Optional[int] = None  # null = the tokenizer's, rounded up to pad_vocab_multiple
-    pad_vocab_multiple: int = 64
-    seq_len: int = 256  # tokens per training sequence (the model sees seq_len, predicts seq_len)
-    streaming: bool = False  # hf only: stream instead of downloading the whole dataset
-    shuffle_buffer: int = 10_000  # streaming: HF's buffer shuffle (seeded by run seed and pass)
-    max_train_tokens: Optional[int] = None  # cap on tokenized training text (map-style sources)
-    max_val_tokens: Optional[int] = 2_000_000
-    num_workers: int = 0  # streaming always uses 0 (one deterministic stream per rank)
-
-
 # --- tokenizers -------------------------------------------------------------------------------------------
 class ByteTokenizer:
     """UTF-8 bytes as tokens 0..255, EOS = 256, BOS = 257.

@@ -1,4 +1,7 @@
-"""What a model family brings to the shared trainer: model, data, loss and evaluation. Never a loop."""
+"""What a model family brings to the shared trainer: model, data, loss and evaluation. Never a loop.
+
+A family names its Task subclass (``dyt.family.Family.task``); tasks shared by several families live beside this
+module (classification), a family's own task in its folder."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dyt.data.sampler import SeededSamples, ShardedSampler, draws_randomly
 from dyt.distributed import DistInfo
+from dyt.family import get_family
 
 
 class Task:
@@ -27,8 +31,8 @@ class Task:
 
     # --- model and data -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from dyt.models import build_model
-        model = build_model(self.cfg)
+        cfg = self.cfg
+        model = get_family(cfg.model.family).build(cfg.model, cfg.norm, cfg.data)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:

@@ -22,6 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dyt.errors import ConfigError
+from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats, frechet_distance, inception_score,
+                                  load_stats, save_stats)
+from dyt.families.dit.task import DiffusionTask, image_grid
+from dyt.family import Evaluation
+from dyt.precision import amp_dtype, autocast
 
 GRID = 64  # samples shown in <run dir>/fid_samples.png
 WEIGHTS = ("auto", "ema", "raw")  # auto: the EMA when the checkpoint has one (the DiT paper's FID)
@@ -50,7 +55,6 @@ def cache_dir() -> Path:
 
 def reference_stats(cfg, ref: str | None, net, device, limit: int | None, progress: bool) -> tuple[dict, str]:
     """(statistics, where they came from)."""
-    from dyt.tasks.fid import dataset_stats, load_stats, save_stats
 
     path = ref or cfg.data.get("fid_ref")
     if path:
@@ -80,10 +84,6 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
     from dyt.checkpoint import load_checkpoint, load_model_state
     from dyt.logging import save_png
     from dyt.run import run_checkpoint, run_config
-    from dyt.tasks import build_task
-    from dyt.tasks.diffusion import DiffusionTask, image_grid
-    from dyt.tasks.fid import FeatureStats, InceptionFeatures, frechet_distance, inception_score
-    from dyt.trainer import amp_dtype, autocast
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
@@ -92,10 +92,10 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
     path = run_checkpoint(run_dir, checkpoint)
     dist = D.init_distributed(cfg.trainer.device)
     try:
-        task = build_task(cfg, dist)
-        if not isinstance(task, DiffusionTask):
+        if cfg.model.family != "dit":
             raise ConfigError(f"--fid applies to diffusion runs (model family dit); {run_dir} is a "
                               f"{cfg.model.family} run")
+        task = DiffusionTask(cfg, dist)
         state = load_checkpoint(path, map_location=dist.device, keys=("model", "ema"))  # a file or a DCP directory
         if weights not in WEIGHTS:
             raise ConfigError(f"unknown FID weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
@@ -139,3 +139,21 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         return metrics
     finally:
         D.shutdown()
+
+
+def _fid_arguments(g) -> None:
+    g.add_argument("--fid", type=int, default=None, metavar="N", help="FID of N generated samples")
+    g.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
+    g.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
+    g.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
+    g.add_argument("--fid-weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="auto: the EMA when kept (val_ema/fid, the paper's), else the raw weights (val/fid)")
+    g.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
+                   help="sqrtm: ADM / pytorch-fid's computation; eigh: the same trace, ~5x faster on a CPU")
+
+
+FID = Evaluation(
+    "fid", _fid_arguments, requested=lambda a: a.fid is not None,
+    run=lambda run_dir, a, overrides, checkpoint: run_fid(
+        run_dir, a.fid, overrides, checkpoint, a.fid_ref, a.fid_batch, a.fid_ref_count, method=a.fid_method,
+        weights=a.fid_weights))

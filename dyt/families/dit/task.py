@@ -22,10 +22,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from dyt.data.latents import LatentDataset
 from dyt.data.sampler import sample_seed
+from dyt.data.vision import build_vision_datasets
 from dyt.errors import ConfigError
 from dyt.tasks.base import Task
-from dyt.tasks.gaussian_diffusion import GaussianDiffusion
+from dyt.families.dit.gaussian_diffusion import GaussianDiffusion
 
 SAMPLERS = ("ddpm", "ddim")
 LOSS_PARTS = ("loss", "mse", "vb")
@@ -49,10 +51,8 @@ class DiffusionTask(Task):
 
     def build_datasets(self):
         if not self.latent:
-            from dyt.data.vision import build_vision_datasets
             train, val = build_vision_datasets(self.cfg.data)
         else:
-            from dyt.data.latents import LatentDataset
             d = self.cfg.data
             if not d.root or not Path(d.root).is_dir():
                 raise ConfigError(f"data.root={d.root}: no latent folder; extract one with scripts/extract_latents.py")

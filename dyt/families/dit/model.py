@@ -17,13 +17,11 @@ followed by ``to_empty()`` + ``init_weights()`` works (FSDP2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
-from omegaconf import MISSING
 from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Attention
 
@@ -32,38 +30,6 @@ from dyt.nn import build_norm
 
 #: norm kinds whose DiT keeps adaLN-Zero by default (the statistics-based ones); element-wise kinds drop it
 ZERO_INIT_NORMS = ("layernorm", "rmsnorm")
-
-
-@dataclass
-class DiffusionConfig:
-    """The Gaussian diffusion and its samplers (DiT's defaults; the paper's FID: 250 DDPM steps, no guidance)."""
-    steps: int = 1000  # training diffusion steps (linear betas)
-    learn_sigma: bool = True  # output 2x channels, hybrid loss (MSE + VLB)
-    sampler: str = "ddpm"  # ddpm | ddim
-    sample_steps: int = 250  # respaced steps for sampling (grids, FID)
-    eta: float = 0.0  # DDIM noise (0 = deterministic)
-    cfg_scale: float = 1.0  # classifier-free guidance (1.0 = none)
-    grid_classes: int = 10  # the sample grid: this many classes (the first ones) ...
-    grid_per_class: int = 8  # ... times this many samples, fixed seed, at every evaluation (0 = no grid)
-    grid_steps: Optional[int] = None  # sampler steps for the grid; null = sample_steps
-
-
-@dataclass
-class DiTModelConfig:
-    """Schema of configs/model/dit_*.yaml (``defaults: [schema_dit]``). Input size and channels come from the data."""
-    name: str = MISSING
-    family: str = "dit"
-    hidden: int = MISSING  # width
-    depth: int = MISSING
-    heads: int = MISSING
-    patch_size: Optional[int] = None  # null = the data's patch_size (tiny CPU models)
-    mlp_ratio: float = 4.0
-    class_dropout: float = 0.1  # label dropped (-> the null class) with this probability: enables guidance
-    norm_eps: float = 1e-6
-    # adaLN-Zero's zero init of the modulation and output layers; null = on for LayerNorm / RMSNorm, off for DyT
-    # and the other element-wise norms (the paper's DyT runs remove it).
-    adaln_zero_init: Optional[bool] = None
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
 def resolve_adaln_zero_init(model_cfg, norm_name: str) -> bool:
@@ -111,7 +77,7 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class embeddings; with class dropout > 0 one extra row, label ``num_classes``, is the "no class" label
     that classifier-free guidance contrasts with. Which labels are dropped is drawn per sample by the diffusion
-    task (``dyt.tasks.diffusion.NoisedSamples``), with its noise and timestep, not here."""
+    task (``dyt.families.dit.task.NoisedSamples``), with its noise and timestep, not here."""
 
     def __init__(self, num_classes: int, hidden: int, dropout: float):
         super().__init__()

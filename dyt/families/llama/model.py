@@ -16,14 +16,13 @@ followed by ``to_empty()`` + ``init_weights()`` works (FSDP2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import MISSING
 
+from dyt.data.text import vocab_size
 from dyt.errors import ConfigError
 from dyt.nn import ELEMENTWISE_KINDS, build_norm
 
@@ -46,30 +45,6 @@ def table12_alpha(width: int) -> tuple[float, float]:
             t = (math.log2(width) - math.log2(w0)) / (math.log2(w1) - math.log2(w0))
             return round(a0 + t * (a1 - a0), 2), round(o0 + t * (o1 - o0), 2)
     return TABLE12[-1][1], TABLE12[-1][2]
-
-
-@dataclass
-class LlamaModelConfig:
-    """Schema of configs/model/llama_*.yaml (``defaults: [schema_llama]``)."""
-    name: str = MISSING
-    family: str = "llama"
-    dim: int = MISSING  # d_model
-    n_layers: int = MISSING
-    n_heads: int = MISSING
-    n_kv_heads: Optional[int] = None  # grouped-query attention; null = n_heads (multi-head)
-    ffn_dim: Optional[int] = None  # SwiGLU hidden width; null = 8/3 * dim rounded up to multiple_of
-    multiple_of: int = 256
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5  # RMSNorm / LayerNorm eps
-    tie_embeddings: bool = False
-    init_std: float = 0.02
-    embed_init_std: Optional[float] = None  # untied token embedding init std; null = init_std (llama_tiny: 1/sqrt(dim))
-    max_seq_len: int = 4096  # the paper's context; informational (RoPE is computed for any length)
-    # The paper's DyT specifics (used only when norm=dyt): alpha0 per site kind; null = Table 12 rule by width.
-    alpha_attn: Optional[float] = None
-    alpha_ffn: Optional[float] = None
-    alpha_final: Optional[float] = None
-    embed_scale: Optional[bool] = None  # learnable scalar x sqrt(dim) after the embedding; null = on iff norm=dyt
 
 
 def site_alphas(cfg) -> dict[str, float]:
@@ -221,8 +196,6 @@ def build_llama(model_cfg, norm_cfg, data_cfg) -> Llama:
     ``norm.alpha_init`` is the vision knob (one alpha0 for every site); LLaMA takes three per-site values
     instead, so a non-default ``norm.alpha_init`` is an error naming the keys to use.
     """
-    from dyt.data.text import vocab_size
-
     if norm_cfg.name in ELEMENTWISE_KINDS and float(norm_cfg.get("alpha_init", 0.5)) != 0.5:
         raise ConfigError(f"norm.alpha_init={norm_cfg.alpha_init} does not apply to LLaMA; set the per-site alpha0 "
                           "with model.alpha_attn=, model.alpha_ffn=, model.alpha_final= (null = Table 12 by width)")

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from dyt.errors import ConfigError
+from dyt.families.llama.model import build_llama
+from dyt.family import Evaluation
 
 # Table 4 reports the average zero-shot score over 15 lm-eval tasks. The paper does not list them; this is our
 # choice of 15 standard zero-shot lm-eval tasks (each scored by acc, or acc_norm where the harness reports it).
@@ -127,7 +129,6 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
 
     from dyt.checkpoint import load_checkpoint, load_model_state
     from dyt.data.text import load_tokenizer, shard_meta, ByteTokenizer, HFTokenizer
-    from dyt.models import build_model
     from dyt.run import run_checkpoint
 
     run_dir = Path(run_dir)
@@ -137,7 +138,7 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     if cfg.model.family != "llama":
         raise ConfigError(f"{run_dir} is a {cfg.model.family} run; zero-shot tasks need a language model")
     path = run_checkpoint(run_dir, checkpoint)
-    model = build_model(cfg).to(device)
+    model = build_llama(cfg.model, cfg.norm, cfg.data).to(device)
     load_model_state(model, load_checkpoint(path, map_location=device, keys=("model",))["model"], path)
     if cfg.data.source == "shards":
         name = shard_meta(cfg.data.root)["tokenizer"]
@@ -252,3 +253,15 @@ def run_lm_eval(run_dir, tasks: list[str], include_path: Optional[str] = None, l
     from dyt.logging import write_json
     write_json(Path(run_dir) / "lm_eval.json", out)
     return out
+
+
+def _lm_eval_arguments(g) -> None:
+    g.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks or lists (paper15)")
+    g.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAMLs (local tasks)")
+    g.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task (for quick checks)")
+
+
+LM_EVAL = Evaluation(
+    "lm-eval", _lm_eval_arguments, requested=lambda a: bool(a.tasks),
+    run=lambda run_dir, a, overrides, checkpoint: run_lm_eval(run_dir, a.tasks.split(","), a.include_path, a.limit,
+                                                              checkpoint))

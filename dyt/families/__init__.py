@@ -1,0 +1,39 @@
+"""The built-in model families: one line each. A family is its own folder (see dyt.family and the README's
+"How to extend"); shared modules reach it through `get_family(cfg.model.family)`.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from dyt.config import register_shared
+from dyt.families import dit, llama, timm
+from dyt.family import Family, families, get_family, register_family
+from dyt.tasks.base import Task
+
+BUILTIN: tuple[Family, ...] = (
+    *timm.FAMILIES,  # vit, convnext, cnn (Tables 1, 8-10, 13-15)
+    llama.FAMILY,  # Table 4, 11, 12
+    dit.FAMILY,  # Table 3
+)
+for _family in BUILTIN:
+    register_family(_family)
+
+
+def setup() -> None:
+    """Everything Hydra needs before composing our configs: the shared schemas and resolvers (every family's
+    schemas are registered with the family). Entry points and tests call this once."""
+    register_shared()
+
+
+def build_task(cfg, dist) -> Task:
+    """The task (model, data, loss, metrics) of a composed config's family."""
+    return get_family(cfg.model.family).task(cfg, dist)
+
+
+def build_model(cfg) -> nn.Module:
+    """The model of a composed config (``cfg.model``, ``cfg.norm`` and the data's shape fields), without data or
+    training; also under ``with torch.device("meta"):``."""
+    return get_family(cfg.model.family).build(cfg.model, cfg.norm, cfg.data)
+
+
+__all__ = ["BUILTIN", "Family", "build_model", "build_task", "families", "get_family", "register_family", "setup"]

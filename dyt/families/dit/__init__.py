@@ -1,0 +1,43 @@
+"""DiT (Table 3): class-conditional diffusion Transformers on pixels or VAE latents, FID from eval.py."""
+from __future__ import annotations
+
+from dyt.families.dit.config import DiffusionConfig, DiTModelConfig
+from dyt.families.dit.evaluate import FID
+from dyt.families.dit.model import build_dit
+from dyt.families.dit.task import DiffusionTask
+from dyt.family import Family, Shape, indexed
+
+
+def dit_check(cfg) -> list[str]:
+    m, d = cfg.model, cfg.data
+    ok = lambda *vals: all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals)  # noqa: E731
+    problems = []
+    patch = m.get("patch_size") or d.get("patch_size")
+    if ok(d.get("image_size"), patch) and d.image_size % patch:
+        problems.append(f"data.image_size={d.image_size} is not a multiple of the DiT patch size {patch}; "
+                        "set model.patch_size or data.image_size")
+    if ok(m.hidden, m.heads) and (m.hidden % m.heads or m.hidden % 4):
+        problems.append(f"model.hidden={m.hidden}, model.heads={m.heads}: the width must be a multiple of the "
+                        "heads and of 4 (2-D sin-cos positions)")
+    steps, sample = m.diffusion.get("steps"), m.diffusion.get("sample_steps")
+    if ok(steps, sample) and sample > steps:
+        problems.append(f"model.diffusion.sample_steps={sample} > model.diffusion.steps={steps}: sampling "
+                        "respaces the training steps, it cannot add steps")
+    return problems
+
+
+def dit_shape(model, cfg) -> Shape:
+    b0 = model.blocks[0]
+    return Shape(len(model.blocks), b0.attn.qkv.in_features, b0.attn.num_heads, b0.mlp.fc1.out_features,
+                 model.x_embedder.num_patches, adaln=True, head_elems=3)
+
+
+FAMILY = Family(
+    "dit", build_dit, DiffusionTask, data_kinds=("images", "latents"), schemas={"schema_dit": DiTModelConfig},
+    blocks=lambda m: indexed(m.blocks), shape=dit_shape, check=dit_check,
+    # how samples are drawn and looked at (grids, FID), not how the model trains
+    resume_keys=("model.diffusion.sampler", "model.diffusion.sample_steps", "model.diffusion.eta",
+                 "model.diffusion.cfg_scale", "model.diffusion.grid_*", "data.vae", "data.fid_ref"),
+    evals=(FID,))
+
+__all__ = ["FAMILY", "DiTModelConfig", "DiffusionConfig"]
