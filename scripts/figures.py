@@ -18,8 +18,19 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dyt import distributed as D  # noqa: E402
+from dyt.analysis import record_norm_io  # noqa: E402
+from dyt.checkpoint import load_checkpoint, load_model_state  # noqa: E402
 from dyt.errors import ConfigError  # noqa: E402
+from dyt.families import build_task  # noqa: E402
+from dyt.logging import read_jsonl  # noqa: E402
+from dyt.nn import DynamicSquash  # noqa: E402
+from dyt.precision import amp_dtype, autocast  # noqa: E402
+from dyt.run import run_checkpoint, run_config  # noqa: E402
 
 TRAIN_DYT = "python train.py norm=dyt <the run's other overrides>"
 
@@ -64,11 +75,6 @@ def save(fig, out: Path) -> Path:
 # --- scurves ----------------------------------------------------------------------------------------------
 def load_run_model(run: Path, weights: str, device_name: str):
     """(task, model in eval mode, device, checkpoint step, "ema" | "raw") of a run's latest checkpoint."""
-    from dyt import distributed as D
-    from dyt.checkpoint import load_checkpoint, load_model_state
-    from dyt.run import run_checkpoint, run_config
-    from dyt.families import build_task
-
     cfg = run_config(run)
     try:
         path = run_checkpoint(run)
@@ -86,8 +92,6 @@ def load_run_model(run: Path, weights: str, device_name: str):
 def scurves(args) -> Path:
     import matplotlib.pyplot as plt
 
-    from dyt.analysis import record_norm_io
-    from dyt.trainer import amp_dtype, autocast
 
     run = run_dir_arg(args.run_dir)
     task, model, device, step, weights = load_run_model(run, args.weights, args.device)
@@ -116,8 +120,6 @@ def scurves(args) -> Path:
 # --- alpha-std --------------------------------------------------------------------------------------------
 def alpha_std_series(run: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
     """Per DyT layer (module order): (steps, alpha, 1/std) over the train events that log both."""
-    from dyt.logging import read_jsonl
-
     events = [e for e in read_jsonl(run / "metrics.jsonl") if e.get("split") == "train"]
     if not events:
         raise ConfigError(f"{run} has no training events in metrics.jsonl; train it: python train.py ...")
@@ -140,7 +142,6 @@ def alpha_std_series(run: Path) -> dict[str, tuple[list[int], list[float], list[
 
 def alpha_std(args) -> Path:
     import matplotlib.pyplot as plt
-    import numpy as np
 
     run = run_dir_arg(args.run_dir)
     series = alpha_std_series(run)
@@ -170,9 +171,6 @@ def alpha_std(args) -> Path:
 # --- functions --------------------------------------------------------------------------------------------
 def functions(args) -> Path:
     import matplotlib.pyplot as plt
-    import torch
-
-    from dyt.nn import DynamicSquash
 
     x = torch.linspace(-6, 6, 601)
     funcs = DynamicSquash.FUNCTIONS  # the layers' own definitions: tanh, hardtanh, sigmoid, identity
@@ -218,7 +216,7 @@ def main(argv=None) -> int:
     s.set_defaults(make=functions)
     args = p.parse_args(argv)
 
-    import matplotlib
+    import matplotlib  # lazily, as pyplot in each figure: the Agg backend must be chosen before pyplot loads
     matplotlib.use("Agg")
     try:
         out = args.make(args)

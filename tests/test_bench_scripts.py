@@ -8,7 +8,7 @@ from conftest import ROOT, run_script
 
 
 def test_bench_norms_quick(tmp_path):
-    out = run_script(["python", str(ROOT / "scripts/bench_norms.py"), "--quick", "--no-write", "--dtypes", "fp32",
+    out = run_script(["python", str(ROOT / "scripts/bench/norms.py"), "--quick", "--no-write", "--dtypes", "fp32",
                       "--min-run-time", "0.05"], cwd=tmp_path, timeout=600)
     for impl in ("layernorm", "rmsnorm", "dyt-eager", "dyt-compile", "dyt-ours"):
         assert f"| fp32 | 4x1024x1024 | {impl} |" in out.stdout
@@ -18,7 +18,7 @@ def test_bench_norms_quick(tmp_path):
 
 
 def test_bench_models_every_family(tmp_path):
-    cmd = ["python", str(ROOT / "scripts/bench_models.py"), "--no-write", "--steps", "1", "--modes", "eager"]
+    cmd = ["python", str(ROOT / "scripts/bench/models.py"), "--no-write", "--steps", "1", "--modes", "eager"]
     vision = run_script(cmd + ["--models", "vit_pico", "convnext_atto", "--channels-last", "data.image_size=32"],
                         cwd=tmp_path, timeout=600).stdout
     for model in ("vit_pico", "convnext_atto"):
@@ -30,7 +30,7 @@ def test_bench_models_every_family(tmp_path):
 
 
 def test_bench_default_job_runs_train_py(tmp_path):
-    out = run_script(["python", str(ROOT / "scripts/bench_default_job.py"), "--repeats", "1", "--no-write",
+    out = run_script(["python", str(ROOT / "scripts/bench/default_job.py"), "--repeats", "1", "--no-write",
                       "trainer.max_steps=3", "trainer.eval_every=3"], cwd=tmp_path, timeout=600).stdout
     assert "## The default job (`python train.py trainer.max_steps=3 trainer.eval_every=3`)" in out
     assert "| 1 |" in out and "| 3 |" in out and "Median process wall time" in out

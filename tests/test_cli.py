@@ -25,7 +25,7 @@ def test_default_job_reaches_90_percent(tmp_path):
     """`python train.py` exactly as the README says (only the output folder differs) learns the digits.
 
     About a minute on an idle 2-core machine, but its time is not what this checks: the limit is generous so a
-    busy machine cannot fail it (scripts/bench_default_job.py measures the README's one-minute claim).
+    busy machine cannot fail it (scripts/bench/default_job.py measures the README's one-minute claim).
     Threads: this worker's share of the cores (2 on the 2-core machine run serially, 1 beside another pytest-xdist
     worker): two OpenMP threads contending with another busy process spin at every barrier (measured 4x slower)."""
     run_script(["python", str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=3000,
@@ -45,7 +45,7 @@ def test_multirun_sweep_then_rerun_skips(tmp_path):
     again = run_script(args, cwd=tmp_path)
     assert again.stdout.count("already completed") == 3
     # the comparison report puts the three norms of the cell on one row
-    out = run_script(["python", str(ROOT / "scripts/compare.py"), str(tmp_path / "multirun"), "--out",
+    out = run_script(["python", str(ROOT / "scripts/report.py"), "--sweep", str(tmp_path / "multirun"), "--out",
                       str(tmp_path / "cmp")], cwd=tmp_path)
     rows = [line for line in out.stdout.splitlines() if line.startswith("| vit_pico-*-digits")]
     assert len(rows) == 1 and rows[0].count("|") == 7 and "val/top1" in rows[0]

@@ -1,13 +1,13 @@
 """The paper as data (dyt/paper): every runnable cell composes and its composed config is recognised as that cell;
-not-implemented cells say why; the values scripts/compare.py shows come from the same data."""
+not-implemented cells say why; the values `scripts/report.py --sweep` shows come from the same data."""
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
-from dyt.paper import TABLES, compare_reference
-from dyt.paper.runs import matches
+from dyt.paper import TABLES, paper_by_norm
+from dyt.paper.match import matches
 from dyt.paper.schema import ALPHA_GRID, BENCHMARK, NOT_IMPLEMENTED, RUNNABLE
 
 RUNNABLE_CELLS = {}  # overrides -> (where, cell): each distinct command once (T10 re-uses T1's cells)
@@ -38,7 +38,7 @@ def test_every_cell_is_runnable_listed_with_a_reason_or_a_benchmark():
             if cell.status == NOT_IMPLEMENTED:
                 assert cell.reason and not cell.overrides
             elif cell.status == BENCHMARK:
-                assert cell.command.startswith("python scripts/bench_")
+                assert cell.command.startswith("python scripts/bench/")
             else:
                 assert cell.overrides[0].startswith("experiment=") and "table" in cell.match
     assert counts[NOT_IMPLEMENTED] >= 30 and counts[BENCHMARK] == 6
@@ -57,8 +57,9 @@ def test_values_as_the_paper_prints_them():
     assert TABLES["mini_t1"].cell("ViT", "dyt").paper == TABLES["table1"].cell("ViT-B", "dyt").paper
 
 
-def test_compare_reads_its_paper_values_from_the_tables():
-    ref = compare_reference()
-    assert ref["table1", "vit_b"] == ("val/top1", {"layernorm": 82.3, "dyt": 82.5})
-    assert ref["table3", "dit_b4"] == ("val/fid", {"layernorm": 64.9, "dyt": 63.9})
-    assert ref["table15", "resnet50"] == ("val/top1", {"batchnorm": 76.2, "dyt": 68.9})
+def test_the_sweep_view_reads_its_paper_values_from_the_tables():
+    def ref(table, model):  # {metric: {norm: paper value}} of the cell a run of `model` in `table` belongs to
+        return {m.name: values for m, values in paper_by_norm({"table": table, "model": {"name": model}}).items()}
+    assert ref("table1", "vit_b") == {"val/top1": {"layernorm": 82.3, "dyt": 82.5}}
+    assert ref("table3", "dit_b4") == {"val/fid": {"layernorm": 64.9, "dyt": 63.9}}
+    assert ref("table15", "resnet50") == {"val/top1": {"batchnorm": 76.2, "dyt": 68.9}}

@@ -1,6 +1,8 @@
-"""The paper report (dyt/paper/report.py, scripts/report.py) on FAKE run directories written here, shaped like the
+"""scripts/report.py and dyt/paper: the paper's tables on FAKE run directories written here, shaped like the
 trainer's (config.yaml resolved, summary.json, metrics.jsonl): matching, seed means, deltas, diverged and missing
-cells, unmatched runs, alpha0 grids, CSV, PNGs, wandb logging (offline) and the wandb-API conversion."""
+cells, unmatched runs, alpha0 grids, CSV, PNGs, wandb logging (offline) and the wandb-API conversion; and the sweep
+view (--sweep, norms side by side) on fake and on real run records: one row per metric (raw and EMA bests) next to
+the paper's values."""
 from __future__ import annotations
 
 import csv
@@ -11,11 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, TINY, compose
 from dyt.paper import TABLES
+from dyt.paper.output import write_report
 from dyt.paper.render import csv_rows, markdown
-from dyt.paper.report import build_report, write_report
+from dyt.paper.report import build_report
 from dyt.paper.runs import from_wandb_run, load_run_dirs
+from dyt.paper.sweep import plot_sweep, sweep_markdown
+from dyt.run import train
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import report as report_script  # noqa: E402
@@ -213,7 +218,8 @@ def test_written_files_csv_parses_back_and_pngs(runs_dir, tmp_path):
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     cases = [([str(tmp_path / "nope")], "no such path"), ([str(tmp_path)], "no run"),
-             ([str(tmp_path), "--tables", "table1,tabel8"], "unknown table tabel8; the tables are: table1, table2")]
+             ([str(tmp_path), "--tables", "table1,tabel8"], "unknown table tabel8; the tables are: table1, table2"),
+             (["--sweep", str(tmp_path), "--tables", "table1"], "--tables is for the paper's tables")]
     for argv, message in cases:
         assert report_script.main(argv) == 2
         err = capsys.readouterr().err
@@ -290,3 +296,78 @@ def test_a_diagonal_alpha_grid_is_drawn_as_alpha0_curves(tmp_path, monkeypatch):
     assert len(drawn) == 1 and [sorted(g.points) for g in drawn[0]] == [[(0.5, 0.5), (1.0, 1.0), (2.0, 2.0)]]
     assert drawn[0][0].best(TABLES["mini_t12"].metrics[0]) == (1.0, 1.0)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+# --- the sweep view (--sweep): norms side by side -----------------------------------------------------------
+
+def sweep_rows(md: str, cell: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(the norm columns and paper, {metric label: cells}) of one cell's rows of a --sweep table."""
+    header = [c.strip() for c in md.splitlines()[0].split("|")[3:-1]]
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]]
+            for line in md.splitlines() if line.startswith(f"| {cell} ")}
+    return header, rows
+
+
+def test_sweep_table_shows_raw_and_ema_bests_next_to_the_paper(tmp_path):
+    sweep = tmp_path / "sweep"
+    summaries = {}
+    for norm in ("layernorm", "dyt"):
+        # named like a Table 1 cell so the paper's row is found (the model itself stays tiny)
+        cfg = compose([*TINY, f"norm={norm}", "trainer.ema_decay=0.5", "table=table1", "model.name=vit_b"])
+        summaries[norm] = train(cfg, sweep / f"vit_b-{norm}-digits-s0")
+    header, rows = sweep_rows(sweep_markdown(load_run_dirs([sweep])), "vit_b-*-digits-s0")
+    assert set(rows) == {"best val/top1", "best val_ema/top1"}
+    assert header == ["layernorm", "dyt", "paper"]
+    for metric, cells in rows.items():
+        name = metric.removeprefix("best ")
+        assert cells == [f"{summaries['layernorm'][f'best/{name}']:.2f}", f"{summaries['dyt'][f'best/{name}']:.2f}",
+                         "layernorm 82.3, dyt 82.5"]
+
+
+def test_sweep_shows_dit_fid_from_eval_json_next_to_table3(tmp_path):
+    sweep = tmp_path / "sweep"
+    fids = {"layernorm": 71.25, "dyt": 69.5}
+    for norm in ("layernorm", "dyt"):
+        cfg = compose(["experiment=dit_pixel", "model.depth=1", "model.hidden=32", "model.heads=2", "trainer.max_steps=2",
+                       "trainer.eval_every=2", "trainer.batch_size=16", "model.diffusion.grid_per_class=0",
+                       f"norm={norm}", "table=table3", "model.name=dit_b4"])
+        d = sweep / f"dit_b4-{norm}-digits-s0"
+        train(cfg, d)
+        (d / "eval.json").write_text(json.dumps({"val/fid": fids[norm], "fid/samples": 100}))  # as eval.py --fid writes
+    _, rows = sweep_rows(sweep_markdown(load_run_dirs([sweep])), "dit_b4-*-digits-s0")
+    assert rows["val/fid"] == ["71.25", "69.50", "layernorm 64.9, dyt 63.9"]
+    assert rows["best val/loss"][-1] == "-"  # the paper reports FID, not the loss
+
+
+def test_cli_sweep_prints_and_writes_the_table_and_plot(runs_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert report_script.main(["--sweep", str(runs_dir), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    md = (out.with_suffix(".md")).read_text()
+    assert md.strip() in stdout
+    header, rows = sweep_rows(md, "vit_pico-*-fashion_mnist-s0")
+    assert header[:3] == ["layernorm", "rmsnorm", "dyt"] and header[-1] == "paper"  # baselines first
+    col = {n: i for i, n in enumerate(header)}
+    assert (rows["best val/top1"][col["layernorm"]], rows["best val/top1"][col["dyt"]]) == ("88.00", "88.75")
+    assert rows["best val/top1"][col["paper"]] == "-"  # a mini-suite run: no paper cell of its own table
+    _, deep = sweep_rows(md, "d64-l4-a0.5-f0.5")
+    assert deep["best val/loss"][col["dyt"]] == "0.5000"  # four decimals below 1
+    _, vit_s = sweep_rows(md, "vit_s-*-s0")
+    assert vit_s["best val/top1"][col["dyt_identity"]] == "diverged @37"
+    assert vit_s["best val/top1"][col["paper"]] == "dyt_identity diverged, dyt 80.3, dyt_hardtanh 79.9, dyt_sigmoid 79.6"
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_sweep_plot_names_every_run_also_one_without_a_training_curve(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    for norm in ("layernorm", "dyt"):
+        d = write_run(tmp_path / "sweep", f"vit_pico-{norm}-digits-s0", table=None, model=vit("vit_pico"), norm=norm,
+                      metrics=top1(90.0, 90.5))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 30, "split": "val", **top1(90.0, 90.5)}) + "\n")  # no train
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig) or real(fig, *a, **k))
+    plot_sweep(load_run_dirs([tmp_path / "sweep"]), tmp_path / "sweep.png")
+    assert sorted(t.get_text() for t in saved[0].legends[0].get_texts()) == ["vit_pico-dyt-digits-s0",
+                                                                            "vit_pico-layernorm-digits-s0"]

@@ -3,28 +3,13 @@
     from dyt.paper import TABLES
     TABLES["table1"].cell("ViT-B", "dyt").paper     # {'val/top1': 82.5}
 
-`python scripts/report.py <run dirs>` renders the report (dyt/paper/report.py).
+Floors, each importing only those below it: schema, match -> tables, mini -> catalog (TABLES, paper_by_norm);
+runs (our run records) -> report (runs matched to cells) -> render (Markdown, CSV), plots (PNGs), sweep (norms
+side by side) -> output (files, wandb). `python scripts/report.py <run dirs>` renders the report.
 """
 from __future__ import annotations
 
-from dyt.paper.mini import MINI_TABLES
-from dyt.paper.schema import Cell, Metric, Row, Table, Value
-from dyt.paper.tables import PAPER_TABLES
+from dyt.paper.catalog import TABLES, paper_by_norm
+from dyt.paper.schema import Cell, Metric, Row, Table
 
-TABLES: dict[str, Table] = {t.id: t for t in (*PAPER_TABLES, *MINI_TABLES)}
-
-
-def compare_reference() -> dict[tuple[str, str], tuple[str, dict[str, Value]]]:
-    """(table, model name) -> (metric, {norm: paper value}): what scripts/compare.py prints beside a run, taken from
-    the cells a table's own runs fill (a cell that re-uses another table's run is listed under that table)."""
-    ref: dict[tuple[str, str], tuple[str, dict[str, Value]]] = {}
-    for table in TABLES.values():
-        for row, _, cell in table.cells():
-            m, metric = cell.match, table.metrics_of(row)[0].name
-            tables = m.get("table") if isinstance(m.get("table"), tuple) else (m.get("table"),)
-            if table.id in tables and "model.name" in m and "norm.name" in m and metric in cell.paper:
-                ref.setdefault((table.id, m["model.name"]), (metric, {}))[1][m["norm.name"]] = cell.paper[metric]
-    return ref
-
-
-__all__ = ["TABLES", "Cell", "Metric", "Row", "Table", "compare_reference"]
+__all__ = ["TABLES", "Cell", "Metric", "Row", "Table", "paper_by_norm"]

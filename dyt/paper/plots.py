@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from dyt.paper.report import CellResult, TableReport, mean_value
-from dyt.paper.render import shown_metrics
+import numpy as np
+
+from dyt.paper.report import CellResult, TableReport, mean_value, shown_metrics
 
 PAPER_COLOUR = "0.7"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use: the Markdown-only paths never pay for it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -19,7 +21,7 @@ def _pyplot():
 
 
 def _subplots(n: int, width: float = 4.4, height: float = 3.3):
-    plt = _pyplot()
+    plt = pyplot()
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
@@ -117,8 +119,6 @@ def plot_curves(tr: TableReport, path: Path) -> Path | None:
 def plot_grid(tr: TableReport, path: Path) -> Path | None:
     """A heatmap per group of the metric over (attention, other) alpha0: ours' best boxed, the paper's ringed.
     A grid that ties the two (every point on the diagonal, as the mini-suite's) is one curve per group instead."""
-    import numpy as np
-
     metric, axes_names = tr.table.metrics[0], tr.table.grid.axes
     groups = [g for g in tr.groups if g.points]
     if not groups:
@@ -165,7 +165,7 @@ def plot_alpha_curves(tr: TableReport, groups: list, path: Path) -> Path:
     """alpha0 sensitivity: the metric against one alpha0 for every site, a line per group (model / width), its
     baseline (e.g. RMSNorm) dashed in the same colour, each group's best circled; diverged points as x at the top."""
     metric = tr.table.metrics[0]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, g in enumerate(groups):
         colour = f"C{i}"

@@ -6,7 +6,8 @@ import csv
 from pathlib import Path
 from typing import Optional
 
-from dyt.paper.report import COMPLETED, CellResult, GridGroup, Report, TableReport, failures_text, fmt, mean_value
+from dyt.paper.report import (COMPLETED, CellResult, GridGroup, Report, TableReport, failures_text, fmt, mean_value,
+                              shown_metrics)
 from dyt.paper.schema import BENCHMARK, NOT_IMPLEMENTED, Metric, Table, Value
 
 CELL_FIELDS = ["table", "row", "column", "metric", "paper", "paper_delta", "ours", "ours_delta", "n", "status", "note"]
@@ -38,11 +39,6 @@ def paper_delta(a: Value, b: Value, digits: int) -> Optional[float]:
 
 def _signed(d: Optional[float], digits: int) -> str:
     return "" if d is None else f"{d:+.{digits}f}"
-
-
-def shown_metrics(tr: TableReport, metric: Metric) -> tuple[str, ...]:
-    """The metric, and its EMA twin when one of our runs recorded it."""
-    return tuple(k for k in metric.names if k == metric.name or any(r.value(k) is not None for r in tr.runs))
 
 
 def _reference(tr: TableReport, res: CellResult) -> Optional[CellResult]:

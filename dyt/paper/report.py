@@ -1,8 +1,8 @@
 """The report: our runs matched to the paper's cells, beside the paper's values, per table.
 
-    runs = load_run_dirs([Path("multirun")])          # or runs.load_wandb("entity/project")
+    runs = load_run_dirs([Path("multirun")])          # dyt.paper.runs; or load_wandb("entity/project")
     report = build_report(runs, ["table1", "mini_t12"])
-    write_report(report, Path("docs/report"))         # <table>.md / .csv / .png / _curves.png + README.md
+    write_report(report, Path("docs/report"))         # dyt.paper.output: <table>.md / .csv / .png + README.md
 
 A run belongs to every cell whose `match` its resolved config satisfies (T10's LayerNorm ViT-B is T1's run); runs of
 one cell (seeds) are averaged over the completed ones; a diverged or failed run is shown as `diverged @<step>`.
@@ -11,12 +11,12 @@ Runs that match no cell of any table are listed as unmatched, never dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import mean
 from typing import Any, Optional
 
-from dyt.paper import TABLES
-from dyt.paper.runs import MISSING, Run, get_path, matches, same_value
+from dyt.paper.catalog import TABLES
+from dyt.paper.match import MISSING, get_path, matches, same_value
+from dyt.paper.runs import Run
 from dyt.paper.schema import ALPHA_GRID, Cell, Metric, Row, Table
 
 COMPLETED = "completed"
@@ -88,6 +88,11 @@ class TableReport:
         return next(g for g in self.groups if g.label == label)
 
 
+def shown_metrics(tr: TableReport, metric: Metric) -> tuple[str, ...]:
+    """The metric, and its EMA twin when one of our runs recorded it."""
+    return tuple(k for k in metric.names if k == metric.name or any(r.value(k) is not None for r in tr.runs))
+
+
 @dataclass
 class Report:
     tables: list[TableReport]
@@ -150,46 +155,3 @@ def build_report(runs: list[Run], table_ids: Optional[list[str]] = None) -> Repo
     """Every table of `table_ids` (all by default: the paper's, then the mini-suite's) against `runs`."""
     tables = [TABLES[t] for t in (table_ids or TABLES)]
     return Report([table_report(t, runs) for t in tables], runs, [r for r in runs if not run_matches_any(r)])
-
-
-def write_report(report: Report, out: Path, plots: bool = True) -> dict[str, list[Path]]:
-    """<out>/<table>.md, .csv and (with `plots`) .png and _curves.png, and <out>/README.md linking them.
-    Returns the files written per table id."""
-    from dyt.paper import render
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, list[Path]] = {}
-    for tr in report.tables:
-        tid = tr.table.id
-        files = [out / f"{tid}.md", out / f"{tid}.csv"]
-        files[0].write_text(render.markdown(tr) + "\n")
-        render.write_csv(tr, files[1])
-        if plots:
-            from dyt.paper import plots as plotting
-            files += plotting.plot_table(tr, out)
-        written[tid] = files
-    (out / "README.md").write_text(render.index(report, written, out) + "\n")
-    return written
-
-
-def log_to_wandb(report: Report, written: dict[str, list[Path]], out: Path, project: Optional[str],
-                 mode: str = "online") -> str:
-    """One wandb run (job_type report) of `entity/project` holding every table as a wandb.Table (the CSV's rows:
-    paper and ours side by side) and the PNGs as images. Returns the run's directory."""
-    import wandb
-
-    from dyt.paper import render
-    entity, _, name = (project or "dyt").rpartition("/")
-    # the mode explicitly: wandb's process-wide settings may hold another one from an earlier run in this process
-    run = wandb.init(project=name, entity=entity or None, job_type="report", name="paper-report", dir=str(out),
-                     mode=mode, config={"tables": [tr.table.id for tr in report.tables], "runs": len(report.runs)})
-    try:
-        for tr in report.tables:
-            rows = render.csv_rows(tr)
-            columns = list(rows[0]) if rows else ["empty"]
-            data = [[None if r[c] == "" else r[c] for c in columns] for r in rows]
-            run.log({f"tables/{tr.table.id}": wandb.Table(columns=columns, data=data, allow_mixed_types=True)})
-            for png in (f for f in written.get(tr.table.id, []) if f.suffix == ".png"):
-                run.log({f"plots/{png.stem}": wandb.Image(str(png))})
-        return str(Path(run.dir).parent)
-    finally:
-        run.finish()

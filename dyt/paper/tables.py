@@ -63,8 +63,8 @@ T6 = Table("table6", "DNA sequence modelling (GenomicBenchmarks avg accuracy)", 
                  not_implemented_row("Caduceus", _DNA, (DNA_ACC,), {"layernorm": 86.9, "dyt": 86.9})))
 
 # T7 is measured by benchmark scripts, not train runs: the cells carry their command.
-_BENCH_LAYERS = "python scripts/bench_norms.py --dtypes bf16"  # one layer at a time, not the 7B's sum
-_BENCH_MODEL = ("python scripts/bench_models.py --models llama_7b --norms rmsnorm dyt --seq-len 4096 --batch 1 "
+_BENCH_LAYERS = "python scripts/bench/norms.py --dtypes bf16"  # one layer at a time, not the 7B's sum
+_BENCH_MODEL = ("python scripts/bench/models.py --models llama_7b --norms rmsnorm dyt --seq-len 4096 --batch 1 "
                 "--amp bf16 --modes eager")
 
 
@@ -72,7 +72,7 @@ def _bench(value: float, command: str) -> Cell:
     return Cell(paper=values_of((SECONDS,), value), status=BENCHMARK, command_text=command)
 
 
-_INFERENCE = "bench_models.py times training steps only (forward + backward + AdamW)"
+_INFERENCE = "scripts/bench/models.py times training steps only (forward + backward + AdamW)"
 T7 = Table("table7", "LLaMA 7B speed: 100 passes of one 4096-token sequence, BF16, eager (s)", (SECONDS,),
            {"rmsnorm": "RMSNorm", "dyt": "DyT"}, reference="rmsnorm", kind=SPEED,
            notes="Our benchmarks report their own units (ms per layer call; tokens/s per training step) in "

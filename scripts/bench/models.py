@@ -6,9 +6,9 @@ cross-entropy + backward + AdamW on random inputs: images for ViT / ConvNeXt (im
 LLaMA (tokens/s). The baseline is the norm the paper compares against: LayerNorm for the vision families,
 RMSNorm for LLaMA. Results go to docs/BENCHMARKS.md (section ``bench_models_<device>``).
 
-    python scripts/bench_models.py                                # vit_s, convnext_t (224 px), llama_125m
-    python scripts/bench_models.py --models convnext_t --channels-last
-    python scripts/bench_models.py --models vit_s --batch 64 --amp bf16
+    python scripts/bench/models.py                                # vit_s, convnext_t (224 px), llama_125m
+    python scripts/bench/models.py --models convnext_t --channels-last
+    python scripts/bench/models.py --models vit_s --batch 64 --amp bf16
 """
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
 import torch.nn.functional as F
+from hydra import initialize_config_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_norms import machine, write_section  # noqa: E402
+from dyt import build_model  # noqa: E402
+from dyt.families import setup  # noqa: E402
+from record import machine, write_section  # noqa: E402 - scripts/bench/record.py
 
 
 BASELINE = {"llama": "rmsnorm"}  # per family; LayerNorm otherwise
@@ -32,18 +35,14 @@ DEFAULT_DATA = {"llama": "text_pydoc"}  # a data config only fixes input shapes 
 
 
 def compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return hydra.compose("train", overrides=overrides)
 
 
 def build(model: str, norm: str, data: str, overrides: list[str]):
-    import dyt
     cfg = compose([f"model={model}", f"norm={norm}", f"data={data}", *overrides])
-    return dyt.build_model(cfg), cfg
+    return build_model(cfg), cfg
 
 
 def batch_for(model, cfg, batch: int, seq_len: int | None, device, channels_last: bool):
@@ -157,7 +156,7 @@ def main() -> None:
     print(md)
     if args.no_write:
         return
-    cmd = "python scripts/bench_models.py " + " ".join(sys.argv[1:])
+    cmd = "python scripts/bench/models.py " + " ".join(sys.argv[1:])
     fmt = "channels_last" if args.channels_last else ""
     body = (f"### Training step on {device.type}{f' ({fmt})' if fmt else ''}\n\nMachine: {desc_start} at start. "
             f"Command: `{cmd.strip()}`.\namp={args.amp or 'off (fp32)'}, memory format {fmt or 'default (NCHW)'}"

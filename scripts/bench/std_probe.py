@@ -4,7 +4,7 @@ The trainer opens `dyt.analysis.InputStdProbe` only on log steps (every `trainer
 training step (forward, cross-entropy, backward, AdamW) of the default job's model with and without the probe,
 alternating in one process, and prints the median of each and their ratio:
 
-    python scripts/bench_std_probe.py [--steps 60] [--batch 64] [overrides ...]   # e.g. model=vit_s data=cifar10
+    python scripts/bench/std_probe.py [--steps 60] [--batch 64] [overrides ...]   # e.g. model=vit_s data=cifar10
 """
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from dyt import build_model  # noqa: E402
 from dyt.analysis import InputStdProbe  # noqa: E402
+from dyt.families import setup  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,9 +29,6 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of configs/train.yaml (default: the default job)")
     args = p.parse_args(argv)
-    from hydra import compose, initialize_config_dir
-
-    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)

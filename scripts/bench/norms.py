@@ -3,17 +3,15 @@
 For every shape and dtype: forward and forward+backward time (median), effective GB/s (bytes a fused kernel must
 move: fwd reads x and writes y; fwd+bwd adds reading grad and x and writing dx) as a fraction of the measured
 `y.copy_(x)` bandwidth at the same size, and the time ratio against nn.LayerNorm. Writes a markdown table and a
-PNG plot into docs/BENCHMARKS.md (section `bench_norms`).
+PNG plot into docs/BENCHMARKS.md (section `bench_norms_<device>`).
 
-    python scripts/bench_norms.py                 # the full run on whatever device is present (cuda if any)
-    python scripts/bench_norms.py --quick         # a few shapes, short timings (a smoke test)
+    python scripts/bench/norms.py                 # the full run on whatever device is present (cuda if any)
+    python scripts/bench/norms.py --quick         # a few shapes, short timings (a smoke test)
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -22,45 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dyt.nn import DynamicTanh, LayerNorm2d, RMSNorm2d  # noqa: E402
+from dyt.nn.kernels import cpu  # noqa: E402
+from record import DOC, machine, write_section  # noqa: E402 - scripts/bench/record.py
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def machine(device: torch.device) -> str:
-    """One line naming the device, thread count and library versions (shared by bench_models.py)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        name = f"{name}, {torch.get_num_threads()} threads"
-    try:
-        import triton
-        extra = f", triton {triton.__version__}"
-    except ImportError:
-        extra = ""
-    load = f"; 1-min load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{device.type}: {name}; torch {torch.__version__}{extra}; python {platform.python_version()}{load}"
-
-
-def write_section(name: str, body: str, doc: Path = DOC) -> None:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in doc (appended if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
 
 
 def _liger_dyt():
@@ -186,7 +151,6 @@ def cpu_kernel_floor(c: int = 1024, rows: int = 128) -> str:
 
     Its ns per element is the arithmetic cost of the kernel, the floor under every CPU figure above.
     """
-    from dyt.nn.kernels import cpu
     lib = cpu.load()
     if lib is None:
         return ""
@@ -280,7 +244,7 @@ def main() -> None:
         return
     png = DOC.parent / f"bench_norms_{device.type}.png"
     has_plot = plot(results, png, desc)
-    cmd = "python scripts/bench_norms.py " + " ".join(sys.argv[1:])
+    cmd = "python scripts/bench/norms.py " + " ".join(sys.argv[1:])
     body = (f"### Norm layers on {device.type}\n\nMachine: {desc}. Command: `{cmd.strip()}`.\n"
             f"Median over interleaved rounds (~{min_run_time:g} s per measurement, ~20 ms samples, after "
             f"warmup; all contenders of a shape alternate, so background load hits them alike); "

@@ -2,13 +2,12 @@
 evaluations, checkpoint) with its wall time and test accuracy. Results go to docs/BENCHMARKS.md (section
 ``default_job``); the test suite checks the accuracy, never the time.
 
-    python scripts/bench_default_job.py                  # 3 runs of the default job, median time
-    python scripts/bench_default_job.py --repeats 1 --no-write trainer.max_steps=20   # any train.py overrides
+    python scripts/bench/default_job.py                  # 3 runs of the default job, median time
+    python scripts/bench/default_job.py --repeats 1 --no-write trainer.max_steps=20   # any train.py overrides
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -17,9 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_norms import write_section  # noqa: E402
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from dyt.logging import read_summary  # noqa: E402
+from record import write_section  # noqa: E402 - scripts/bench/record.py
 
 
 def run_once(overrides: list[str]) -> dict:
@@ -31,7 +33,7 @@ def run_once(overrides: list[str]) -> dict:
         wall = time.perf_counter() - start
         if out.returncode != 0:
             sys.exit(f"train.py failed ({out.returncode}):\n{out.stderr[-2000:]}")
-        summary = json.loads((Path(tmp) / "run/summary.json").read_text())
+        summary = read_summary(Path(tmp) / "run")
     return {"wall": wall, "loop": summary["wall_time_s"], "steps": summary["step"], "top1": summary["val/top1"]}
 
 
@@ -43,11 +45,10 @@ def main() -> None:
     args = p.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     runs = [run_once(args.overrides) for _ in range(args.repeats)]
-    import torch
     command = " ".join(["python train.py", *args.overrides])
     lines = [f"## The default job (`{command}`)", "",
              f"{os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), 1-min load "
-             f"average {load:.1f} at start; {args.repeats} run(s), measured by `scripts/bench_default_job.py`.", "",
+             f"average {load:.1f} at start; {args.repeats} run(s), measured by `scripts/bench/default_job.py`.", "",
              "| run | process wall time (s) | training loop (s) | steps | steps/s | val/top1 |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(runs, 1):
         lines.append(f"| {i} | {r['wall']:.1f} | {r['loop']:.1f} | {r['steps']} | {r['steps'] / r['loop']:.1f} | "
