@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from dyt.config import (AugmentConfig, NormConfig, OptimConfig, TimmModelConfig, TrainConfig, TrainerConfig,
                         VisionDataConfig)
 from dyt.errors import ConfigError
+from dyt.parallel import AC_MODES, INITS, PARALLEL
 
 
 # --- accepted ranges ----------------------------------------------------------------------------------------
@@ -285,8 +286,7 @@ def _norm_check(name: str, m, problems: list[str]) -> None:
 
 def _parallel_checks(t, problems: list[str]) -> None:
     """trainer.parallel / init / activation_checkpointing: known names, and combinations that can run."""
-    choices = {"parallel": ("ddp", "fsdp", "hsdp"), "init": ("exact", "meta"),
-               "activation_checkpointing": ("none", "full", "selective")}
+    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES}
     bad = False
     for key, names in choices.items():
         if key in t and t.get(key) not in names:
