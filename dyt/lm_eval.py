@@ -126,7 +126,7 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     from omegaconf import OmegaConf
 
     from dyt.checkpoint import load_checkpoint, load_model_state
-    from dyt.data.text import load_tokenizer, shard_meta, ByteTokenizer, HFTokenizer
+    from dyt.data.tokenizers import load_tokenizer
     from dyt.models import build_model
     from dyt.run import run_checkpoint
 
@@ -139,12 +139,7 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     path = run_checkpoint(run_dir, checkpoint)
     model = build_model(cfg).to(device)
     load_model_state(model, load_checkpoint(path, map_location=device, keys=("model",))["model"], path)
-    if cfg.data.source == "shards":
-        name = shard_meta(cfg.data.root)["tokenizer"]
-        tok = ByteTokenizer() if name == "bytes" else HFTokenizer(name, cfg.data.eos_token, cfg.data.get("bos_token"))
-    else:
-        tok = load_tokenizer(cfg.data)
-    return model.eval(), tok, cfg
+    return model.eval(), load_tokenizer(cfg.data), cfg
 
 
 LOCAL_TASKS = ("point at a local copy: --include-path <folder of task YAMLs whose dataset_path is a local folder, "
