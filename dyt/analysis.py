@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from dyt import distributed as D
 from dyt.nn import ElementwiseNorm, is_norm
 from dyt.nn.convert import is_channels_first, norm_family
+from dyt.parallel import clean_name
 
 
 def elementwise_norms(model: nn.Module) -> list[tuple[str, ElementwiseNorm]]:
     """(module path without wrapper parts, layer) of every element-wise norm (DyT and its kinds, each with an
     ``alpha``): the layers named by the ``alpha/...`` and ``std/...`` metrics."""
-    return [(D.clean_name(name), m) for name, m in model.named_modules() if isinstance(m, ElementwiseNorm)]
+    return [(clean_name(name), m) for name, m in model.named_modules() if isinstance(m, ElementwiseNorm)]
 
 
 class InputStdProbe:
@@ -79,7 +80,7 @@ class NormIO(NamedTuple):
 
 def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every LayerNorm / RMSNorm (also channels-first) and element-wise norm layer, in module order."""
-    return [(D.clean_name(name), m) for name, m in model.named_modules()
+    return [(clean_name(name), m) for name, m in model.named_modules()
             if isinstance(m, ElementwiseNorm) or is_norm(m)]
 
 

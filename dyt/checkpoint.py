@@ -421,7 +421,7 @@ def _dcp_load(states: dict, path: Path) -> None:
 
 def _optim_by_name(osd: dict, model, optimizer) -> dict:
     """``optimizer.state_dict()`` (parameters by index) -> keyed by parameter name, as torch's state_dict API wants."""
-    from dyt.distributed import clean_name
+    from dyt.parallel import clean_name
     name_of = {id(p): clean_name(n) for n, p in model.named_parameters()}
     names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
     return {"state": {names[int(i)]: s for i, s in osd["state"].items()},

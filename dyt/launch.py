@@ -3,7 +3,7 @@
 ``launcher.nproc`` / ``launcher.nodes`` (configs/launcher/) size a job; train.py's task function calls `run`:
 
 - A worker (torchrun's ``RANK`` is set, or a task of a multi-task ``srun`` step: SLURM / submitit, mapped to
-  the same variables by `dyt.distributed.slurm_env`), or ``nproc == nodes == 1``: it trains in this process.
+  the same variables by `dyt.slurm.slurm_env`), or ``nproc == nodes == 1``: it trains in this process.
 - ``nproc > 1`` otherwise: this job starts its own torchrun-style worker group through torch's elastic launch
   API (standalone rendezvous on localhost, a free port, no restarts). Each worker runs train.py with this job's
   overrides and ``hydra.run.dir=<this job's directory>``, so every point of a ``-m`` sweep gets its own group, one
@@ -19,7 +19,6 @@ Preemption under submitit (SLURM, or submitit_local): a run stopped by SIGUSR1/S
 
 Importing this module registers dyt's OmegaConf resolvers: a submitit job unpickles train.py's task function
 (which refers to this module) before Hydra resolves the run directory's name (``${dyt.suffix:...}``) there.
-Module level imports stay light (no torch): train.py imports this module before parsing its command line.
 """
 from __future__ import annotations
 
@@ -32,8 +31,16 @@ import time
 import uuid
 from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
 from dyt.config import register_resolvers
 from dyt.errors import ConfigError
+from dyt.logging import read_summary
+from dyt.run import FINISHED, train
+from dyt.slurm import slurm_env
+from dyt.validate import validate
 
 register_resolvers()
 
@@ -54,13 +61,10 @@ def worker_rank() -> int | None:
 
 def run(cfg, hc, script: str) -> dict:
     """Train this job's run (`hc`: Hydra's config of the job) in this process or in a worker group; its summary."""
-    from dyt.distributed import slurm_env
-
     slurm_env()  # a SLURM task: RANK / WORLD_SIZE / ... before anything asks who is rank 0 (the run lock)
     lc = cfg.launcher
     if worker_rank() is not None or (lc.nproc == 1 and lc.nodes == 1):
         _check_world_size(lc)
-        from dyt.run import train
         return train(cfg, hc.runtime.output_dir)
     if lc.nodes > 1:
         raise ConfigError(f"launcher.nodes={lc.nodes}: a multi-node job runs under a cluster launcher (python train.py "
@@ -97,10 +101,6 @@ def quote(value: str) -> str:
 
 def spawn(cfg, hc, script: str) -> dict:
     """Run this job as `launcher.nproc` local workers (torch elastic, as torchrun --standalone); rank 0's summary."""
-    from dyt.logging import read_summary
-    from dyt.run import FINISHED
-    from dyt.validate import validate
-
     validate(cfg)  # a bad config: one line and exit 2 from this process, before any worker starts
     run_dir = os.path.abspath(hc.runtime.output_dir)
     if cfg.trainer.resume == "auto":
@@ -134,10 +134,6 @@ def spawn(cfg, hc, script: str) -> dict:
 
 def _elastic_launch(nproc: int, argv: list[str]):
     """(stop signal name or None, (rank, ProcessFailure) or None) of one worker group running ``python argv``."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     options = {"signals_to_handle": ",".join(STOP_SIGNALS), "shutdown_timeout": SHUTDOWN_TIMEOUT_S}
     known = {f.name for f in dataclasses.fields(LaunchConfig)}  # newer fields, where this torch has them
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"dyt-{uuid.uuid4().hex[:12]}",
@@ -214,7 +210,6 @@ def _config_error(failure) -> ConfigError | None:
 def record_worker_error(error: BaseException) -> None:
     """In a worker of torch elastic (ours or torchrun): the error's one line for the agent (its error file)."""
     if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
         ErrorHandler().record_exception(error)
 
 

@@ -47,7 +47,7 @@ import torch.nn as nn
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
-from dyt.distributed import AC_MODES, PARALLEL
+from dyt.parallel import AC_MODES, PARALLEL
 from dyt.errors import ConfigError
 from dyt.families import build_model, get_family, setup
 from dyt.family import Shape

@@ -4,7 +4,7 @@ A family contributes a `Task` (model, data, loss, evaluation); everything else l
 AdamW + warmup/cosine, gradient accumulation and clipping, autocast, EMA, torch.compile, periodic eval,
 atomic checkpoints with exact resume, divergence handling, and the run records (metrics.jsonl, summary.json,
 wandb). How the model is built, wrapped and sharded (DDP, FSDP2 / HSDP, mixed-precision policy, activation
-checkpointing) is `dyt.distributed.wrap_model`; which checkpoint format a run writes follows from it (`dyt.checkpoint`).
+checkpointing) is `dyt.parallel.wrap_model`; which checkpoint format a run writes follows from it (`dyt.checkpoint`).
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ from dyt.checkpoint import (load_latest, remove_leftovers, restore_checkpoint, r
 from dyt.errors import ConfigError
 from dyt.logging import RunLogger, progress_bar
 from dyt.optim import build_optimizer, build_scheduler
+from dyt.families import build_task, get_family
+from dyt.parallel import wrap_model
 from dyt.plan import check_model_fits
 from dyt.precision import amp_dtype, autocast
-from dyt.families import build_task
 
 
 
@@ -106,8 +107,8 @@ class Trainer:
 
         # DDP or FSDP2 (trainer.parallel): `model` has the parameters (optimizer, EMA, checkpoints use it), `net`
         # is what the loss calls; under FSDP the mixed-precision policy replaces autocast (autocast_dtype None).
-        self.par = D.wrap_model(self.task.build_model, self.dist, self.tc, amp_dtype(self.tc.precision, self.device),
-                                seed=cfg.seed)
+        self.par = wrap_model(self.task.build_model, self.dist, self.tc, amp_dtype(self.tc.precision, self.device),
+                              seed=cfg.seed, blocks=get_family(cfg.model.family).blocks)
         self.model, self.net, self.amp_dtype = self.par.model, self.par.net, self.par.autocast_dtype
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = build_optimizer(self.model, cfg.optim)

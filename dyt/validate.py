@@ -20,10 +20,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from dyt.config import DATA_SCHEMAS, LauncherConfig, LoggerConfig, NormConfig, OptimConfig, TrainConfig, TrainerConfig
-from dyt.distributed import AC_MODES, INITS, PARALLEL as STRATEGIES
 from dyt.errors import ConfigError
 from dyt.family import Family, families, get_family
 from dyt.nn import NORM_KINDS
+from dyt.parallel import AC_MODES, INITS, PARALLEL
 from dyt.ranges import COUNT, NumList, rules
 
 SHARED_SCHEMAS = (TrainConfig, NormConfig, OptimConfig, TrainerConfig, LoggerConfig, LauncherConfig, *DATA_SCHEMAS)
@@ -158,7 +158,7 @@ def _norm_check(name: str, m, problems: list[str]) -> None:
 
 def _parallel_checks(t, problems: list[str]) -> None:
     """trainer.parallel / init / activation_checkpointing: known names, and combinations that can run."""
-    choices = {"parallel": STRATEGIES, "init": INITS, "activation_checkpointing": AC_MODES}
+    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES}
     bad = False
     for key, names in choices.items():
         if key in t and t.get(key) not in names:

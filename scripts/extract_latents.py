@@ -22,12 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from torch.utils.data import Subset  # noqa: E402
+
+from dyt.data.hub import hf_offline  # noqa: E402
+from dyt.data.latents import ImageFolderImages, extract, image_to_input  # noqa: E402
+from dyt.data.vae import load_vae  # noqa: E402
+from dyt.data.vision import HFImageDataset  # noqa: E402
+from dyt.errors import ConfigError  # noqa: E402
+
 
 def build_source(args):
     """(map-style dataset of (image in [-1, 1], label), class names or None, source description)."""
-    from dyt.data.latents import ImageFolderImages, image_to_input
-    from dyt.errors import ConfigError
-
     transform = functools.partial(image_to_input, image_size=args.image_size)
     if args.root:
         root = Path(args.root).expanduser().resolve()
@@ -37,7 +42,7 @@ def build_source(args):
         if not saved:
             ds = ImageFolderImages(root, args.split, args.image_size)
             return ds, ds.classes, {"root": str(root), "split": args.split}
-        import datasets
+        import datasets  # heavy (over a second of imports): only for a save_to_disk folder or a hub dataset
         try:
             ds = datasets.load_from_disk(str(root))
         except Exception as e:
@@ -51,8 +56,7 @@ def build_source(args):
     else:
         import datasets
 
-        from dyt.data.vision import _offline
-        if _offline():
+        if hf_offline():
             raise ConfigError(f"cannot download {args.hub_id!r} while offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
                               "pass --root with a local copy")
         try:
@@ -61,7 +65,6 @@ def build_source(args):
             raise ConfigError(f"could not load {args.hub_id!r} split {args.split!r} from the Hugging Face hub: "
                               f"{(str(e).splitlines() or [''])[0][:200]}") from None
         desc = {"hub_id": args.hub_id, "split": args.split}
-    from dyt.data.vision import HFImageDataset
     feature = ds.features.get(args.label_column)
     classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     desc.update(image_column=args.image_column, label_column=args.label_column)
@@ -89,10 +92,6 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from torch.utils.data import Subset
-
-    from dyt.data.latents import extract, load_vae
-    from dyt.errors import ConfigError
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
     if device == "cuda" and world > 1:

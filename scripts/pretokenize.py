@@ -19,15 +19,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dyt.data.text import document_ids, document_streams  # noqa: E402
+from dyt.data.tokenizers import load_tokenizer  # noqa: E402
+from dyt.families import setup  # noqa: E402
+
 
 def data_config(name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from dyt.families import setup
     setup()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=[f"data={name}", *overrides]).data
@@ -35,8 +37,6 @@ def data_config(name: str, overrides: list[str]):
 
 def write_split(docs, tok, out: Path, split: str, shard_tokens: int, max_tokens: int | None,
                 add_bos: bool = False) -> tuple[list[str], int]:
-    from dyt.data.text import document_ids
-
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     files, total, buf, n_buf = [], 0, [], 0
 
@@ -77,7 +77,6 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="data config overrides, e.g. data.root=/texts")
     args = p.parse_args(argv)
 
-    from dyt.data.text import document_streams, load_tokenizer
     cfg = data_config(args.data, args.overrides)
     if cfg.source == "shards":
         raise SystemExit("error: --data must name a text source, not shards")

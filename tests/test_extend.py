@@ -123,3 +123,14 @@ def test_a_registered_family_is_validated_and_planned():
     assert p["family"] == "toy" and p["largest_unit"] == 2410 and p["params"] == 2410 + 2 * 1121
     assert any("no activation model" in n for n in p["notes"])
     assert dataclasses.is_dataclass(ToyConfig)
+
+
+def test_the_familys_blocks_are_what_activation_checkpointing_wraps():
+    from dyt.distributed import DistInfo
+    from dyt.parallel import wrap_model
+    cfg = compose([*ARGS, "trainer.activation_checkpointing=full"])
+    build = lambda: ToyMLP(cfg.model, cfg.norm, cfg.data)  # noqa: E731
+    par = wrap_model(build, DistInfo(), cfg.trainer, blocks=TOY.blocks)
+    assert [type(b).__name__ for b in par.model.blocks] == ["CheckpointWrapper"] * 2
+    with pytest.raises(ConfigError, match=r"^ToyMLP: its family declares no repeated blocks \(Family.blocks\)"):
+        wrap_model(build, DistInfo(), cfg.trainer, blocks=None)

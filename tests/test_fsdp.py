@@ -154,14 +154,16 @@ import sys, torch
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from conftest import compose
 from dyt import distributed as D
-from dyt.families import build_task
+from dyt.families import build_task, get_family
+from dyt.parallel import wrap_model
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 dist = D.init_distributed("cpu")
 for family, over in (("llama", sys.argv[2].split()), ("vit", sys.argv[3].split())):
     full = {}
     for init in ("exact", "meta"):
         cfg = compose([*over, "trainer.parallel=fsdp", f"trainer.init={init}"])
-        par = D.wrap_model(build_task(cfg, dist).build_model, dist, cfg.trainer, None, seed=cfg.seed)
+        par = wrap_model(build_task(cfg, dist).build_model, dist, cfg.trainer, None, seed=cfg.seed,
+                         blocks=get_family(cfg.model.family).blocks)
         full[init] = get_model_state_dict(par.model, options=StateDictOptions(full_state_dict=True))
     if dist.rank == 0:
         for k, ex in full["exact"].items():
@@ -194,7 +196,7 @@ def test_meta_init_materialises_distinct_shards(tmp_path):
 
 # --- the pieces, no processes -------------------------------------------------------------------------------------
 def test_selective_checkpointing_follows_the_released_llama_rule():
-    from dyt.distributed import checkpointed_blocks
+    from dyt.parallel import checkpointed_blocks
     assert checkpointed_blocks(6, "selective", 2) == [True, False, True, False, True, False]
     assert checkpointed_blocks(6, "selective", 3) == [False, True, False, False, True, False]  # fms-fsdp p=1/3
     assert checkpointed_blocks(3, "selective", 1) == [True] * 3 == checkpointed_blocks(3, "full", 5)
@@ -208,12 +210,12 @@ def test_selective_checkpointing_follows_the_released_llama_rule():
     (["model=dit_tiny"], None),  # DiT blocks
 ])
 def test_every_family_has_its_blocks_found(overrides, count):
-    from dyt.distributed import transformer_blocks
-    from dyt.families import build_model
+    from dyt.families import build_model, get_family
+    from dyt.parallel import block_units
     cfg = compose(overrides)
     with torch.device("meta"):
         model = build_model(cfg)
-    blocks = transformer_blocks(model)
+    blocks = block_units(model, get_family(cfg.model.family).blocks)
     assert len(blocks) == (count if count is not None else cfg.model.depth)
     assert all(container[i] is block for container, i, block in blocks)
 

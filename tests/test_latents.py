@@ -1,4 +1,5 @@
-"""Pre-extracted VAE latents (dyt/data/latents.py, scripts/extract_latents.py) with a tiny random AutoencoderKL."""
+"""Pre-extracted VAE latents (dyt/data/latents.py, dyt/data/vae.py, scripts/extract_latents.py) with a tiny random
+AutoencoderKL."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, run_script
-from dyt.data.latents import (SCALE_FACTOR, ImageFolderImages, LatentDataset, center_crop_arr, decode, encode,
-                              extract, image_to_input, load_vae)
+from dyt.data.latents import ImageFolderImages, LatentDataset, center_crop_arr, extract, image_to_input
+from dyt.data.vae import SCALE_FACTOR, decode, encode, load_vae
 from dyt.errors import ConfigError
 
 pytest.importorskip("diffusers")

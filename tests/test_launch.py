@@ -14,7 +14,7 @@ import pytest
 
 from conftest import OFFLINE_ENV, ROOT, TINY, compose, run_script
 from dyt import launch
-from dyt.distributed import expand_counts, expand_nodelist, first_host, slurm_env
+from dyt.slurm import expand_counts, expand_nodelist, first_host, slurm_env
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
 

@@ -10,6 +10,7 @@ import torch
 
 from conftest import ROOT, compose
 from dyt.data import text as T
+from dyt.data.tokenizers import ByteTokenizer, load_tokenizer, vocab_size
 from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
 from dyt.families.llama.task import LanguageTask
@@ -22,8 +23,8 @@ def data_cfg(*extra):
 def test_pydoc_corpus_bytes_and_packing():
     cfg = data_cfg("data.seq_len=64")
     train, val = T.build_text_datasets(cfg)
-    tok = T.load_tokenizer(cfg)
-    assert T.vocab_size(cfg) == 320 and tok.eos_id == 256 and tok.bos_id == 257
+    tok = load_tokenizer(cfg)
+    assert vocab_size(cfg) == 320 and tok.eos_id == 256 and tok.bos_id == 257
     n_docs = len(T.pydoc_documents())
     all_tokens = np.concatenate([train.shards[0], val.shards[0]])
     assert (all_tokens == 256).sum() == n_docs and (all_tokens == 257).sum() == 0  # one EOS after each document
@@ -62,8 +63,8 @@ def local_corpus(tmp_path_factory):
 def test_local_folder_with_local_tokenizer(local_corpus):
     cfg = data_cfg("data=text_local", f"data.root={local_corpus}", f"data.tokenizer={local_corpus}/tokenizer.json",
                    "data.seq_len=32")
-    tok = T.load_tokenizer(cfg)
-    assert tok.eos_id == 1 and T.vocab_size(cfg) == 448  # 400 padded to a multiple of 64
+    tok = load_tokenizer(cfg)
+    assert tok.eos_id == 1 and vocab_size(cfg) == 448  # 400 padded to a multiple of 64
     train, val = T.build_text_datasets(cfg)
     docs = T.pydoc_documents()
     assert (train.shards[0] == 1).sum() == 60 and (val.shards[0] == 1).sum() == len(docs) - 60
@@ -87,7 +88,7 @@ def test_pretokenized_shards_equal_direct_tokenization(tmp_path, local_corpus):
     direct_train, direct_val = T.build_text_datasets(data_cfg("data=text_local", *over))
     shards = data_cfg("data=text_shards", f"data.root={tmp_path}", "data.seq_len=32")
     train, val = T.build_text_datasets(shards)
-    assert T.vocab_size(shards) == 448
+    assert vocab_size(shards) == 448
     np.testing.assert_array_equal(np.concatenate([np.asarray(s) for s in train.shards]), direct_train.shards[0])
     np.testing.assert_array_equal(np.concatenate([np.asarray(s) for s in val.shards]), direct_val.shards[0])
     # sequences never cross a shard boundary, and every index maps to a full sequence
@@ -118,7 +119,7 @@ def test_streaming_skips_exactly_and_splits_ranks(monkeypatch):
     monkeypatch.setattr(T, "hf_dataset", _fake_stream())
     cfg = compose(["model=llama_tiny", "data=text_fineweb", "data.tokenizer=bytes", "data.vocab_size=null",
                    "data.seq_len=16", "data.val_docs=5", "data.shuffle_buffer=8"]).data
-    tok = T.ByteTokenizer()
+    tok = ByteTokenizer()
     take = lambda ds, n: [s for s, _ in zip(ds, range(n))]  # noqa: E731
     full = take(T.StreamingPacked(cfg, tok, seed=0, rank=0, world=1, start=0), 200)  # > one pass: wraps around
     assert len({tuple(s.tolist()) for s in full}) > 50
@@ -147,7 +148,7 @@ def _assert_bos_doc_eos(tokens, bos, eos, n_docs):
 def test_bos_doc_eos_packing_with_a_tokenizer_json(local_corpus):
     over = ["data=text_local", f"data.root={local_corpus}", f"data.tokenizer={local_corpus}/tokenizer.json",
             "data.seq_len=32"]
-    tok = T.load_tokenizer(data_cfg(*over, "data.add_bos=true"))
+    tok = load_tokenizer(data_cfg(*over, "data.add_bos=true"))
     assert tok.bos_id == 2 and tok.eos_id == 1  # found by name: <s>, </s>
     docs = T.pydoc_documents()
     train, val = T.build_text_datasets(data_cfg(*over, "data.add_bos=true"))
@@ -164,9 +165,9 @@ def test_byte_tokenizer_bos_on_the_embedded_corpus():
     n_docs = len(T.pydoc_documents())
     all_tokens = np.concatenate([val.shards[0], train.shards[0]])
     _assert_bos_doc_eos(all_tokens, 257, 256, n_docs)
-    assert T.vocab_size(cfg) == 320 and train[0][0] == 257  # same padded vocabulary with or without BOS
+    assert vocab_size(cfg) == 320 and train[0][0] == 257  # same padded vocabulary with or without BOS
     first = T.pydoc_documents()[1]  # document 0 is validation (every 10th)
-    assert T.ByteTokenizer().decode(train[0][1:21].tolist()) == first[:20]
+    assert ByteTokenizer().decode(train[0][1:21].tolist()) == first[:20]
 
 
 def test_add_bos_needs_a_tokenizer_with_a_bos(tmp_path):
@@ -175,10 +176,10 @@ def test_add_bos_needs_a_tokenizer_with_a_bos(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))
     over = ["data=text_local", f"data.root={tmp_path}", f"data.tokenizer={tmp_path}/tokenizer.json"]
-    assert T.load_tokenizer(data_cfg(*over)).bos_id is None  # fine without add_bos
+    assert load_tokenizer(data_cfg(*over)).bos_id is None  # fine without add_bos
     with pytest.raises(ConfigError, match="data.add_bos=true but tokenizer .* has no BOS token; set data.bos_token"):
-        T.load_tokenizer(data_cfg(*over, "data.add_bos=true"))
-    assert T.load_tokenizer(data_cfg(*over, "data.add_bos=true", "data.bos_token=a")).bos_id == 2
+        load_tokenizer(data_cfg(*over, "data.add_bos=true"))
+    assert load_tokenizer(data_cfg(*over, "data.add_bos=true", "data.bos_token=a")).bos_id == 2
 
 
 def test_pretokenized_shards_with_bos(tmp_path, local_corpus):
@@ -201,7 +202,7 @@ def test_streaming_packs_bos_doc_eos(monkeypatch):
     over = ["model=llama_tiny", "data=text_fineweb", "data.tokenizer=bytes", "data.vocab_size=null", "data.seq_len=16",
             "data.val_docs=5", "data.shuffle_buffer=8", "data.add_bos=true"]
     cfg = compose(over).data
-    seqs = [s for s, _ in zip(T.StreamingPacked(cfg, T.ByteTokenizer(), seed=0, rank=0, world=1, start=0), range(60))]
+    seqs = [s for s, _ in zip(T.StreamingPacked(cfg, ByteTokenizer(), seed=0, rank=0, world=1, start=0), range(60))]
     stream = torch.cat([seqs[0][:1]] + [s[1:] for s in seqs]).numpy()  # consecutive sequences share one token
     stream = stream[: np.flatnonzero(stream == 256)[-1] + 1]  # up to the last whole document
     _assert_bos_doc_eos(stream, 257, 256, int((stream == 256).sum()))
@@ -218,7 +219,7 @@ def test_one_long_document_is_split_by_text(tmp_path):
     n_train, n_val = len(train.shards[0]), len(val.shards[0])
     assert 0.04 < n_val / (n_train + n_val) < 0.06 and len(train) > 0 and len(val) > 0
     text = (tmp_path / "book.txt").read_text()
-    assert T.ByteTokenizer().decode(np.concatenate([train.shards[0], val.shards[0]]).tolist()) == text  # all of it
+    assert ByteTokenizer().decode(np.concatenate([train.shards[0], val.shards[0]]).tolist()) == text  # all of it
 
 
 def test_non_json_jsonl_names_the_file_and_line(tmp_path):
@@ -230,7 +231,7 @@ def test_non_json_jsonl_names_the_file_and_line(tmp_path):
 def test_binary_tokenizer_json_is_one_clear_error(tmp_path):
     (tmp_path / "tokenizer.json").write_bytes(bytes(range(256)) * 8)
     with pytest.raises(ConfigError, match=rf"^data.tokenizer={tmp_path}/tokenizer.json: not a valid tokenizer.json"):
-        T.load_tokenizer(data_cfg(f"data.tokenizer={tmp_path}/tokenizer.json"))
+        load_tokenizer(data_cfg(f"data.tokenizer={tmp_path}/tokenizer.json"))
 
 
 def test_hub_dataset_offline_names_data_root(monkeypatch):
@@ -253,10 +254,23 @@ def test_hub_tokenizer_offline_does_not_retry(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(ConfigError, match=r"cannot load tokenizer 'gpt2' while offline .* set data.tokenizer to a local"):
-        T.load_tokenizer(data_cfg("data.tokenizer=gpt2"))
+        load_tokenizer(data_cfg("data.tokenizer=gpt2"))
     assert calls == [{"local_files_only": True}]
 
 
 def test_vocab_size_must_hold_the_tokenizer():
     with pytest.raises(ConfigError, match=r"data.vocab_size=100 is smaller than the tokenizer's vocabulary \(258 tokens"):
         T.build_text_datasets(data_cfg("data.vocab_size=100"))
+
+
+def test_shards_load_the_tokenizer_they_were_written_with(tmp_path, local_corpus):
+    """A run on shards (lm-eval, generation) decodes with the tokenizer that meta.json names, not data.tokenizer."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pretokenize
+    over = [f"data.root={local_corpus}", f"data.tokenizer={local_corpus}/tokenizer.json"]
+    assert pretokenize.main(["--data", "text_local", "--out", str(tmp_path), "--max-train-tokens", "3000", *over]) == 0
+    direct = load_tokenizer(data_cfg("data=text_local", *over))
+    tok = load_tokenizer(data_cfg("data=text_shards", f"data.root={tmp_path}"))
+    assert tok.name == direct.name == f"{local_corpus}/tokenizer.json"
+    assert (tok.vocab_size, tok.eos_id, tok.bos_id) == (400, 1, 2)
+    assert tok.encode(T.pydoc_documents()[0]) == direct.encode(T.pydoc_documents()[0])

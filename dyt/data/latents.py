@@ -16,26 +16,26 @@ On disk, ``<root>/<split>/``:
                         layout, shard_size, shards ``[{"file", "count"}]`` and the caller's keys; written last
   ``extract.json``      the settings of the extraction, so that resuming with other settings is refused
 Every file is written under a temporary name and renamed: a crash leaves only whole files, and re-running
-`extract` encodes only the shards that are missing or incomplete.
+`extract` encodes only the shards that are missing or incomplete. The VAE itself (load, encode, decode) is
+`dyt.data.vae`.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from dyt.data.vae import SCALE_FACTOR, encode, latent_shape_of
 from dyt.data.vision import DataError
 from dyt.errors import ConfigError
 
-SCALE_FACTOR = 0.18215
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 LAYOUT = "(n, view[image, hflip], stat[mean, std], C, h, w)"
 
@@ -56,58 +56,6 @@ def image_to_input(pil_image: Image.Image, image_size: int) -> torch.Tensor:
     """A PIL image -> the VAE's input: RGB, center-cropped, float CHW in [-1, 1]."""
     arr = np.asarray(center_crop_arr(pil_image.convert("RGB"), image_size))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def load_vae(name_or_path: str, device="cpu", dtype=torch.float32):
-    """`diffusers.AutoencoderKL` from a hub id (e.g. stabilityai/sd-vae-ft-ema) or a local folder, eval, frozen."""
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError:
-        raise ConfigError("the VAE needs diffusers: pip install diffusers") from None
-    name = str(name_or_path)
-    local = Path(name).expanduser()
-    if not local.is_dir() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ConfigError(f"VAE folder {name} does not exist")
-    quiet = {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}  # no advice to install it
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")  # diffusers' own, deprecated use
-            vae = AutoencoderKL.from_pretrained(str(local) if local.is_dir() else name, torch_dtype=dtype, **quiet)
-    except Exception as e:
-        if _hub_offline() and not local.is_dir():
-            raise ConfigError(f"cannot load the VAE {name!r}: not a local folder nor in the Hugging Face cache, and "
-                              "downloads are off (HF_HUB_OFFLINE=1); download it once online or pass a local "
-                              "folder") from None
-        why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"cannot load the VAE {name!r}: {type(e).__name__}: {why}") from None
-    return vae.to(device).eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def encode(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [-1, 1] (N, 3, H, W) -> (mean, std) of the latent posterior, UNscaled, float32 on the VAE's
-    device (a DiT training latent is ``(mean + std * randn) * SCALE_FACTOR``)."""
-    dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
-    return dist.mean.float(), dist.std.float()
-
-
-@torch.no_grad()
-def decode(vae, latents: torch.Tensor, scale_factor: float = SCALE_FACTOR) -> torch.Tensor:
-    """Scaled latents (N, C, h, w) -> images (N, 3, H, W) in [0, 1], float32 on the VAE's device."""
-    x = vae.decode(latents.to(vae.device, vae.dtype) / scale_factor).sample
-    return ((x.float() + 1) / 2).clamp(0, 1)
-
-
-def latent_shape_of(vae, image_size: int) -> tuple[int, int, int]:
-    """(C, h, w) of the latents of `image_size` square images (AutoencoderKL halves per down block but the last)."""
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
-    if image_size % f:
-        raise ConfigError(f"the image size {image_size} is not a multiple of the VAE's downsampling factor {f}")
-    return int(vae.config.latent_channels), image_size // f, image_size // f
 
 
 class ImageFolderImages(Dataset):
@@ -241,7 +189,6 @@ def extract(source_iter, vae, out_dir: Path, split: str, *, shard_size: int = 81
         batches = _skip_done(it, done, shard_size, batch_size)
         initial, total = 0, None
     seen = 0
-    from tqdm import tqdm
     bar = tqdm(total=total, initial=initial, unit="img", unit_scale=True, desc=f"latents {split}",
                disable=not progress, dynamic_ncols=True)
     buffers = {}

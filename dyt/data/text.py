@@ -7,8 +7,8 @@ Sources (``data.source``):
   hf      a Hugging Face dataset (``hub_id``); ``streaming: true`` for large ones (The Pile, FineWeb, ...).
   shards  a folder of memory-mapped token shards written by ``scripts/pretokenize.py`` (the fast path).
 
-Tokenizers (``data.tokenizer``): ``bytes`` (UTF-8 bytes, EOS = 256, BOS = 257), a ``tokenizer.json`` file, or a
-Hugging Face tokenizer name / local folder (``transformers.AutoTokenizer``).
+Tokenizers (``data.tokenizer``) and the model's vocabulary: `dyt.data.tokenizers`; the shards' files:
+`dyt.data.shards`.
 
 Training data are map-style (``PackedSequences``: sample i is tokens[i*L : i*L + L + 1], so the trainer's
 sharded sampler gives exact resume) except streaming corpora (``StreamingPacked``: a deterministic stream that
@@ -17,124 +17,28 @@ skips exactly the sequences already consumed).
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-from omegaconf import MISSING
 from torch.utils.data import Dataset, IterableDataset
 
+from dyt.data.hub import hf_offline
+from dyt.data.shards import load_shards, shard_meta
+from dyt.data.tokenizers import check_vocab, load_tokenizer
+from dyt.data.tokenizers import vocab_size  # noqa: F401  (until dyt/models/llama.py imports it from there)
 from dyt.errors import ConfigError
 
 SOURCES = ("pydoc", "local", "hf", "shards")
 
 
-# --- tokenizers -------------------------------------------------------------------------------------------
-class ByteTokenizer:
-    """UTF-8 bytes as tokens 0..255, EOS = 256, BOS = 257.
-
-    BOS is always in the vocabulary, used or not (``data.add_bos``): the vocabulary, and so the model's
-    embedding (258 padded to 320), never depends on the packing flag.
-    """
-    name, vocab_size, eos_id, bos_id = "bytes", 258, 256, 257
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    """A ``tokenizers.Tokenizer`` or ``transformers`` tokenizer behind the same small interface."""
-
-    def __init__(self, spec: str, eos_token: Optional[str] = None, bos_token: Optional[str] = None):
-        self.name = spec
-        self.bos_id: Optional[int] = None
-        path = Path(spec)
-        if path.is_file():
-            from tokenizers import Tokenizer
-            try:
-                self._tok = Tokenizer.from_file(str(path))
-            except Exception as e:  # not JSON (a binary file), or JSON that is not a tokenizer
-                raise ConfigError(f"data.tokenizer={spec}: not a valid tokenizer.json "
-                                  f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:150]}); give a "
-                                  "Hugging Face tokenizers JSON file, a tokenizer folder, a hub name or 'bytes'") from None
-            self._encode = lambda t: self._tok.encode(t, add_special_tokens=False).ids
-            self._decode = self._tok.decode
-            self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-            candidates = [eos_token] if eos_token else ["</s>", "<|endoftext|>", "<eos>", "[SEP]", "<|eos|>"]
-            ids = [self._tok.token_to_id(c) for c in candidates if self._tok.token_to_id(c) is not None]
-            bos = [bos_token] if bos_token else ["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "[CLS]"]
-            bos_ids = [self._tok.token_to_id(c) for c in bos if self._tok.token_to_id(c) is not None]
-            self.bos_id = bos_ids[0] if bos_ids else None
-        else:
-            try:
-                from transformers import AutoTokenizer
-            except ImportError as e:
-                raise ConfigError(f"data.tokenizer={spec!r} needs `transformers` (pip install 'dyt[lm]')") from e
-            offline = _offline() and not path.is_dir()  # offline: the local cache only, no retries (~40 s)
-            try:
-                self._tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
-            except (OSError, ValueError) as e:
-                if offline:
-                    raise ConfigError(f"cannot load tokenizer {spec!r} while offline (HF_DATASETS_OFFLINE/"
-                                      "HF_HUB_OFFLINE) and it is not in the Hugging Face cache; set data.tokenizer "
-                                      "to a local tokenizer.json or tokenizer folder") from e
-                raise ConfigError(f"cannot load tokenizer {spec!r} (not a file, folder or reachable hub name): "
-                                  f"{str(e).splitlines()[0][:200]}") from e
-            self._encode = lambda t: self._tok.encode(t, add_special_tokens=False)
-            self._decode = self._tok.decode
-            self.vocab_size = len(self._tok)
-            eos = self._tok.convert_tokens_to_ids(eos_token) if eos_token else self._tok.eos_token_id
-            ids = [eos] if eos is not None else []
-            self.bos_id = self._tok.convert_tokens_to_ids(bos_token) if bos_token else self._tok.bos_token_id
-        if not ids:
-            raise ConfigError(f"tokenizer {spec!r} has no EOS token; set data.eos_token")
-        self.eos_id = int(ids[0])
-        self.bos_id = None if self.bos_id is None else int(self.bos_id)
-
-    def encode(self, text: str) -> list[int]:
-        return self._encode(text)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._decode(list(ids))
-
-
-def load_tokenizer(cfg):
-    """The tokenizer of a text data config; with ``add_bos`` it must have a BOS token (one clear error if not)."""
-    # .get: configs saved by runs older than the BOS option have neither key
-    tok = ByteTokenizer() if cfg.tokenizer == "bytes" else HFTokenizer(cfg.tokenizer, cfg.eos_token, cfg.get("bos_token"))
-    if cfg.get("add_bos", False) and tok.bos_id is None:
-        raise ConfigError(f"data.add_bos=true but tokenizer {cfg.tokenizer!r} has no BOS token; set data.bos_token "
-                          "or data.add_bos=false")
-    return tok
-
-
+# --- packing ----------------------------------------------------------------------------------------------
 def document_ids(tok, text: str, add_bos: bool = False) -> list[int]:
     """One document's tokens as packed: [BOS] + text + [EOS] (BOS only with `add_bos`)."""
     if add_bos and tok.bos_id is None:
         raise ConfigError(f"data.add_bos=true but tokenizer {tok.name!r} has no BOS token; set data.bos_token")
     return ([tok.bos_id] if add_bos else []) + tok.encode(text) + [tok.eos_id]
-
-
-def vocab_size(cfg) -> int:
-    """The model's vocabulary: data.vocab_size, else the tokenizer's (or the shards' meta) padded up."""
-    if cfg.vocab_size:
-        return int(cfg.vocab_size)
-    n = shard_meta(cfg.root)["vocab_size"] if cfg.source == "shards" else load_tokenizer(cfg).vocab_size
-    m = max(1, cfg.pad_vocab_multiple)
-    return -(-n // m) * m
-
-
-def _check_vocab(cfg, n: int) -> None:
-    """An explicit data.vocab_size must hold every token id (else the embedding fails with an IndexError)."""
-    if cfg.vocab_size and cfg.vocab_size < n:
-        raise ConfigError(f"data.vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary ({n} tokens, "
-                          f"data.tokenizer={cfg.tokenizer}); set data.vocab_size >= {n} or null")
 
 
 # --- documents --------------------------------------------------------------------------------------------
@@ -266,10 +170,6 @@ LOCAL_COPY = ("point at a local copy: data.source=local data.root=<folder of .tx
               "pre-tokenized shards: data=text_shards data.root=<folder>")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-
-
 def hf_dataset(cfg, split: str, streaming: bool):
     import datasets
 
@@ -278,7 +178,7 @@ def hf_dataset(cfg, split: str, streaming: bool):
     try:  # offline, `datasets` answers at once from its cache or not at all
         return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split, streaming=streaming)
     except Exception as e:  # offline, unknown id/split, gated
-        if _offline():
+        if hf_offline():
             raise ConfigError(f"cannot load dataset {cfg.hub_id!r} (data.hub_id) split {split!r} while offline "
                               f"(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE; the Hugging Face cache has no usable copy: "
                               f"{str(e).splitlines()[0][:120]}); {LOCAL_COPY}") from e
@@ -304,23 +204,6 @@ def tokenize(docs: Iterable[str], tok, max_tokens: Optional[int] = None, add_bos
             break
     out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
     return out[:max_tokens] if max_tokens else out
-
-
-# --- pre-tokenized shards ---------------------------------------------------------------------------------
-def shard_meta(root) -> dict:
-    path = Path(root or "") / "meta.json"
-    if not path.is_file():
-        raise ConfigError(f"no token shards at data.root={root!r} (missing meta.json); write them with "
-                          "scripts/pretokenize.py")
-    return json.loads(path.read_text())
-
-
-def load_shards(root, split: str) -> list[np.ndarray]:
-    meta = shard_meta(root)
-    files = meta["shards"].get(split, [])
-    if not files:
-        raise ConfigError(f"{root} has no {split!r} shards (has: {', '.join(meta['shards'])})")
-    return [np.memmap(Path(root) / f, dtype=meta["dtype"], mode="r") for f in files]
 
 
 # --- datasets ---------------------------------------------------------------------------------------------
@@ -411,11 +294,11 @@ def build_text_datasets(cfg) -> tuple[Optional[PackedSequences], PackedSequences
             raise ConfigError(f"the shards at data.root={cfg.root} were packed with add_bos={packed_bos} but "
                               f"data.add_bos={bool(cfg.add_bos)}; set data.add_bos={packed_bos} or re-run "
                               "scripts/pretokenize.py with the same data.add_bos")
-        _check_vocab(cfg, int(shard_meta(cfg.root)["vocab_size"]))
+        check_vocab(cfg, int(shard_meta(cfg.root)["vocab_size"]))
         train, val = load_shards(cfg.root, "train"), load_shards(cfg.root, "val")
         return PackedSequences(train, cfg.seq_len), PackedSequences(val, cfg.seq_len)
     tok = load_tokenizer(cfg)
-    _check_vocab(cfg, tok.vocab_size)
+    check_vocab(cfg, tok.vocab_size)
     if cfg.source == "hf" and cfg.streaming:
         return None, PackedSequences([streaming_val_tokens(cfg, tok)], cfg.seq_len)
     train_docs, val_docs = documents(cfg)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from dyt.data.hub import hf_offline
 from dyt.errors import ConfigError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -94,7 +95,7 @@ def _fashion_mnist(cfg):
     files = {s: (root / f"{p}-images-idx3-ubyte.gz", root / f"{p}-labels-idx1-ubyte.gz")
              for s, p in (("train", "train"), ("test", "t10k"))}
     if not all(f.exists() for pair in files.values() for f in pair):
-        if cfg.root is None and not _offline():
+        if cfg.root is None and not hf_offline():
             return _fashion_mnist_torchvision(cfg)
         raise ConfigError(f"Fashion-MNIST files not found in {root} (need train-/t10k-images-idx3-ubyte.gz and "
                           "labels); install Debian's dataset-fashion-mnist or set data.root")
@@ -116,10 +117,6 @@ def _fashion_mnist_torchvision(cfg):
         x = ds.data.float().unsqueeze(1) / 255.0
         out.append(TensorDataset(_normalize(x, cfg), ds.targets.long()))
     return tuple(out)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
 class DataError(ConfigError):
@@ -210,7 +207,7 @@ def _load_hf(cfg):
             raise ConfigError(f"cannot load the dataset at data.root={root}: {_first_line(e)}") from e
     if not cfg.hub_id:
         raise ConfigError(f"data {cfg.name!r} needs data.hub_id or data.root")
-    if _offline():
+    if hf_offline():
         raise ConfigError(f"cannot download {cfg.hub_id!r} while offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
                           "set data.root to a local copy")
     try:
@@ -235,6 +232,14 @@ def _transforms(cfg, train: bool):
                             hflip=a.hflip, scale=scale, ratio=ratio)
 
 
+def image_folder_classes(root: Path, split: str) -> list[str]:
+    """Class names of an image folder laid out as root/<split>/<class>/<image> (or root/<class>/<image>):
+    the sub-folders holding at least one file, sorted (Hugging Face's imagefolder labels them 0..n-1)."""
+    base = root / split if (root / split).is_dir() else root
+    return sorted(p.name for p in base.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and any(f.is_file() for f in p.rglob("*")))
+
+
 def _hf(cfg):
     dd = _load_hf(cfg)
     for split in (cfg.train_split, cfg.val_split):
@@ -243,7 +248,6 @@ def _hf(cfg):
     if cfg.source == "imagefolder" and cfg.label_column not in dd[cfg.train_split].column_names:
         # Hugging Face's imagefolder labels images by their parent folder, and drops the labels when it finds
         # a single class folder (or none): say so instead of "no column 'label'".
-        from dyt.validate import image_folder_classes
         classes = image_folder_classes(Path(cfg.root), cfg.train_split)
         raise ConfigError(f"data.root={cfg.root} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
                           f"image classification needs at least 2 classes, laid out as "

@@ -18,35 +18,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dyt.errors import ConfigError
+from dyt.nn.functional import affine, dyt_forward
 from dyt.nn.kernels import dyt_fused, fused_supported
 
 __all__ = ["ElementwiseNorm", "DynamicTanh", "DynamicSquash", "Derf", "DyISRU", "LayerNorm2d", "RMSNorm2d",
-           "build_norm", "NORM_KINDS", "ELEMENTWISE_KINDS", "dyt_forward"]
+           "build_norm", "NORM_KINDS", "ELEMENTWISE_KINDS"]
 
 
 def _as_shape(normalized_shape) -> tuple[int, ...]:
     if isinstance(normalized_shape, numbers.Integral):
         return (int(normalized_shape),)
     return tuple(int(s) for s in normalized_shape)
-
-
-def _affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-            channels_last: bool) -> torch.Tensor:
-    """``weight * y + bias`` over the channel dim (last, or dim 1 of NCHW)."""
-    if not channels_last:  # NCHW: broadcast the affine over H, W
-        weight = weight[:, None, None] if weight is not None else None
-        bias = bias[:, None, None] if bias is not None else None
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
-
-
-def dyt_forward(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, channels_last: bool = True) -> torch.Tensor:
-    """Reference (eager) DyT: the formula, nothing else. Fused paths must match this."""
-    return _affine(torch.tanh(alpha * x), weight, bias, channels_last)
 
 
 class ElementwiseNorm(nn.Module):
@@ -94,7 +76,7 @@ class ElementwiseNorm(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _affine(self.squash(x), self.weight, self.bias, self.channels_last)
+        return affine(self.squash(x), self.weight, self.bias, self.channels_last)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, channels_last={self.channels_last}, alpha_init={self.alpha_init}, "

@@ -72,13 +72,13 @@ class DiffusionTask(Task):
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Samples in model space -> float images in [0, 1] (latents decoded by the VAE)."""
         if self.latent:
-            from dyt.data.latents import decode
+            from dyt.data.vae import decode
             return decode(self.vae(x.device), x.float()).clamp(0, 1)
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     def vae(self, device):
         if self._vae is None:
-            from dyt.data.latents import load_vae
+            from dyt.data.vae import load_vae
             self._vae = load_vae(self.cfg.data.vae, device=device)
         return self._vae
 

@@ -128,7 +128,7 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     from omegaconf import OmegaConf
 
     from dyt.checkpoint import load_checkpoint, load_model_state
-    from dyt.data.text import load_tokenizer, shard_meta, ByteTokenizer, HFTokenizer
+    from dyt.data.tokenizers import load_tokenizer
     from dyt.run import run_checkpoint
 
     run_dir = Path(run_dir)
@@ -140,12 +140,7 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     path = run_checkpoint(run_dir, checkpoint)
     model = build_llama(cfg.model, cfg.norm, cfg.data).to(device)
     load_model_state(model, load_checkpoint(path, map_location=device, keys=("model",))["model"], path)
-    if cfg.data.source == "shards":
-        name = shard_meta(cfg.data.root)["tokenizer"]
-        tok = ByteTokenizer() if name == "bytes" else HFTokenizer(name, cfg.data.eos_token, cfg.data.get("bos_token"))
-    else:
-        tok = load_tokenizer(cfg.data)
-    return model.eval(), tok, cfg
+    return model.eval(), load_tokenizer(cfg.data), cfg
 
 
 LOCAL_TASKS = ("point at a local copy: --include-path <folder of task YAMLs whose dataset_path is a local folder, "

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dyt.data.text import vocab_size
+from dyt.data.tokenizers import vocab_size
 from dyt.errors import ConfigError
 from dyt.nn import ELEMENTWISE_KINDS, build_norm
 

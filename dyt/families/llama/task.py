@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dyt.data.text import StreamingPacked, build_text_datasets, load_tokenizer, unigram_loss, vocab_size
+from dyt.data.text import StreamingPacked, build_text_datasets, unigram_loss
+from dyt.data.tokenizers import load_tokenizer, vocab_size
 from dyt.errors import ConfigError
 from dyt.tasks.base import Task
 

@@ -1,6 +1,6 @@
 """Fused DyT fast paths: a C kernel with a rational tanh on CPU, Triton kernels on CUDA.
 
-``dyt_fused`` has the contract of the eager reference ``dyt.nn.norms.dyt_forward``; ``fused_supported`` says
+``dyt_fused`` has the contract of the eager reference ``dyt.nn.functional.dyt_forward``; ``fused_supported`` says
 whether ``DynamicTanh(impl="auto")`` routes a given input to it (a pure function of device and dtype, so
 Dynamo reads it as a constant while tracing).
 """

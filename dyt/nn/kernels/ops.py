@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dyt.nn.functional import dyt_forward
 from dyt.nn.kernels import cpu
 
 try:
@@ -39,7 +40,7 @@ def _check_dtypes(op: str, **tensors: Optional[Tensor]) -> None:
             accepted = ", ".join(str(d).removeprefix("torch.") for d in FUSED_DTYPES)
             raise TypeError(f"{op}: {name} has dtype {str(t.dtype).removeprefix('torch.')}; the fused DyT kernels "
                             f"compute in fp32 and accept {accepted} (dyt_fused runs other dtypes with the "
-                            "reference formula dyt.nn.norms.dyt_forward)")
+                            "reference formula dyt.nn.functional.dyt_forward)")
 
 
 def _layout(x: Tensor, channels_last: bool, weight: Optional[Tensor]):
@@ -187,13 +188,12 @@ class _EagerDyT(torch.autograd.Function):
 
 def dyt_fused(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               channels_last: bool = True) -> Tensor:
-    """Fused DyT, same contract as ``dyt.nn.norms.dyt_forward``.
+    """Fused DyT, same contract as ``dyt.nn.functional.dyt_forward``.
 
     Operands of a dtype outside ``FUSED_DTYPES`` (float64, ...) take that reference formula itself: the kernels
     compute in fp32 and would not match it.
     """
     if not dtypes_supported(x, alpha, weight, bias):
-        from dyt.nn.norms import dyt_forward  # here, not at the top: dyt.nn.norms imports this module
         return dyt_forward(x, alpha, weight, bias, channels_last)
     if torch.compiler.is_compiling():
         return fused_fwd(x, alpha, weight, bias, channels_last)
