@@ -17,9 +17,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from dyt.config import DATA_SCHEMAS, LauncherConfig, LoggerConfig, NormConfig, OptimConfig, TrainConfig, TrainerConfig
+from dyt.data.vision import image_folder_classes
 from dyt.errors import ConfigError
 from dyt.family import Family, families, get_family
 from dyt.nn import NORM_KINDS
@@ -101,7 +103,6 @@ def _missing(cfg: DictConfig, skip: set[str]) -> list[str]:
 def _choice(cfg, group: str) -> str:
     """`group=<config name>` as the user typed it (Hydra's choice), else `group.name=<name>`."""
     try:
-        from hydra.core.hydra_config import HydraConfig
         return f"{group}={HydraConfig.get().runtime.choices[group]}"
     except Exception:
         return f"{group}.name={cfg[group].get('name')}"
@@ -176,14 +177,6 @@ def _parallel_checks(t, problems: list[str]) -> None:
 
 
 # --- data that can be resolved from disk --------------------------------------------------------------------
-def image_folder_classes(root: Path, split: str) -> list[str]:
-    """Class names of an image folder laid out as root/<split>/<class>/<image> (or root/<class>/<image>):
-    the sub-folders holding at least one file, sorted (Hugging Face's imagefolder labels them 0..n-1)."""
-    base = root / split if (root / split).is_dir() else root
-    return sorted(p.name for p in base.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and any(f.is_file() for f in p.rglob("*")))
-
-
 def _saved_classes(root: Path, split: str, column: str) -> Optional[list[str]]:
     """ClassLabel names of a `save_to_disk` copy, from its dataset_info.json (no data read)."""
     info = root / split / "dataset_info.json"
