@@ -30,7 +30,6 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from dyt.config import register_resolvers
 from dyt.errors import ConfigError
@@ -97,8 +96,8 @@ def quote(value: str) -> str:
 
 def spawn(cfg, hc, script: str) -> dict:
     """Run this job as `launcher.nproc` local workers (torch elastic, as torchrun --standalone); rank 0's summary."""
-    from dyt.logging import read_summary
     from dyt.run import FINISHED
+    from dyt.rundir import RunDir, read_summary
     from dyt.validate import validate
 
     validate(cfg)  # a bad config: one line and exit 2 from this process, before any worker starts
@@ -114,7 +113,7 @@ def spawn(cfg, hc, script: str) -> dict:
     start = time.time()
     stopped, failed = _elastic_launch(nproc, worker_argv(hc, script, run_dir))
     summary = read_summary(run_dir)
-    if summary is not None and Path(run_dir, "summary.json").stat().st_mtime < start - 1.0:
+    if summary is not None and RunDir(run_dir).summary.stat().st_mtime < start - 1.0:
         summary = None  # an earlier attempt's record: this one wrote nothing
     if summary is not None and summary.get("status") in (*FINISHED, "interrupted"):
         return summary

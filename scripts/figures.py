@@ -117,8 +117,9 @@ def scurves(args) -> Path:
 def alpha_std_series(run: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
     """Per DyT layer (module order): (steps, alpha, 1/std) over the train events that log both."""
     from dyt.logging import read_jsonl
+    from dyt.rundir import RunDir
 
-    events = [e for e in read_jsonl(run / "metrics.jsonl") if e.get("split") == "train"]
+    events = [e for e in read_jsonl(RunDir(run).metrics) if e.get("split") == "train"]
     if not events:
         raise ConfigError(f"{run} has no training events in metrics.jsonl; train it: python train.py ...")
     layers = list(dict.fromkeys(k[len("alpha/"):] for e in events for k in e if k.startswith("alpha/")))

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from dyt.logging import read_jsonl, read_summary
+from dyt.logging import read_jsonl
+from dyt.rundir import RunDir, read_summary
 
 # Written by eval.py (FID, lm-eval, re-evaluation) and dyt/lm_eval.py beside summary.json.
-EVAL_FILES = ("eval.json", "lm_eval.json")
+EVAL_FILES = RunDir.EVALS
 MISSING = object()  # a config path the run does not have
 
 
@@ -66,10 +67,8 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     """Every run directory (summary.json beside config.yaml) under `paths`, each once, in path order."""
     found: dict[Path, None] = {}
     for p in paths:
-        candidates = [p / "summary.json"] if (p / "summary.json").exists() else sorted(p.rglob("summary.json"))
-        for s in candidates:
-            if (s.parent / "config.yaml").exists():
-                found.setdefault(s.parent.resolve(), None)
+        for rd in RunDir(p).find_runs():
+            found.setdefault(rd.path.resolve(), None)
     return list(found)
 
 
@@ -84,7 +83,7 @@ def load_run_dir(run_dir: Path) -> Optional[Run]:
     summary = read_summary(run_dir)
     if summary is None:
         return None
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    config = yaml.safe_load(RunDir(run_dir).config.read_text()) or {}
     for name in EVAL_FILES:  # metrics the training did not measure (FID, zero-shot); summary.json stays first
         try:
             extra = json.loads((run_dir / name).read_text())
@@ -93,7 +92,7 @@ def load_run_dir(run_dir: Path) -> Optional[Run]:
         for k, v in extra.items() if isinstance(extra, dict) else ():
             if "/" in k and isinstance(v, (int, float)):
                 summary.setdefault(k, v)
-    return Run(run_dir.name, str(run_dir), config, summary, lambda: _train_curve(run_dir / "metrics.jsonl"))
+    return Run(run_dir.name, str(run_dir), config, summary, lambda: _train_curve(RunDir(run_dir).metrics))
 
 
 def load_run_dirs(paths: Iterable[Path]) -> list[Run]:

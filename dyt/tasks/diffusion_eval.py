@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dyt.errors import ConfigError
+from dyt.rundir import RunDir
 
 GRID = 64  # samples shown in <run dir>/fid_samples.png
 WEIGHTS = ("auto", "ema", "raw")  # auto: the EMA when the checkpoint has one (the DiT paper's FID)
@@ -135,7 +136,7 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         logits = stats.logits()
         if logits is not None:
             metrics[f"{prefix}/is"], metrics[f"{prefix}/is_std"] = inception_score(logits, splits=min(10, n))
-        save_png(run_dir / "fid_samples.png", image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
+        save_png(RunDir(run_dir).fid_grid, image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
         return metrics
     finally:
         D.shutdown()
