@@ -13,23 +13,14 @@ A language-model run also takes zero-shot lm-eval tasks (a task list name such a
     python eval.py runs/llama_tiny-dyt-pydoc-s0 --tasks paper15 [--limit 100] [--include-path my_tasks/]
 """
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 from dyt.errors import ConfigError
 from dyt.families import families, get_family
-from dyt.logging import write_json
+from dyt.files import write_json
+from dyt.rundir import RunDir, read_eval
 from dyt.run import evaluate_run, run_config
-
-
-def read_eval(run_dir) -> dict:
-    """The run's previous eval.json ({} when absent or unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / "eval.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,7 +58,7 @@ def main(argv=None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         # FIDs of the same checkpoint measured by earlier calls (raw, then EMA weights) are kept
         same = previous.get("checkpoint") == metrics.get("checkpoint")
-        write_json(Path(run_dir) / "eval.json", {**(previous if same else {}), **metrics})
+        write_json(RunDir(run_dir).eval, {**(previous if same else {}), **metrics})
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0

@@ -29,7 +29,6 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler
@@ -37,8 +36,8 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from dyt.config import register_resolvers
 from dyt.errors import ConfigError
-from dyt.logging import read_summary
 from dyt.run import FINISHED, train
+from dyt.rundir import RunDir, read_summary
 from dyt.slurm import slurm_env
 from dyt.validate import validate
 
@@ -114,7 +113,7 @@ def spawn(cfg, hc, script: str) -> dict:
     start = time.time()
     stopped, failed = _elastic_launch(nproc, worker_argv(hc, script, run_dir))
     summary = read_summary(run_dir)
-    if summary is not None and Path(run_dir, "summary.json").stat().st_mtime < start - 1.0:
+    if summary is not None and RunDir(run_dir).summary.stat().st_mtime < start - 1.0:
         summary = None  # an earlier attempt's record: this one wrote nothing
     if summary is not None and summary.get("status") in (*FINISHED, "interrupted"):
         return summary

@@ -1,9 +1,10 @@
 """Run records: metrics.jsonl (always), summary.json, wandb (optional, rank 0 only), and the progress bar.
 
-The files are the source of truth for comparison tables; wandb mirrors the same metric names. Rewrites are atomic
-and durable (fsync around the rename). Damaged records never stop a run: what is readable is kept (every line of
-metrics.jsonl that parses as a JSON object, in order), the damaged file is kept aside as ``<name>.corrupt[.N]``,
-and one warning line says so. A damaged summary.json makes the run unfinished: it resumes from its checkpoints.
+The files are the source of truth for comparison tables; wandb mirrors the same metric names. Where each file lives
+is ``dyt.rundir.RunDir``'s; rewrites are atomic and durable (``dyt.files``). Damaged records never stop a run: what
+is readable is kept (every line of metrics.jsonl that parses as a JSON object, in order), the damaged file is kept
+aside as ``<name>.corrupt[.N]``, and one warning line says so. A damaged summary.json makes the run unfinished: it
+resumes from its checkpoints.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dyt.errors import ConfigError
-from dyt.rundir import check_config_change, describe_changes, fsync_dir, os_error, read_config, set_aside, warn
+from dyt.files import os_error, set_aside, temporary, warn, write_json, write_text_atomic
+from dyt.rundir import RunDir, check_config_change, describe_changes, read_config, read_summary
 
 _DECODER = json.JSONDecoder()
 
@@ -25,27 +27,6 @@ _DECODER = json.JSONDecoder()
 def _clean(v):
     v = float(v)
     return v if math.isfinite(v) else str(v)  # JSON has no NaN/Inf
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name, fsync, rename, fsync the directory: a crash never leaves a half-written file,
-    and a failed write (disk full) leaves no temporary file behind."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _parse_line(raw: bytes):
@@ -112,16 +93,6 @@ def read_jsonl(path: Path) -> list[dict]:
         return []
 
 
-def read_summary(run_dir: str | Path) -> dict | None:
-    """A run's summary.json as a dict; None when it is absent or unreadable (truncated, not UTF-8, not a JSON
-    object). An unreadable summary means an unfinished run: it resumes from its checkpoints."""
-    try:
-        obj = json.loads((Path(run_dir) / "summary.json").read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _is_event(e: dict) -> bool:
     return isinstance(e.get("step"), int) and not isinstance(e.get("step"), bool) and isinstance(e.get("split"), str)
 
@@ -129,35 +100,34 @@ def _is_event(e: dict) -> bool:
 class RunLogger:
     """Writes log events of one run. Non-main ranks get an inert logger."""
 
-    def __init__(self, run_dir: Path, cfg, enabled: bool, resume_step: int = 0):
+    def __init__(self, run_dir: Path, cfg, enabled: bool, resume_step: int = 0, allowed: tuple[str, ...] = ()):
         """`resume_step` > 0: the run resumed from its checkpoint at that step. Its config is checked against the
         run's config.yaml first (ConfigChanged, before anything is written); allowed changes are recorded as a
-        ``{"split": "config", "changed": {key: {"old", "new"}}}`` event."""
-        self.run_dir, self.cfg, self.enabled = Path(run_dir), cfg, enabled
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        ``{"split": "config", "changed": {key: {"old", "new"}}}`` event. `allowed`: the family's keys that may
+        change on resume too (``Family.resume_keys``)."""
+        self.rd, self.cfg, self.enabled = RunDir(run_dir), cfg, enabled
         self.wandb = None
         self.events: list[dict] = []  # well-formed events kept from before a resume (main rank)
         if not enabled:
             return
-        changes = check_config_change(self.run_dir, cfg) if resume_step > 0 else {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("config.yaml.tmp", "metrics.jsonl.tmp", "summary.json.tmp"):  # a write cut short by a kill
-            (self.run_dir / name).unlink(missing_ok=True)
-        self._keep_aside_if_damaged(self.run_dir / "summary.json", read_summary(self.run_dir) is None,
+        changes = check_config_change(self.rd.path, cfg, allowed) if resume_step > 0 else {}
+        self.rd.path.mkdir(parents=True, exist_ok=True)
+        for path in (self.rd.config, self.rd.metrics, self.rd.summary):  # a write cut short by a kill
+            temporary(path).unlink(missing_ok=True)
+        self._keep_aside_if_damaged(self.rd.summary, read_summary(self.rd.path) is None,
                                     "a JSON object", "the run is treated as unfinished")
-        config_path = self.run_dir / "config.yaml"
-        self._keep_aside_if_damaged(config_path, read_config(config_path) is None, "readable YAML",
+        self._keep_aside_if_damaged(self.rd.config, read_config(self.rd.path) is None, "readable YAML",
                                     "it is written again")
-        write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(self.rd.config, OmegaConf.to_yaml(cfg, resolve=True))
         # Drop events a killed run logged after its last checkpoint: the resumed run logs them again.
         kept = self._recover_metrics()
         kept = [e for e in kept if not isinstance(e.get("step"), (int, float)) or e["step"] <= resume_step]
         if changes:
             kept.append({"step": resume_step, "split": "config",
                          "changed": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}})
-            print(f"[dyt] resuming {self.run_dir} at step {resume_step} with changed settings: "
+            print(f"[dyt] resuming {self.rd.path} at step {resume_step} with changed settings: "
                   f"{describe_changes(changes)}", flush=True)
-        write_text_atomic(self.metrics_path, "".join(json.dumps(e) + "\n" for e in kept))
+        write_text_atomic(self.rd.metrics, "".join(json.dumps(e) + "\n" for e in kept))
         self.events = [e for e in kept if _is_event(e)]
         self._init_wandb()
 
@@ -170,13 +140,13 @@ class RunLogger:
     def _recover_metrics(self) -> list[dict]:
         """Every readable object of metrics.jsonl; a damaged file is copied aside first (never overwritten)."""
         try:
-            data = self.metrics_path.read_bytes()
+            data = self.rd.metrics.read_bytes()
         except FileNotFoundError:
             return []
         objects, damaged = scan_jsonl(data)
         if damaged:
-            kept = set_aside(self.metrics_path, copy=True)
-            warn(f"{self.metrics_path} has {damaged} damaged line(s); its {len(objects)} readable events are kept "
+            kept = set_aside(self.rd.metrics, copy=True)
+            warn(f"{self.rd.metrics} has {damaged} damaged line(s); its {len(objects)} readable events are kept "
                  f"and the damaged file is kept as {kept.name}")
         return objects
 
@@ -186,15 +156,15 @@ class RunLogger:
             return
         import wandb
 
-        id_file = self.run_dir / "wandb_id"  # one wandb run per run dir, continued on resume
+        id_file = self.rd.wandb_id  # one wandb run per run dir, continued on resume
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         m, n, d = self.cfg.model.name, self.cfg.norm.name, self.cfg.data.name
         tags = [f"model:{m}", f"norm:{n}", f"data:{d}", *lc.tags] + ([f"table:{self.cfg.table}"] if self.cfg.table else [])
         try:
             self.wandb = wandb.init(
-                project=lc.project, entity=lc.entity, group=lc.group or f"{m}-{d}", name=self.run_dir.name,
-                tags=tags, id=run_id, resume="allow", mode=lc.mode, dir=str(self.run_dir),
+                project=lc.project, entity=lc.entity, group=lc.group or f"{m}-{d}", name=self.rd.path.name,
+                tags=tags, id=run_id, resume="allow", mode=lc.mode, dir=str(self.rd.path),
                 config=OmegaConf.to_container(self.cfg, resolve=True), job_type=n,
             )
         except wandb.errors.UsageError as e:  # no login (online mode without an API key), bad entity/project
@@ -206,10 +176,10 @@ class RunLogger:
             return
         event = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
         try:
-            with self.metrics_path.open("a") as f:
+            with self.rd.metrics.open("a") as f:
                 f.write(json.dumps(event) + "\n")
         except OSError as e:  # a line cut short by a full disk is dropped on resume, like a killed write
-            raise ConfigError(f"could not append to {self.metrics_path}: {os_error(e)}; free space and run the same "
+            raise ConfigError(f"could not append to {self.rd.metrics}: {os_error(e)}; free space and run the same "
                               f"command to resume") from e
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
@@ -218,7 +188,7 @@ class RunLogger:
         """An HxWx3 uint8 image: ``<run dir>/<name>_step<step>.png`` (e.g. samples/grid) and a wandb image."""
         if not self.enabled:
             return None
-        path = save_png(self.run_dir / f"{name}_step{step:08d}.png", image)
+        path = save_png(self.rd.path / f"{name}_step{step:08d}.png", image)
         if self.wandb is not None:
             import wandb
             self.wandb.log({name: wandb.Image(image, caption=caption or path.name)}, step=step)
@@ -228,7 +198,7 @@ class RunLogger:
         if not self.enabled:
             return
         summary = {k: (_clean(v) if isinstance(v, float) else v) for k, v in summary.items()}
-        path = self.run_dir / "summary.json"
+        path = self.rd.summary
         try:
             write_json(path, summary)
         except OSError as e:  # say why in one line; the error that ended the run (if any) is the one raised

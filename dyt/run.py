@@ -3,7 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dyt.trainer import Trainer
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dyt import distributed as D
+from dyt.checkpoint import load_checkpoint, load_model_state
+from dyt.errors import ConfigError
+from dyt.files import write_json
+from dyt.rundir import RunDir, RunLock, check_config_change, read_summary
+from dyt.families import build_task, get_family
+from dyt.precision import amp_dtype
+from dyt.trainer import Trainer, evaluate
+from dyt.validate import validate
 
 FINISHED = ("completed", "diverged")
 
@@ -14,10 +25,6 @@ def train(cfg, run_dir: str | Path) -> dict:
     A finished run (summary.json says 'completed' or 'diverged') is not trained again, so re-running a sweep
     only resumes the unfinished ones.
     """
-    from dyt.logging import read_summary
-    from dyt.rundir import RunLock, check_config_change
-    from dyt.validate import validate
-
     validate(cfg)  # every bad value, mandatory key or model/data mismatch: one ConfigError before anything runs
     with RunLock(run_dir):  # one process per run directory (rank 0 holds it); a second one stops with one line
         summary = read_summary(run_dir) if cfg.trainer.resume == "auto" else None  # None: absent or damaged
@@ -25,7 +32,7 @@ def train(cfg, run_dir: str | Path) -> dict:
             print(f"[dyt] {run_dir} already {summary['status']}; skipping (trainer.resume=never to train again)",
                   flush=True)
             return summary
-        check_config_change(run_dir, cfg)  # resuming with another definition of the run: one line, before building
+        check_config_change(run_dir, cfg, get_family(cfg.model.family).resume_keys)  # resuming with another definition of the run: one line, before building
         trainer = Trainer(cfg, run_dir)
         try:
             summary = trainer.fit()
@@ -39,12 +46,7 @@ def train(cfg, run_dir: str | Path) -> dict:
 
 def run_config(run_dir: Path, overrides: list[str] = ()):
     """A run directory's own config.yaml with `overrides` (key=value) applied; unknown keys are errors."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from dyt.errors import ConfigError
-
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     try:
@@ -72,12 +74,10 @@ def _first_line(e: Exception) -> str:
 
 def run_checkpoint(run_dir: Path, checkpoint: str | None = None) -> Path:
     """`checkpoint` when given, else the run's latest (a file or a DCP directory); one line when there is none."""
-    from dyt.checkpoint import list_checkpoints
-    from dyt.errors import ConfigError
-
-    path = Path(checkpoint) if checkpoint else (list_checkpoints(Path(run_dir) / "checkpoints") or [None])[-1]
+    rd = RunDir(run_dir)
+    path = Path(checkpoint) if checkpoint else (rd.checkpoints() or [None])[-1]
     if path is None:
-        raise ConfigError(f"{run_dir} has no checkpoint in {Path(run_dir) / 'checkpoints'}")
+        raise ConfigError(f"{run_dir} has no checkpoint in {rd.checkpoints_dir}")
     return path
 
 
@@ -89,12 +89,6 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
 
     Writes ``eval.json`` into the run directory and returns the metrics (``val/...``, ``val_ema/...``).
     """
-    from dyt import distributed as D
-    from dyt.checkpoint import load_checkpoint, load_model_state
-    from dyt.logging import write_json
-    from dyt.families import build_task
-    from dyt.trainer import amp_dtype, evaluate
-
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     path = run_checkpoint(run_dir, checkpoint)
@@ -112,7 +106,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str
             load_model_state(model, state[key], path)
             metrics.update({f"{prefix}/{k}": v for k, v in evaluate(task, model, dist.device, bs, dtype).items()})
         if dist.is_main:
-            write_json(run_dir / "eval.json", metrics)
+            write_json(RunDir(run_dir).eval, metrics)
         return metrics
     finally:
         D.shutdown()

@@ -1,6 +1,10 @@
-"""The run directory as a truthful record: one owner at a time, resumed only with the config that defines it,
-and files that survive a crash.
+"""The run directory as a truthful record: one layout, one owner at a time, resumed only with the config that
+defines it.
 
+- ``RunDir(path)``: where every record lives (``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``eval.json``,
+  ``checkpoints/``, ...): the file names of a run directory are spelled here and nowhere else under ``dyt/``.
+  ``list_checkpoints`` lists a checkpoints directory (``step_XXXXXXXX.pt`` files and sharded ``step_XXXXXXXX/``
+  directories); ``read_summary`` / ``read_eval`` / ``read_config`` read the records, never raising on damage.
 - ``RunLock(run_dir)``: an exclusive ``flock`` on ``<run_dir>/.lock`` (rank 0 only); a second process on the same
   directory stops with one line naming the holder. The OS drops the lock when its process dies, so a lock left by a
   killed run is taken over without any clean-up; the run's forked children (data workers) close their inherited
@@ -8,7 +12,6 @@ and files that survive a crash.
 - ``check_config_change(run_dir, cfg)``: a resume whose config changed what defines the run is one clear error;
   the settings that may differ on resume (longer training, loader workers, event periods, logging) are returned so
   the change is recorded.
-- Durable writes (``fsync_dir``) and ``set_aside`` (a damaged file is kept next to the record, never overwritten).
 """
 from __future__ import annotations
 
@@ -18,18 +21,108 @@ import fcntl
 import fnmatch
 import json
 import os
-import shutil
+import re
 import socket
-import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from dyt.errors import ConfigError
+from dyt.files import os_error, read_json_object, warn
+
+# A checkpoint: a single file step_N.pt, or a sharded (DCP) directory step_N.
+CHECKPOINT_NAME = re.compile(r"^step_(\d+)(\.pt)?$")
+
+
+class RunDir:
+    """The layout of one run directory (paths only: creating nothing, reading nothing)::
+
+        config.yaml     the resolved config            metrics.jsonl   one JSON object per log event
+        summary.json    status and final metrics       eval.json       eval.py's metrics (lm_eval.json: zero-shot)
+        checkpoints/    step_XXXXXXXX.pt (+ .sha256) or step_XXXXXXXX/ (DCP)
+        samples/        the task's pictures            fid_samples.png eval.py's FID samples
+        train.log       Hydra's log of the run
+        .lock           the owner's pid and host       wandb_id        the wandb run continued on resume
+    """
+
+    CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.yaml", "metrics.jsonl", "summary.json", "checkpoints"
+    EVAL, LM_EVAL, FID_GRID = "eval.json", "lm_eval.json", "fid_samples.png"
+    SAMPLES, LOG, LOCK, WANDB_ID = "samples", "train.log", ".lock", "wandb_id"
+    RECORDS = (CONFIG, METRICS, SUMMARY, CHECKPOINTS)  # what makes a directory a run
+    EVALS = (EVAL, LM_EVAL)  # metrics measured after training, beside summary.json
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    config = property(lambda self: self.path / self.CONFIG)
+    metrics = property(lambda self: self.path / self.METRICS)
+    summary = property(lambda self: self.path / self.SUMMARY)
+    eval = property(lambda self: self.path / self.EVAL)
+    lm_eval = property(lambda self: self.path / self.LM_EVAL)
+    fid_grid = property(lambda self: self.path / self.FID_GRID)
+    checkpoints_dir = property(lambda self: self.path / self.CHECKPOINTS)
+    samples = property(lambda self: self.path / self.SAMPLES)
+    log = property(lambda self: self.path / self.LOG)
+    lock_file = property(lambda self: self.path / self.LOCK)
+    wandb_id = property(lambda self: self.path / self.WANDB_ID)
+
+    def checkpoint(self, step: int, sharded: bool = False) -> Path:
+        """Where the checkpoint of `step` goes: a single file, or a DCP directory (`sharded`)."""
+        return self.checkpoints_dir / (f"step_{step:08d}" + ("" if sharded else ".pt"))
+
+    def checkpoints(self) -> list[Path]:
+        """The run's checkpoints, oldest first."""
+        return list_checkpoints(self.checkpoints_dir)
+
+    def is_run(self) -> bool:
+        """Whether the directory holds any record of a run (as opposed to an empty directory Hydra made)."""
+        return any((self.path / name).exists() for name in self.RECORDS)
+
+    def find_runs(self) -> list["RunDir"]:
+        """Every run directory at or under this path (a summary.json beside a config.yaml), in path order."""
+        found = [self.summary] if self.summary.exists() else sorted(self.path.rglob(self.SUMMARY))
+        return [RunDir(s.parent) for s in found if (s.parent / self.CONFIG).exists()]
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Checkpoints in a checkpoints directory (files ``step_N.pt``, DCP directories ``step_N``), oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if (m := CHECKPOINT_NAME.match(p.name)) and p.is_dir() == (m.group(2) is None)]
+    return [p for _, p in sorted(found)]
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """A run's summary.json as a dict; None when it is absent or unreadable (truncated, not UTF-8, not a JSON
+    object). An unreadable summary means an unfinished run: it resumes from its checkpoints."""
+    return read_json_object(RunDir(run_dir).summary)
+
+
+def read_eval(run_dir: str | Path, name: str = RunDir.EVAL) -> dict:
+    """A run's eval.json (or another of ``RunDir.EVALS``); {} when absent or unreadable."""
+    return read_json_object(RunDir(run_dir).path / name) or {}
+
+
+def read_config(run_dir: str | Path) -> dict | None:
+    """A run's recorded config.yaml as a plain dict; None when absent or unreadable."""
+    try:
+        cfg = OmegaConf.load(RunDir(run_dir).config)
+        return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else None
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - damaged yaml of any kind
+        return None
+
 
 # Settings that may differ when a run is resumed: they extend the run or change how it is watched, not what it
 # computes. Everything else (model, norm, data, optim, seed, batch size, precision, ...) defines the run.
+# A family adds its own (Family.resume_keys: e.g. DiT's sampler settings), passed as `allowed`.
 ALLOWED_ON_RESUME = (
     "trainer.max_steps", "trainer.epochs",  # extend (or shorten) a run
     "trainer.eval_every", "trainer.eval_every_epochs", "trainer.eval_batch_size", "trainer.ckpt_every",
@@ -38,60 +131,10 @@ ALLOWED_ON_RESUME = (
     # how the same model is spread over the ranks and recomputed (losses equal to ~1e-7; tests/test_fsdp.py)
     "trainer.parallel", "trainer.hsdp_shard_size", "trainer.activation_checkpointing", "trainer.ac_every",
     "data.num_workers", "data.root",  # where the same data lives / how many processes read it
-    # DiT: how samples are drawn and looked at (grids, FID), not how the model trains
-    "model.diffusion.sampler", "model.diffusion.sample_steps", "model.diffusion.eta", "model.diffusion.cfg_scale",
-    "model.diffusion.grid_*", "data.vae", "data.fid_ref",
     "logger", "logger.*", "run_name", "sweep_name", "table",  # names and labels
     "launcher", "launcher.*",  # how many processes run it (checkpoints say whether they resume on another size)
 )
 ABSENT = "<absent>"
-
-
-def warn(message: str) -> None:
-    """A one-line warning on stderr (callers print only on rank 0)."""
-    print(f"[dyt] warning: {message}", file=sys.stderr, flush=True)
-
-
-def os_error(e: OSError) -> str:
-    """``[Errno 28] No space left on device`` (without the file name, which the caller's message gives)."""
-    return f"[Errno {e.errno}] {e.strerror}" if e.errno is not None and e.strerror else f"{type(e).__name__}: {e}"
-
-
-# --- durable files ----------------------------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    """Make a rename / creation / deletion in directory `path` durable (no-op where directories cannot be synced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def set_aside(path: Path, copy: bool = False) -> Path:
-    """Keep a damaged file as ``<name>.corrupt`` (then ``.corrupt.1``, ``.corrupt.2``...: an earlier one is never
-    overwritten). Moves the file, or copies it with ``copy=True`` (the caller then rewrites `path`)."""
-    path = Path(path)
-    for n in range(10_000):
-        dest = path.with_name(f"{path.name}.corrupt" + (f".{n}" if n else ""))
-        try:
-            if copy:
-                with open(path, "rb") as src, open(dest, "xb") as dst:
-                    shutil.copyfileobj(src, dst)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-            else:
-                os.link(path, dest)  # fails if dest exists: never overwrites
-                os.unlink(path)
-        except FileExistsError:
-            continue
-        fsync_dir(path.parent)
-        return dest
-    raise ConfigError(f"too many damaged copies of {path} kept next to it; remove some")
 
 
 # --- one owner per run directory --------------------------------------------------------------------------
@@ -154,7 +197,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path, enabled: bool | None = None, wait_orphans: float = 10.0):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / ".lock"
+        self.path = RunDir(run_dir).lock_file
         self.enabled = os.environ.get("RANK", "0") == "0" if enabled is None else enabled
         self.wait_orphans = wait_orphans
         self._fd: int | None = None
@@ -210,7 +253,7 @@ class RunLock:
         fd, self._fd = self._fd, None
         _HELD_FDS.discard(fd)
         try:
-            if self._created and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
+            if self._created and [p.name for p in self.run_dir.iterdir()] == [self.path.name]:
                 self.path.unlink()  # nothing was recorded: leave no empty run directory behind
                 self.run_dir.rmdir()
         except OSError:
@@ -238,8 +281,8 @@ def _flatten(d, prefix: str = "") -> dict:
     return out
 
 
-def _allowed(key: str) -> bool:
-    return any(fnmatch.fnmatchcase(key, pattern) for pattern in ALLOWED_ON_RESUME)
+def _allowed(key: str, extra: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in (*ALLOWED_ON_RESUME, *extra))
 
 
 def _schema_field(cfg: DictConfig, key: str) -> bool:
@@ -248,17 +291,6 @@ def _schema_field(cfg: DictConfig, key: str) -> bool:
     parent = key.rpartition(".")[0]
     node = OmegaConf.select(cfg, parent) if parent else cfg
     return isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node))
-
-
-def read_config(path: Path) -> dict | None:
-    """A run's recorded config.yaml as a plain dict; None when absent or unreadable."""
-    try:
-        cfg = OmegaConf.load(path)
-        return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else None
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - damaged yaml of any kind
-        return None
 
 
 def _same(a, b) -> bool:
@@ -271,36 +303,35 @@ def _fmt(v) -> str:
     return v if v is ABSENT else json.dumps(v)
 
 
-def check_config_change(run_dir: str | Path, cfg) -> dict[str, tuple]:
+def check_config_change(run_dir: str | Path, cfg, allowed: tuple[str, ...] = ()) -> dict[str, tuple]:
     """Compare `cfg` (the config about to resume `run_dir`) with the run's own config.yaml.
 
     Raises ConfigChanged (a ConfigError) listing ``key: old -> new`` for every change to what defines the run.
     Returns the allowed changes (``{key: (old, new)}``, ``"<absent>"`` for a missing key), which the run records
     as an event. A fresh run (``trainer.resume=never``, no checkpoint yet, or no config.yaml) returns ``{}``.
+    `allowed`: more key patterns (fnmatch) that may change on resume, beside ``ALLOWED_ON_RESUME``.
     """
-    from dyt.checkpoint import list_checkpoints
-
-    run_dir = Path(run_dir)
-    if cfg.trainer.resume == "never" or not list_checkpoints(run_dir / "checkpoints"):
+    rd = RunDir(run_dir)
+    if cfg.trainer.resume == "never" or not rd.checkpoints():
         return {}
-    old = read_config(run_dir / "config.yaml")
+    old = read_config(rd.path)
     if old is None:
         return {}
     old, new = _flatten(old), _flatten(OmegaConf.to_container(cfg, resolve=True))
-    changed, allowed = [], {}
+    changed, accepted = [], {}
     for key in [*old, *(k for k in new if k not in old)]:
         a, b = old.get(key, ABSENT), new.get(key, ABSENT)
         if _same(a, b):
             continue
-        if _allowed(key) or ((a is ABSENT or b is ABSENT) and _schema_field(cfg, key)):
-            allowed[key] = (a, b)
+        if _allowed(key, allowed) or ((a is ABSENT or b is ABSENT) and _schema_field(cfg, key)):
+            accepted[key] = (a, b)
         else:
             changed.append(f"{key}: {_fmt(a)} -> {_fmt(b)}")
     if changed:
         raise ConfigChanged(f"run directory {run_dir} holds a run with another config ({'; '.join(changed)}); "
                             f"resume it with its own settings, start it over with trainer.resume=never, or use "
                             f"another hydra.run.dir")
-    return allowed
+    return accepted
 
 
 def describe_changes(changes: dict[str, tuple]) -> str:

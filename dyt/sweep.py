@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import sys
@@ -18,26 +17,23 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from dyt.logging import read_summary
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")  # what makes a directory a run
+from dyt.files import write_json
+from dyt.rundir import RunDir, RunDirInUse, read_summary
 
 
 def record_config_error(run_dir: Path, error: Exception, in_sweep: bool) -> None:
     """A sweep point that could not start: summary.json says so (a re-run retries it). A single run: its empty
     directory goes away. A directory that holds a run (or is another process's) is left as it is."""
-    from dyt.rundir import RunDirInUse
-
-    run_dir = Path(run_dir)
-    previous = read_summary(run_dir)
+    rd = RunDir(run_dir)
+    previous = read_summary(rd.path)
     if isinstance(error, RunDirInUse) or (previous is not None and not previous.get("config_error")):
         return
     message = str(error)
     if in_sweep:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "step": 0, "reason": message, "config_error": True}) + "\n")
-    elif run_dir.is_dir() and not any((run_dir / f).exists() for f in RUN_FILES):
-        shutil.rmtree(run_dir, ignore_errors=True)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        write_json(rd.summary, {"status": "failed", "step": 0, "reason": message, "config_error": True})
+    elif rd.path.is_dir() and not rd.is_run():
+        shutil.rmtree(rd.path, ignore_errors=True)
 
 
 def exit_code(summary: dict) -> int:
@@ -60,10 +56,10 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         start = getattr(self, "start", 0.0) - 1.0  # file times have coarse resolution on some file systems
         points = []
-        for path in sorted(sweep_dir.glob("*/summary.json")):
-            if path.stat().st_mtime >= start:
-                s = read_summary(path.parent)
-                points.append((path.parent.name, s or {"status": "failed", "reason": "unreadable summary.json"}))
+        for rd in [RunDir(p) for p in sorted(sweep_dir.iterdir()) if p.is_dir()] if sweep_dir.is_dir() else []:
+            if rd.summary.exists() and rd.summary.stat().st_mtime >= start:
+                s = read_summary(rd.path)
+                points.append((rd.path.name, s or {"status": "failed", "reason": f"unreadable {rd.summary.name}"}))
         failed = [(n, s) for n, s in points if s.get("status") == "failed"]
         diverged = [(n, s) for n, s in points if s.get("status") == "diverged"]
         if not (failed or diverged):

@@ -20,16 +20,15 @@ import torch.nn as nn
 
 from dyt import distributed as D
 from dyt.analysis import InputStdProbe, elementwise_norms
-from dyt.checkpoint import (load_latest, remove_leftovers, restore_checkpoint, rng_state, save_checkpoint,
-                            save_sharded_checkpoint, set_rng_state, sharded_states)
+from dyt.checkpoint import Checkpointer
 from dyt.errors import ConfigError
+from dyt.families import build_task, get_family
 from dyt.logging import RunLogger, progress_bar
 from dyt.optim import build_optimizer, build_scheduler
-from dyt.families import build_task, get_family
 from dyt.parallel import wrap_model
 from dyt.plan import check_model_fits
 from dyt.precision import amp_dtype, autocast
-
+from dyt.rundir import RunDir
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +118,11 @@ class Trainer:
 
         self.step = 0
         self.window = self._empty_window()
+        self.checkpointer = Checkpointer(self.run_dir, self.par, self.optimizer, self.ema, self.scaler, dist=self.dist,
+                                         keep=self.tc.keep_checkpoints)
         self._resume()
-        self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step)
+        self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step,
+                                allowed=get_family(cfg.model.family).resume_keys)
         # Every evaluation of the summary metric, of the raw model and of its EMA (the official trainer reports
         # both maxima); a resumed run's history starts with its earlier evaluations.
         best_name, self.best_mode = self.task.summary_metric()
@@ -158,49 +160,14 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _resume(self) -> None:
-        r, ckpt_dir = self.tc.resume, self.run_dir / "checkpoints"
-        if self.dist.is_main:
-            remove_leftovers(ckpt_dir)  # partial files of a run killed while writing a checkpoint
-        if r == "never":
-            return
-        D.barrier()  # leftovers gone before any rank lists the checkpoints
-
-        def restore(path):  # either format (a file or a DCP directory) into this model, plain or sharded
-            return restore_checkpoint(path, self.model, self.optimizer, self.ema.module if self.ema else None,
-                                      map_location=self.device)
-        if r == "auto":  # the newest intact checkpoint: a damaged newer one is skipped with a warning
-            found = load_latest(ckpt_dir, map_location=self.device, is_main=self.dist.is_main, load=restore)
-            if found is None:
-                return
-            state, path = found
-        else:
-            path = Path(r)
-            state = restore(path)
-        if "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.window.update(state.get("window", {}))  # the log window open at the checkpoint (older ones: none)
-        rngs = state.get("rng", [])
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        if self.dist.is_main:
-            print(f"[dyt] resumed from {path} at step {self.step}", flush=True)
+        """The state of the run's checkpoint (by trainer.resume) restored."""
+        resumed = self.checkpointer.resume(self.tc.resume)
+        if resumed is not None:
+            self.step = resumed.step
+            self.window.update(resumed.extra.get("window", {}))  # the log window open at the checkpoint (older: none)
 
     def save(self) -> None:
-        rngs = D.all_gather_object(rng_state())  # every rank's RNG, so each resumes its own stream
-        extra = {"step": self.step, "rng": rngs, "scaler": self.scaler.state_dict(), "window": dict(self.window)}
-        ema = self.ema.module if self.ema is not None else None
-        if self.par.sharded:  # every rank writes its shards (DCP directory)
-            save_sharded_checkpoint(sharded_states(self.model, self.optimizer, ema), extra,
-                                    self.run_dir / "checkpoints", self.step, keep=self.tc.keep_checkpoints,
-                                    is_main=self.dist.is_main)
-            return
-        if not self.dist.is_main:
-            return
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **extra}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        save_checkpoint(state, self.run_dir / "checkpoints", self.step, keep=self.tc.keep_checkpoints)
+        self.checkpointer.save(self.step, {"window": dict(self.window)})
 
     # --- data -----------------------------------------------------------------------------------------
     def _batches(self):
@@ -229,7 +196,7 @@ class Trainer:
             with self.autocast():  # (a sharded model samples on every rank: each forward is a collective)
                 images = self.task.visualize(self.ema.module if self.ema is not None else self.model)
             for name, image in (images if self.dist.is_main else {}).items():
-                self.logger.image(self.step, f"samples/{name}", image, caption=f"{self.run_dir.name} step {self.step}")
+                self.logger.image(self.step, f"{RunDir.SAMPLES}/{name}", image, caption=f"{self.run_dir.name} step {self.step}")
         metrics["val/time_s"] = time.perf_counter() - start  # kept out of train/throughput
         self.logger.log(self.step, "val", metrics)
         return metrics

@@ -9,13 +9,11 @@ PY=${PYTHON:-python}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 "$PY" train.py -m experiment=alpha_sweep_tiny "$@"
 "$PY" - <<'PYEOF'
-import json, pathlib
+from dyt.rundir import RunDir, read_config, read_summary
 rows = []
-for s in sorted(pathlib.Path("multirun/alpha_sweep_tiny").glob("*/summary.json")):
-    cfg = (s.parent / "config.yaml").read_text()
-    get = lambda key: next(l.split(":")[1].strip() for l in cfg.splitlines() if l.strip().startswith(key + ":"))
-    d = json.loads(s.read_text())
-    rows.append((float(get("alpha_attn")), float(get("alpha_ffn")), d["status"], d.get("val/loss", float("nan"))))
+for rd in RunDir("multirun/alpha_sweep_tiny").find_runs():
+    model, d = read_config(rd.path)["model"], read_summary(rd.path)
+    rows.append((float(model["alpha_attn"]), float(model["alpha_ffn"]), d["status"], d.get("val/loss", float("nan"))))
 print(f"{'alpha_attn':>10} {'alpha_other':>11} {'status':>10} {'val/loss':>9}")
 for a, o, st, v in sorted(rows):
     print(f"{a:>10} {o:>11} {st:>10} {v:>9.4f}")

@@ -14,15 +14,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dyt.checkpoint import list_checkpoints, load_checkpoint, write_checkpoint_file  # noqa: E402
+from dyt.checkpoint import load_checkpoint, write_checkpoint_file  # noqa: E402
 from dyt.errors import ConfigError  # noqa: E402
+from dyt.rundir import RunDir  # noqa: E402
 
 
 def resolve(source: Path) -> Path:
     """A DCP checkpoint directory from a run directory (its newest checkpoint) or a checkpoint directory."""
     if (source / ".metadata").is_file():
         return source
-    found = list_checkpoints(source / "checkpoints") if (source / "checkpoints").is_dir() else []
+    found = RunDir(source).checkpoints()
     if not found:
         raise ConfigError(f"{source} is neither a DCP checkpoint directory nor a run directory with checkpoints")
     if not found[-1].is_dir():

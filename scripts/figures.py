@@ -31,6 +31,7 @@ from dyt.logging import read_jsonl  # noqa: E402
 from dyt.nn import DynamicSquash  # noqa: E402
 from dyt.precision import amp_dtype, autocast  # noqa: E402
 from dyt.run import run_checkpoint, run_config  # noqa: E402
+from dyt.rundir import RunDir  # noqa: E402
 
 TRAIN_DYT = "python train.py norm=dyt <the run's other overrides>"
 
@@ -120,7 +121,7 @@ def scurves(args) -> Path:
 # --- alpha-std --------------------------------------------------------------------------------------------
 def alpha_std_series(run: Path) -> dict[str, tuple[list[int], list[float], list[float]]]:
     """Per DyT layer (module order): (steps, alpha, 1/std) over the train events that log both."""
-    events = [e for e in read_jsonl(run / "metrics.jsonl") if e.get("split") == "train"]
+    events = [e for e in read_jsonl(RunDir(run).metrics) if e.get("split") == "train"]
     if not events:
         raise ConfigError(f"{run} has no training events in metrics.jsonl; train it: python train.py ...")
     layers = list(dict.fromkeys(k[len("alpha/"):] for e in events for k in e if k.startswith("alpha/")))

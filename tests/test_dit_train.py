@@ -225,12 +225,14 @@ def test_sampling_settings_may_change_on_resume_training_settings_may_not(dyt_ru
     """How samples are drawn (grids, FID) does not define a run: it may change when resuming, and does not
     name the run directory; the model and the diffusion it trains on do."""
     from dyt.errors import ConfigError
+    from dyt.families import get_family
     from dyt.rundir import check_config_change
     d, _ = dyt_run
+    dit = get_family("dit").resume_keys  # the DiT family's own keys that may change on resume
     changes = check_config_change(d, compose([*DIT, "norm=dyt", "trainer.keep_checkpoints=2",
                                               "model.diffusion.sample_steps=50", "model.diffusion.cfg_scale=2.0",
-                                              "model.diffusion.grid_per_class=4"]))
+                                              "model.diffusion.grid_per_class=4"]), dit)
     assert set(changes) == {"model.diffusion.sample_steps", "model.diffusion.cfg_scale", "model.diffusion.grid_per_class"}
     for bad in ("model.diffusion.steps=500", "model.class_dropout=0.2", "model.adaln_zero_init=true"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
-            check_config_change(d, compose([*DIT, "norm=dyt", "trainer.keep_checkpoints=2", bad]))
+            check_config_change(d, compose([*DIT, "norm=dyt", "trainer.keep_checkpoints=2", bad]), dit)

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import dyt.checkpoint
-import dyt.logging
+import dyt.checkpoint.single_file
+import dyt.files
 import dyt.run
 from conftest import ROOT, TINY, compose
-from dyt.checkpoint import CorruptCheckpoint, list_checkpoints, load_latest
+from dyt.checkpoint import CorruptCheckpoint, load_latest
 from dyt.errors import ConfigError
-from dyt.logging import read_jsonl, read_summary, scan_jsonl
-from dyt.rundir import ConfigChanged, RunDirInUse, RunLock, check_config_change
+from dyt.logging import read_jsonl, scan_jsonl
+from dyt.rundir import ConfigChanged, RunDirInUse, RunLock, check_config_change, list_checkpoints, read_summary
 from dyt.run import train
 from dyt.trainer import Trainer
 
@@ -222,7 +222,8 @@ def test_damaged_summary_end_to_end(tmp_path, full):
 def fill_disk_at_checkpoint(monkeypatch, n: int, after_bytes: int = 100_000):
     """The n-th checkpoint write (1-based) fails with ENOSPC after `after_bytes`, as a full disk does."""
     count = {"n": 0}
-    real_init, real_write = dyt.checkpoint._HashingWriter.__init__, dyt.checkpoint._HashingWriter.write
+    writer = dyt.checkpoint.single_file._HashingWriter
+    real_init, real_write = writer.__init__, writer.write
 
     def init(self, f):
         real_init(self, f)
@@ -237,8 +238,8 @@ def fill_disk_at_checkpoint(monkeypatch, n: int, after_bytes: int = 100_000):
         self.budget -= len(data)
         return real_write(self, data)
 
-    monkeypatch.setattr(dyt.checkpoint._HashingWriter, "__init__", init)
-    monkeypatch.setattr(dyt.checkpoint._HashingWriter, "write", write)
+    monkeypatch.setattr(writer, "__init__", init)
+    monkeypatch.setattr(writer, "write", write)
 
 
 def test_disk_full_during_a_checkpoint(tmp_path, full, monkeypatch, capsys):
@@ -282,20 +283,20 @@ class _FullDiskFile:
 
 def test_disk_full_for_the_checkpoint_and_the_summary_is_one_line_each(tmp_path, monkeypatch, capsys):
     d = tmp_path / "r"
-    real = dyt.logging.write_text_atomic
+    real = dyt.files.write_text_atomic
 
     def atomic(path, text):  # the summary meets the full disk (config.yaml and metrics were written at start)
         if path.name != "summary.json":
             return real(path, text)
-        dyt.logging.open = _FullDiskFile  # the module's open, which write_text_atomic uses
+        dyt.files.open = _FullDiskFile  # the module's open, which write_text_atomic uses
         try:
             return real(path, text)
         finally:
-            del dyt.logging.open
+            del dyt.files.open
 
     with monkeypatch.context() as m:
         fill_disk_at_checkpoint(m, n=2)
-        m.setattr(dyt.logging, "write_text_atomic", atomic)
+        m.setattr(dyt.files, "write_text_atomic", atomic)
         with pytest.raises(ConfigError, match=r"could not write checkpoint .*step_00000006.pt: \[Errno 28\] No space"):
             train(compose(ARGS), d)
     err = capsys.readouterr().err
@@ -304,12 +305,12 @@ def test_disk_full_for_the_checkpoint_and_the_summary_is_one_line_each(tmp_path,
 
 
 def test_write_text_atomic_leaves_no_temporary_file(tmp_path):
-    dyt.logging.open = _FullDiskFile
+    dyt.files.open = _FullDiskFile
     try:
         with pytest.raises(OSError, match="No space left"):
-            dyt.logging.write_text_atomic(tmp_path / "summary.json", "{}")
+            dyt.files.write_text_atomic(tmp_path / "summary.json", "{}")
     finally:
-        del dyt.logging.open
+        del dyt.files.open
     assert list(tmp_path.iterdir()) == []
 
 

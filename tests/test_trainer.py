@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from dyt.checkpoint import list_checkpoints
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
 from dyt.run import evaluate_run, train
+from dyt.rundir import list_checkpoints
 from dyt.trainer import Trainer
 
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from dyt.logging import read_jsonl, read_summary
-from dyt.rundir import read_config
+from dyt.logging import read_jsonl
+from dyt.rundir import RunDir, read_config, read_summary
 
 # Written by eval.py (FID, lm-eval, re-evaluation) and dyt/families/llama/lm_eval.py beside summary.json.
-EVAL_FILES = ("eval.json", "lm_eval.json")
+EVAL_FILES = RunDir.EVALS
 TRAIN_LOSS = "train/loss"
 
 
@@ -53,16 +53,14 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     """Every run directory (summary.json beside config.yaml) under `paths`, each once, in path order."""
     found: dict[Path, None] = {}
     for p in paths:
-        candidates = [p / "summary.json"] if (p / "summary.json").exists() else sorted(p.rglob("summary.json"))
-        for s in candidates:
-            if (s.parent / "config.yaml").exists():
-                found.setdefault(s.parent.resolve(), None)
+        for rd in RunDir(p).find_runs():
+            found.setdefault(rd.path.resolve(), None)
     return list(found)
 
 
 def _events_curve(run_dir: Path) -> Callable[..., list[tuple[int, float]]]:
     def curve(metric: str = TRAIN_LOSS) -> list[tuple[int, float]]:
-        return [(e["step"], float(e[metric])) for e in read_jsonl(run_dir / "metrics.jsonl") if _number(e.get(metric))]
+        return [(e["step"], float(e[metric])) for e in read_jsonl(RunDir(run_dir).metrics) if _number(e.get(metric))]
     return curve
 
 
@@ -71,7 +69,7 @@ def load_run_dir(run_dir: Path) -> Optional[Run]:
     summary = read_summary(run_dir)
     if summary is None:
         return None
-    config = read_config(run_dir / "config.yaml") or {}
+    config = read_config(run_dir) or {}
     for name in EVAL_FILES:  # metrics the training did not measure (FID, zero-shot); summary.json stays first
         try:
             extra = json.loads((run_dir / name).read_text())

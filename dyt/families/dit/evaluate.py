@@ -27,6 +27,7 @@ from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats
 from dyt.families.dit.task import DiffusionTask, image_grid
 from dyt.family import Evaluation
 from dyt.precision import amp_dtype, autocast
+from dyt.rundir import RunDir
 
 GRID = 64  # samples shown in <run dir>/fid_samples.png
 WEIGHTS = ("auto", "ema", "raw")  # auto: the EMA when the checkpoint has one (the DiT paper's FID)
@@ -135,7 +136,7 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         logits = stats.logits()
         if logits is not None:
             metrics[f"{prefix}/is"], metrics[f"{prefix}/is_std"] = inception_score(logits, splits=min(10, n))
-        save_png(run_dir / "fid_samples.png", image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
+        save_png(RunDir(run_dir).fid_grid, image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
         return metrics
     finally:
         D.shutdown()

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from dyt.errors import ConfigError
+from dyt.files import write_json
 from dyt.families.llama.model import build_llama
 from dyt.family import Evaluation
+from dyt.rundir import RunDir
 
 # Table 4 reports the average zero-shot score over 15 lm-eval tasks. The paper does not list them; this is our
 # choice of 15 standard zero-shot lm-eval tasks (each scored by acc, or acc_norm where the harness reports it).
@@ -132,9 +134,9 @@ def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu
     from dyt.run import run_checkpoint
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.load(RunDir(run_dir).config)
     if cfg.model.family != "llama":
         raise ConfigError(f"{run_dir} is a {cfg.model.family} run; zero-shot tasks need a language model")
     path = run_checkpoint(run_dir, checkpoint)
@@ -245,8 +247,7 @@ def run_lm_eval(run_dir, tasks: list[str], include_path: Optional[str] = None, l
             main.append(float(score))
     if main:
         out["lm_eval/avg"] = sum(main) / len(main)
-    from dyt.logging import write_json
-    write_json(Path(run_dir) / "lm_eval.json", out)
+    write_json(RunDir(run_dir).lm_eval, out)
     return out
 
 
