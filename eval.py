@@ -17,10 +17,10 @@ import os
 import sys
 
 from dyt.errors import ConfigError
+from dyt.eval import evaluate_run, run_config
 from dyt.families import families, get_family
 from dyt.files import write_json
 from dyt.rundir import RunDir, read_eval
-from dyt.run import evaluate_run, run_config
 
 
 def parser() -> argparse.ArgumentParser:

@@ -44,12 +44,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 
 from dyt.parallel import AC_MODES, PARALLEL
 from dyt.errors import ConfigError
-from dyt.families import build_model, get_family, setup
+from dyt.families import build_model, compose, get_family
 from dyt.family import Shape
 
 GIB = 2**30
@@ -198,13 +196,6 @@ def split_launcher(overrides: list[str]) -> tuple[dict[str, int], list[str]]:
                 raise ConfigError(f"{o}: expected an integer") from None
             given.append(o)
     return found, given
-
-
-def compose(overrides: list[str]):
-    """The composed config for ``overrides``, exactly as ``python train.py <overrides>`` sees it."""
-    setup()
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
 
 
 def compose_with_launcher(argv: list[str], default_nodes: int = 1, default_gpus: int = 1):

@@ -54,18 +54,15 @@ def npz_batches(path: Path, batch_size: int, limit: int | None):
 def data_batches(name: str, root: str | None, split: str, overrides, batch_size: int, limit: int | None, workers: int):
     """Float [0, 1] batches of a data config's split, read with its evaluation transform."""
     import torch
-    from hydra import compose, initialize_config_dir
     from torch.utils.data import DataLoader, Subset
 
-    from dyt.families import setup
+    from dyt.families import compose
     from dyt.data.vision import RandomShift, build_vision_datasets
     from dyt.errors import ConfigError
 
-    setup()
     ov = [f"data={name}", *([f"data.root={root}"] if root else []), "data.augment.shift=0", *overrides]
     try:
-        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-            data = compose("train", overrides=ov).data
+        data = compose(ov).data
     except Exception as e:  # unknown config name, bad override: one line
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"cannot compose data={name} ({why})") from e

@@ -22,15 +22,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dyt import distributed as D  # noqa: E402
+import dyt.families  # noqa: E402,F401 - registers the built-in families (load_run asks the registry)
 from dyt.analysis import record_norm_io  # noqa: E402
-from dyt.checkpoint import load_checkpoint, load_model_state  # noqa: E402
 from dyt.errors import ConfigError  # noqa: E402
-from dyt.families import build_task  # noqa: E402
+from dyt.eval import load_run, run_checkpoint  # noqa: E402
 from dyt.logging import read_jsonl  # noqa: E402
 from dyt.nn import DynamicSquash  # noqa: E402
 from dyt.precision import amp_dtype, autocast  # noqa: E402
-from dyt.run import run_checkpoint, run_config  # noqa: E402
 from dyt.rundir import RunDir  # noqa: E402
 
 TRAIN_DYT = "python train.py norm=dyt <the run's other overrides>"
@@ -76,18 +74,13 @@ def save(fig, out: Path) -> Path:
 # --- scurves ----------------------------------------------------------------------------------------------
 def load_run_model(run: Path, weights: str, device_name: str):
     """(task, model in eval mode, device, checkpoint step, "ema" | "raw") of a run's latest checkpoint."""
-    cfg = run_config(run)
     try:
         path = run_checkpoint(run)
     except ConfigError as e:
         raise ConfigError(f"{e}; train (or resume) the run to write one: python train.py <the run's overrides>") from e
-    device = D.pick_device(device_name)
-    state = load_checkpoint(path, map_location=device, keys=("model", "ema"))
-    key = "ema" if weights == "auto" and "ema" in state else "model"
-    task = build_task(cfg, D.DistInfo(device=device))
-    model = task.build_model().to(device)
-    load_model_state(model, state[key], path)
-    return task, model.eval(), device, int(state["step"]), "ema" if key == "ema" else "raw"
+    loaded = load_run(run, checkpoint=str(path), device=device_name)
+    key = "ema" if weights == "auto" and "ema" in loaded.weights else "model"
+    return loaded.task, loaded.model(key), loaded.dist.device, loaded.step, "ema" if key == "ema" else "raw"
 
 
 def scurves(args) -> Path:

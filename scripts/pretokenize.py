@@ -19,20 +19,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dyt.data.text import document_ids, document_streams  # noqa: E402
 from dyt.data.tokenizers import load_tokenizer  # noqa: E402
-from dyt.families import setup  # noqa: E402
+from dyt.families import compose  # noqa: E402
 
 
 def data_config(name: str, overrides: list[str]):
-    setup()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", overrides=[f"data={name}", *overrides]).data
+    return compose([f"data={name}", *overrides]).data
 
 
 def write_split(docs, tok, out: Path, split: str, shard_tokens: int, max_tokens: int | None,

@@ -137,7 +137,7 @@ def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path):
     # reference statistics of the first 16 validation images.
     from dyt.checkpoint import load_checkpoint
     from dyt.distributed import DistInfo
-    from dyt.run import run_config
+    from dyt.eval import run_config
     from dyt.families import build_task
     from dyt.families.dit.evaluate import chunk_seed
     from dyt.families.dit.fid import FeatureStats, InceptionFeatures, frechet_distance, load_stats

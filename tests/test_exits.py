@@ -12,8 +12,9 @@ import yaml
 
 from conftest import OFFLINE_ENV, ROOT, TINY, compose, run_script
 from dyt.errors import ConfigError
+from dyt.eval import evaluate_run, run_config
 from dyt.logging import read_jsonl
-from dyt.run import evaluate_run, run_config, train
+from dyt.run import train
 from dyt.trainer import Trainer
 
 NOT_DIVISIBLE = ["trainer.batch_size=30", "trainer.grad_accum=4"]  # a config error found when the run starts

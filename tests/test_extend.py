@@ -18,7 +18,8 @@ from dyt.errors import ConfigError
 from dyt.family import Evaluation, Family, get_family, indexed, register_family
 from dyt.nn import build_norm
 from dyt.ranges import COUNT, ranged
-from dyt.run import run_config, train
+from dyt.eval import run_config
+from dyt.run import train
 from dyt.tasks.classification import ClassificationTask
 
 

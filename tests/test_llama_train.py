@@ -9,7 +9,8 @@ import pytest
 from conftest import ROOT, compose
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
-from dyt.run import evaluate_run, train
+from dyt.eval import evaluate_run
+from dyt.run import train
 
 LM = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=2",
       "model.n_kv_heads=1", "data.seq_len=32", "data.max_val_tokens=2048", "trainer.batch_size=8",

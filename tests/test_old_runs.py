@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from dyt.run import evaluate_run, run_config, train
+from dyt.eval import evaluate_run, run_config
+from dyt.run import train
 
 FIXTURES = ROOT / "tests/fixtures"
 RUNS = {"run_v0_1": ("val/loss", "val/top1", "val/top5"), "run_v0_1_llama": ("val/loss", "val/ppl"),

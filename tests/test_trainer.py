@@ -9,7 +9,8 @@ import torch
 from conftest import TINY, compose
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
-from dyt.run import evaluate_run, train
+from dyt.eval import evaluate_run
+from dyt.run import train
 from dyt.rundir import list_checkpoints
 from dyt.trainer import Trainer
 

@@ -3,7 +3,12 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch.nn as nn
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
 
 from dyt.config import register_shared
 from dyt.families import dit, llama, timm
@@ -25,6 +30,16 @@ def setup() -> None:
     register_shared()
 
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's config tree
+
+
+def compose(overrides=()) -> DictConfig:
+    """The composed config for `overrides`, exactly as ``python train.py <overrides>`` sees it (scripts, tests)."""
+    setup()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
 def build_task(cfg, dist) -> Task:
     """The task (model, data, loss, metrics) of a composed config's family."""
     return get_family(cfg.model.family).task(cfg, dist)
@@ -36,4 +51,4 @@ def build_model(cfg) -> nn.Module:
     return get_family(cfg.model.family).build(cfg.model, cfg.norm, cfg.data)
 
 
-__all__ = ["BUILTIN", "Family", "build_model", "build_task", "families", "get_family", "register_family", "setup"]
+__all__ = ["BUILTIN", "CONFIGS", "Family", "build_model", "build_task", "compose", "families", "get_family", "register_family", "setup"]

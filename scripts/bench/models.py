@@ -18,26 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn.functional as F
-from hydra import initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from dyt import build_model  # noqa: E402
-from dyt.families import setup  # noqa: E402
+from dyt.families import compose  # noqa: E402
 from record import machine, write_section  # noqa: E402 - scripts/bench/record.py
 
 
 BASELINE = {"llama": "rmsnorm"}  # per family; LayerNorm otherwise
 DEFAULT_DATA = {"llama": "text_pydoc"}  # a data config only fixes input shapes and vocabulary here
-
-
-def compose(overrides: list[str]):
-    setup()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return hydra.compose("train", overrides=overrides)
 
 
 def build(model: str, norm: str, data: str, overrides: list[str]):

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from dyt import build_model  # noqa: E402
 from dyt.analysis import InputStdProbe  # noqa: E402
-from dyt.families import setup  # noqa: E402
+from dyt.families import compose  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,9 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of configs/train.yaml (default: the default job)")
     args = p.parse_args(argv)
-    setup()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
+    cfg = compose(args.overrides)
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters())
     d = cfg.data

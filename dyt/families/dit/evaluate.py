@@ -21,12 +21,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dyt import distributed as D
+from dyt.data.vision import build_vision_datasets
 from dyt.errors import ConfigError
+from dyt.eval import load_run
 from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats, frechet_distance, inception_score,
                                   load_stats, save_stats)
 from dyt.families.dit.task import DiffusionTask, image_grid
 from dyt.family import Evaluation
-from dyt.precision import amp_dtype, autocast
+from dyt.logging import save_png
+from dyt.precision import autocast
 from dyt.rundir import RunDir
 
 GRID = 64  # samples shown in <run dir>/fid_samples.png
@@ -38,7 +42,6 @@ def real_images(data_cfg, split: str = "val", limit: int | None = None, batch: i
 
     `split` "val" reads the validation split with its evaluation transform (no augmentation), "train" the
     training split as the trainer sees it."""
-    from dyt.data.vision import build_vision_datasets
 
     train, val = build_vision_datasets(data_cfg)
     ds = val if split == "val" else train
@@ -81,37 +84,27 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
             batch_size: int = 100, ref_limit: int | None = 10_000, progress: bool | None = None,
             method: str = "sqrtm", weights: str = "auto") -> dict:
     """FID of `n` samples of a DiT run ({} on ranks other than 0); writes a grid of the first samples."""
-    from dyt import distributed as D
-    from dyt.checkpoint import load_checkpoint, load_model_state
-    from dyt.logging import save_png
-    from dyt.run import run_checkpoint, run_config
-
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir, overrides)
     if n < 2:
         raise ConfigError(f"--fid {n}: FID needs at least 2 samples (the paper's: 50000)")
-    path = run_checkpoint(run_dir, checkpoint)
-    dist = D.init_distributed(cfg.trainer.device)
-    try:
+    if weights not in WEIGHTS:
+        raise ConfigError(f"unknown FID weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
+    with load_run(run_dir, overrides, checkpoint) as run:
+        cfg, dist, path, state = run.cfg, run.dist, run.checkpoint, run.state
         if cfg.model.family != "dit":
             raise ConfigError(f"--fid applies to diffusion runs (model family dit); {run_dir} is a "
                               f"{cfg.model.family} run")
-        task = DiffusionTask(cfg, dist)
-        state = load_checkpoint(path, map_location=dist.device, keys=("model", "ema"))  # a file or a DCP directory
-        if weights not in WEIGHTS:
-            raise ConfigError(f"unknown FID weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
+        task = run.task
         if weights == "ema" and "ema" not in state:
             raise ConfigError(f"{path} holds no EMA weights (the run had trainer.ema_decay=null); use raw weights")
         weights = "model" if weights == "raw" or "ema" not in state else "ema"
-        model = task.build_model().to(dist.device)
-        load_model_state(model, state[weights], path)
+        model = run.model(weights)
         show = (progress if progress is not None else os.isatty(2)) and dist.is_main
         net = InceptionFeatures().to(dist.device)
         ref_stats, ref_from = reference_stats(cfg, ref, net, dist.device, ref_limit, show) if dist.is_main else ({}, "")
 
         stats, grid = FeatureStats(), None
         chunks = math.ceil(n / batch_size)
-        dtype = amp_dtype(cfg.trainer.precision, dist.device)
+        dtype = run.dtype
         for k in tqdm(range(dist.rank, chunks, dist.world_size), disable=not show, desc="FID samples", unit="batch"):
             labels = torch.arange(k * batch_size, min((k + 1) * batch_size, n)) % task.num_classes
             with autocast(dist.device, dtype):
@@ -138,8 +131,6 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
             metrics[f"{prefix}/is"], metrics[f"{prefix}/is_std"] = inception_score(logits, splits=min(10, n))
         save_png(RunDir(run_dir).fid_grid, image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
         return metrics
-    finally:
-        D.shutdown()
 
 
 def _fid_arguments(g) -> None:

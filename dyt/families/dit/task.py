@@ -24,10 +24,11 @@ from torch.utils.data import Dataset
 
 from dyt.data.latents import LatentDataset
 from dyt.data.sampler import sample_seed
+from dyt.data.vae import decode, load_vae
 from dyt.data.vision import build_vision_datasets
 from dyt.errors import ConfigError
-from dyt.tasks.base import Task
 from dyt.families.dit.gaussian_diffusion import GaussianDiffusion
+from dyt.tasks.base import Task
 
 SAMPLERS = ("ddpm", "ddim")
 LOSS_PARTS = ("loss", "mse", "vb")
@@ -72,13 +73,11 @@ class DiffusionTask(Task):
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Samples in model space -> float images in [0, 1] (latents decoded by the VAE)."""
         if self.latent:
-            from dyt.data.vae import decode
             return decode(self.vae(x.device), x.float()).clamp(0, 1)
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     def vae(self, device):
         if self._vae is None:
-            from dyt.data.vae import load_vae
             self._vae = load_vae(self.cfg.data.vae, device=device)
         return self._vae
 

@@ -6,15 +6,17 @@ Extra task YAML folders (``include_path``) make local, offline task files work t
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from dyt.data.tokenizers import load_tokenizer
 from dyt.errors import ConfigError
+from dyt.eval import load_run
 from dyt.files import write_json
-from dyt.families.llama.model import build_llama
 from dyt.family import Evaluation
 from dyt.rundir import RunDir
 
@@ -127,22 +129,10 @@ def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048, add_bos: bo
 
 def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu"):
     """(model, tokenizer, cfg) of an LM run directory (its config.yaml and latest checkpoint)."""
-    from omegaconf import OmegaConf
-
-    from dyt.checkpoint import load_checkpoint, load_model_state
-    from dyt.data.tokenizers import load_tokenizer
-    from dyt.run import run_checkpoint
-
-    run_dir = Path(run_dir)
-    if not RunDir(run_dir).config.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = OmegaConf.load(RunDir(run_dir).config)
-    if cfg.model.family != "llama":
-        raise ConfigError(f"{run_dir} is a {cfg.model.family} run; zero-shot tasks need a language model")
-    path = run_checkpoint(run_dir, checkpoint)
-    model = build_llama(cfg.model, cfg.norm, cfg.data).to(device)
-    load_model_state(model, load_checkpoint(path, map_location=device, keys=("model",))["model"], path)
-    return model.eval(), load_tokenizer(cfg.data), cfg
+    with load_run(run_dir, checkpoint=checkpoint, device=device, weights=("model",)) as run:
+        if run.family.name != "llama":
+            raise ConfigError(f"{run_dir} is a {run.family.name} run; zero-shot tasks need a language model")
+        return run.model(), load_tokenizer(run.cfg.data), run.cfg
 
 
 LOCAL_TASKS = ("point at a local copy: --include-path <folder of task YAMLs whose dataset_path is a local folder, "
@@ -151,7 +141,6 @@ _FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 
 
 def _offline() -> bool:
-    import os
     return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 

@@ -1,0 +1,31 @@
+"""Re-evaluating a run with its task's own validation metrics (top-1 / top-5, loss, perplexity), raw and EMA."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dyt.eval.load import load_run
+from dyt.eval.loop import evaluate
+from dyt.files import write_json
+from dyt.rundir import RunDir
+
+PREFIXES = {"model": "val", "ema": "val_ema"}  # as the trainer logs them
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str | None = None) -> dict:
+    """Re-evaluate a run's checkpoint (the latest unless `checkpoint`) with its own config + `overrides`.
+
+    A checkpoint is a single file or, from a sharded run (trainer.parallel=fsdp|hsdp), a DCP directory read whole
+    on each process; the plain model is evaluated (one process, or DDP-style shards of the val set under torchrun).
+
+    Writes ``eval.json`` into the run directory and returns the metrics (``val/...``, ``val_ema/...``).
+    """
+    with load_run(run_dir, overrides, checkpoint) as run:
+        tc = run.cfg.trainer
+        bs = tc.eval_batch_size or max(1, tc.batch_size // run.dist.world_size)
+        metrics = {"step": run.step, "checkpoint": str(run.checkpoint)}
+        for weights in run.weights:
+            values = evaluate(run.task, run.model(weights), run.dist.device, bs, run.dtype)
+            metrics.update({f"{PREFIXES[weights]}/{k}": v for k, v in values.items()})
+        if run.dist.is_main:
+            write_json(RunDir(run_dir).eval, metrics)
+        return metrics
