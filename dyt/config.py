@@ -143,7 +143,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile: the whole model under ddp, each block under fsdp / hsdp
-    # Parallelism (dyt/distributed.py wrap_model). ddp: a full replica per rank. fsdp: FSDP2, every block then the
+    # Parallelism (dyt/parallel.py wrap_model). ddp: a full replica per rank. fsdp: FSDP2, every block then the
     # root sharded over all ranks. hsdp: sharded within a group of hsdp_shard_size ranks (null: one node,
     # LOCAL_WORLD_SIZE), replicated across groups. On one process both train the plain module.
     parallel: str = "ddp"  # ddp | fsdp | hsdp

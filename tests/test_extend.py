@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from omegaconf import MISSING
 
 from conftest import ROOT, compose
 from dyt.errors import ConfigError

@@ -8,7 +8,6 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
-import dyt.config
 from conftest import ROOT, compose, run_script
 from dyt.errors import ConfigError
 from dyt.run import train

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from dyt.data.vae import SCALE_FACTOR, encode, latent_shape_of
 from dyt.data.vision import DataError
 from dyt.errors import ConfigError
+from dyt.files import write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 LAYOUT = "(n, view[image, hflip], stat[mean, std], C, h, w)"
@@ -100,12 +101,6 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _shard_done(split_dir: Path, k: int, shape: tuple) -> bool:
     """Whether shard k and its labels are on disk, complete, with `shape`."""
     try:
@@ -150,7 +145,7 @@ def extract(source_iter, vae, out_dir: Path, split: str, *, shard_size: int = 81
         diff = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
         raise ConfigError(f"{split_dir} holds an extraction with other settings ({', '.join(diff)}); "
                           "use another output folder or delete it")
-    _write_json(started, settings)
+    write_json(started, settings)
 
     it = None if sized else _items(source_iter)
     first = None
@@ -237,7 +232,7 @@ def extract(source_iter, vae, out_dir: Path, split: str, *, shard_size: int = 81
             "latent_shape": list(latent_shape), "count": int(count),
             "num_classes": int(meta.get("num_classes") or labels.max() + 1), "flip": flip, "mean_only": mean_only,
             "dtype": "float16", "layout": LAYOUT, "shard_size": shard_size, "shards": shards}
-    _write_json(split_dir / "meta.json", full)
+    write_json(split_dir / "meta.json", full)
     return split_dir
 
 

@@ -27,7 +27,6 @@ from torch.utils.data import Dataset, IterableDataset
 from dyt.data.hub import hf_offline
 from dyt.data.shards import load_shards, shard_meta
 from dyt.data.tokenizers import check_vocab, load_tokenizer
-from dyt.data.tokenizers import vocab_size  # noqa: F401  (until dyt/models/llama.py imports it from there)
 from dyt.errors import ConfigError
 
 SOURCES = ("pydoc", "local", "hf", "shards")

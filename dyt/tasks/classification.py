@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
 
 from dyt.data.vision import build_vision_datasets
 from dyt.errors import ConfigError
@@ -15,7 +16,7 @@ class ClassificationTask(Task):
         a = cfg.data.augment
         self.mixup = None
         if a.mixup > 0 or a.cutmix > 0:
-            from timm.data import Mixup  # mixes within each rank's micro-batch, as the paper's code
+            # mixes within each rank's micro-batch, as the paper's code
             self.mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.label_smoothing,
                                num_classes=cfg.data.num_classes)
         self.label_smoothing = a.label_smoothing

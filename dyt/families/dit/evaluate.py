@@ -27,7 +27,7 @@ from dyt.errors import ConfigError
 from dyt.eval import load_run
 from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats, frechet_distance, inception_score,
                                   load_stats, save_stats)
-from dyt.families.dit.task import DiffusionTask, image_grid
+from dyt.families.dit.task import image_grid
 from dyt.family import Evaluation
 from dyt.logging import save_png
 from dyt.precision import autocast

@@ -17,7 +17,6 @@ followed by ``to_empty()`` + ``init_weights()`` works (FSDP2).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch

@@ -6,13 +6,13 @@ Extra task YAML folders (``include_path``) make local, offline task files work t
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from dyt.data.hub import hf_offline
 from dyt.data.tokenizers import load_tokenizer
 from dyt.errors import ConfigError
 from dyt.eval import load_run
@@ -140,10 +140,6 @@ LOCAL_TASKS = ("point at a local copy: --include-path <folder of task YAMLs whos
 _FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-
-
 def _task_config(manager, name: str) -> Optional[dict]:
     entry = manager.task_index.get(name)
     cfg = getattr(entry, "cfg", None) if entry is not None else None
@@ -176,7 +172,7 @@ def check_tasks(names: list[str], manager) -> None:
     if unknown:
         raise ConfigError(f"unknown lm-eval task(s): {', '.join(unknown)} (task lists: {', '.join(TASK_LISTS)}; "
                           "`lm-eval ls tasks` lists the harness's tasks; add your own with --include-path)")
-    if not _offline():
+    if not hf_offline():
         return
     missing = [n for n in names if (ds := _hub_dataset(_task_config(manager, n))) and not _in_hf_cache(ds)]
     if missing:
