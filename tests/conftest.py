@@ -1,6 +1,8 @@
 """Shared fixtures: offline environment, Hydra composition, and running the real entry points."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -19,13 +21,8 @@ TINY = ["trainer.max_steps=12", "optim.warmup_steps=2", "trainer.eval_every=6", 
 
 def compose(overrides=()):
     """The composed config for `overrides`, exactly as `python train.py <overrides>` would see it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from dyt.families import setup
-    setup()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
+    from dyt.families import compose as dyt_compose  # imported when used: collecting the tests stays light
+    return dyt_compose(overrides)
 
 
 def run_script(args, cwd, timeout=300, env=None, check=True) -> subprocess.CompletedProcess:
@@ -36,6 +33,15 @@ def run_script(args, cwd, timeout=300, env=None, check=True) -> subprocess.Compl
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
+
+
+def script(path: str):
+    """The script at `path` (from the repository root: "eval.py", "scripts/fid_stats.py") as a module, to call its
+    main(argv) in this process where a fresh interpreter proves nothing more (each one imports torch again)."""
+    spec = importlib.util.spec_from_file_location(f"{Path(path).stem}_script", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
@@ -56,20 +62,51 @@ def pytest_configure(config):
 
 # --- scheduling under pytest-xdist (scripts/test.sh: -n 2; pyproject: --dist loadfile --no-loadscope-reorder) -------
 # Each file runs whole on one worker, so a module-scoped fixture (one expensive run feeding several tests) still runs
-# once. The files are handed out longest first, so that no long file starts last: rough seconds of each file run
-# serially on a busy 2-core machine (a file not listed counts 10). Only this ordering uses the numbers.
-FILE_COST = {"test_cli.py": 290, "test_launch.py": 245, "test_dit_train.py": 214, "test_fsdp.py": 189,
-             "test_validation.py": 110, "test_exits.py": 103, "test_fid.py": 102, "test_kernels.py": 81,
-             "test_bench_scripts.py": 75, "test_faults.py": 63, "test_language_cli.py": 51, "test_llama_train.py": 48,
-             "test_latents.py": 40, "test_plan.py": 22}
+# once. The files are handed out longest first, so that no long file starts last, by the serial seconds per file
+# measured into durations.json (a file not listed there counts UNMEASURED_S). Re-measure after changing a heavy file:
+#     DYT_TEST_WORKERS=0 bash scripts/test.sh --record-durations tests/durations.json [tests/test_x.py ...]
+DURATIONS = Path(__file__).with_name("durations.json")
+UNMEASURED_S = 10.0
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", metavar="PATH", default=None,
+                     help="add up each test file's time (setup, call, teardown) and write it into this JSON file "
+                          "(merged with the files it lists); conftest.py orders the files by tests/durations.json")
+
+
+_file_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    name = Path(report.nodeid.split("::")[0]).name
+    _file_seconds[name] = _file_seconds.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--record-durations")
+    if path and not hasattr(session.config, "workerinput") and _file_seconds:  # the controller (or a serial run)
+        out = Path(path)
+        known = json.loads(out.read_text()) if out.exists() else {}
+        known.update({name: round(s, 1) for name, s in _file_seconds.items()})
+        out.write_text(json.dumps(dict(sorted(known.items(), key=lambda kv: -kv[1])), indent=1) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.getoption("--record-durations") and _file_seconds:
+        terminalreporter.write_sep("=", "seconds per file (setup + call + teardown)")
+        for name, s in sorted(_file_seconds.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{s:8.1f}  {name}")
+        terminalreporter.write_line(f"{sum(_file_seconds.values()):8.1f}  total")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Under xdist: the files in decreasing order of their cost, each file's tests in their own order."""
+    """Under xdist: the files in decreasing order of their measured cost, each file's tests in their own order."""
     if not hasattr(config, "workerinput"):
         return  # a plain run keeps the collection order
+    cost = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     first = {}
     for i, item in enumerate(items):
         first.setdefault(item.path.name, i)
-    items.sort(key=lambda it: (-FILE_COST.get(it.path.name, 10), first[it.path.name]))  # stable: keeps test order
+    items.sort(key=lambda it: (-cost.get(it.path.name, UNMEASURED_S), first[it.path.name]))  # stable: keeps test order

@@ -1,5 +1,7 @@
 """The real entry points in subprocesses: the default job, a sweep, kill + resume, eval.py, 2-process DDP
-(gloo), and the one-line errors of bad input."""
+(gloo), and the one-line errors of bad input. Runs that only serve as references or inputs (the uninterrupted
+run, the resume after kill -9, the run eval.py reads) train in this process: a fresh interpreter would prove
+nothing more and costs an import of torch, Hydra and timm."""
 import json
 import os
 import shutil
@@ -10,8 +12,9 @@ import time
 
 import pytest
 
-from conftest import OFFLINE_ENV, ROOT, TINY, cpu_share, run_script
+from conftest import OFFLINE_ENV, ROOT, TINY, compose, cpu_share, run_script, script
 from dyt.logging import read_jsonl
+from dyt.run import train
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +37,7 @@ def test_default_job_reaches_90_percent(tmp_path):
     assert s["status"] == "completed" and s["val/top1"] > 90.0, s
 
 
-def test_multirun_sweep_then_rerun_skips(tmp_path):
+def test_multirun_sweep_then_rerun_skips(tmp_path, capsys):
     args = ["python", str(ROOT / "train.py"), "-m", "norm=layernorm,rmsnorm,dyt", *TINY]
     run_script(args, cwd=tmp_path)
     runs = sorted(p.name for p in (tmp_path / "multirun/sweep").iterdir() if p.is_dir() and p.name != ".hydra")
@@ -45,16 +48,18 @@ def test_multirun_sweep_then_rerun_skips(tmp_path):
     again = run_script(args, cwd=tmp_path)
     assert again.stdout.count("already completed") == 3
     # the comparison report puts the three norms of the cell on one row
-    out = run_script(["python", str(ROOT / "scripts/report.py"), "--sweep", str(tmp_path / "multirun"), "--out",
-                      str(tmp_path / "cmp")], cwd=tmp_path)
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| vit_pico-*-digits")]
+    capsys.readouterr()
+    assert script("scripts/report.py").main(["--sweep", str(tmp_path / "multirun"), "--out", str(tmp_path / "cmp")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| vit_pico-*-digits")]
     assert len(rows) == 1 and rows[0].count("|") == 7 and "val/top1" in rows[0]
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_steps=60", "trainer.ckpt_every=5",
-           "trainer.eval_every=30", "data.augment.shift=1", "data.num_workers=2", "model.drop_path=0.1"]
+def test_kill_and_resume_equals_uninterrupted(tmp_path, capsys):
+    """kill -9 of `python train.py` after a checkpoint; the resume and the uninterrupted run train here."""
+    overrides = [*TINY, "trainer.max_steps=60", "trainer.ckpt_every=5", "trainer.eval_every=30",
+                 "data.augment.shift=1", "data.num_workers=2", "model.drop_path=0.1"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides]
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -66,35 +71,45 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed/summary.json").exists(), "the run finished before it could be killed"
-    out = run_script(["python", *cmd[1:], f"hydra.run.dir={tmp_path}/killed"], cwd=tmp_path)
-    assert "resumed from" in out.stdout
-    run_script(["python", *cmd[1:], f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
+    capsys.readouterr()
+    train(compose(overrides), tmp_path / "killed")
+    assert "resumed from" in capsys.readouterr().out
+    train(compose(overrides), tmp_path / "straight")
     a, b = summary(tmp_path / "killed"), summary(tmp_path / "straight")
     assert a["status"] == b["status"] == "completed"
     assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
 
 
-def test_eval_script(tmp_path):
-    run_script(["python", str(ROOT / "train.py"), *TINY, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
-    out = run_script(["python", str(ROOT / "eval.py"), str(tmp_path / "r")], cwd=tmp_path)
-    s = summary(tmp_path / "r")
+# random augmentation drawn in data workers: what 2 ranks must reproduce exactly
+COMMON = [*TINY, "trainer.batch_size=32", "data.augment.shift=1", "data.num_workers=2"]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    """A tiny run of COMMON on one process, trained here: eval.py's input and the reference for torchrun."""
+    d = tmp_path_factory.mktemp("single") / "single"
+    train(compose(COMMON), d)
+    return d
+
+
+def test_eval_script(single_run, tmp_path):
+    out = run_script(["python", str(ROOT / "eval.py"), str(single_run)], cwd=tmp_path)
+    s = summary(single_run)
     assert f"val/top1: {s['val/top1']:.4f}" in out.stdout
-    assert json.loads((tmp_path / "r/eval.json").read_text())["step"] == 12
+    assert json.loads((single_run / "eval.json").read_text())["step"] == 12
 
 
-def test_torchrun_two_processes_match_single_process(tmp_path):
+def test_torchrun_two_processes_match_single_process(single_run, tmp_path):
     """With random augmentation drawn in data workers: each sample's draws are its own, so 2 ranks (gloo) see
     exactly the batches of one process (and never share draws, or the sums would differ)."""
-    common = [*TINY, "trainer.batch_size=32", "data.augment.shift=1", "data.num_workers=2"]
-    run_script(["python", str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path)
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *common,
+    run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *COMMON,
                 f"hydra.run.dir={tmp_path}/ddp"], cwd=tmp_path)
     b = summary(tmp_path / "ddp")
     assert b["world_size"] == 2 and b["status"] == "completed"
     # Every logged loss agrees to float reduction order (~1e-7 measured); shared or per-worker draws gave ~1e-4.
     losses = [[(e["step"], e.get("train/loss", e.get("val/loss"))) for e in read_jsonl(d / "metrics.jsonl")]
-              for d in (tmp_path / "single", tmp_path / "ddp")]
+              for d in (single_run, tmp_path / "ddp")]
     assert [s for s, _ in losses[1]] == [s for s, _ in losses[0]]
     assert [v for _, v in losses[1]] == pytest.approx([v for _, v in losses[0]], rel=1e-5)
 

@@ -1,16 +1,29 @@
 """The DiT family through the shared trainer: run records (loss parts, sample grids), exact resume, per-sample
 diffusion draws, guidance, divergence, wandb images, eval.py with FID, and the latent path end to end with a tiny
-locally built VAE (no download)."""
+locally built VAE (no download). eval.py and scripts/extract_latents.py run in this process (their main(argv)):
+a fresh interpreter would prove nothing more (test_cli and test_latents run them as commands)."""
 import json
+import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import ROOT, compose, run_script
+from conftest import ROOT, compose, run_script, script
+from dyt.checkpoint import load_checkpoint
+from dyt.data.sampler import SeededSamples
+from dyt.distributed import DistInfo
+from dyt.errors import ConfigError
+from dyt.eval import run_config
+from dyt.families import build_task, get_family
+from dyt.families.dit.evaluate import chunk_seed
+from dyt.families.dit.fid import FeatureStats, InceptionFeatures, frechet_distance, load_stats
 from dyt.logging import read_jsonl
 from dyt.run import train
+from dyt.rundir import check_config_change
 
 DIT = ["experiment=dit_pixel", "model.depth=2", "model.hidden=32", "model.heads=2", "trainer.batch_size=32",
        "trainer.max_steps=12", "trainer.eval_every=6", "trainer.ckpt_every=6", "trainer.log_every=3",
@@ -40,7 +53,6 @@ def test_dit_run_records_and_sample_grids(dyt_run):
     assert {"val/loss", "val/mse", "val/vb", "val_ema/loss"} <= set(val_ev[-1]) and [e["step"] for e in val_ev] == [6, 12]
     assert s["best/val/loss"] == min(e["val/loss"] for e in val_ev)
     # a grid per evaluation: 3 classes x 2 samples of 8x8 (padding 2), RGB
-    from PIL import Image
     grids = sorted((d / "samples").glob("grid_step*.png"))
     assert [g.name for g in grids] == ["grid_step00000006.png", "grid_step00000012.png"]
     assert np.asarray(Image.open(grids[-1])).shape == (3 * 10 + 2, 2 * 10 + 2, 3)
@@ -67,7 +79,6 @@ def test_dit_resume_equals_uninterrupted(dyt_run, tmp_path):
     (tmp_path / "cut/summary.json").unlink()
     resumed = run(tmp_path / "cut", "norm=dyt", "trainer.keep_checkpoints=2", "data.num_workers=2")
     assert resumed["train/loss"] == full["train/loss"] and resumed["val/loss"] == full["val/loss"]
-    from PIL import Image
     a, b = (np.asarray(Image.open(p / "samples/grid_step00000012.png")) for p in (d, tmp_path / "cut"))
     assert np.array_equal(a, b)  # the fixed-seed grid of the same weights
 
@@ -75,8 +86,6 @@ def test_dit_resume_equals_uninterrupted(dyt_run, tmp_path):
 def test_diffusion_draws_are_per_sample():
     """Timestep, noise and class dropout come with each sample: fixed by (seed, index) for validation, seeded per
     (seed, epoch, index) by the train loader, never by rank or batch."""
-    from dyt.distributed import DistInfo
-    from dyt.families import build_task
     cfg = compose(DIT)
     ranks = [build_task(cfg, DistInfo(rank=r, world_size=2)) for r in (0, 1)]
     single = build_task(cfg, DistInfo())
@@ -91,15 +100,12 @@ def test_diffusion_draws_are_per_sample():
     assert not same(val[3], val[4])
     # class dropout: about 10% of the labels become the null class (10), drawn per sample
     train, _ = single.datasets
-    from dyt.data.sampler import SeededSamples
     seeded = SeededSamples(train, 0, 0)
     dropped = np.mean([int(seeded[i][1]) == 10 for i in range(len(train))])
     assert 0.07 < dropped < 0.13
 
 
 def test_guidance_uses_the_null_class(dyt_run):
-    from dyt.distributed import DistInfo
-    from dyt.families import build_task
     d, _ = dyt_run
     task = build_task(compose([*DIT, "norm=dyt"]), DistInfo())
     model = task.build_model().eval()
@@ -124,23 +130,19 @@ def test_dit_wandb_offline_logs_the_grid(tmp_path, monkeypatch):
     assert list(offline.glob("files/media/images/samples/grid_*.png"))
 
 
-def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path):
+def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path, monkeypatch, capsys):
     d, _ = dyt_run
-    out = run_script(["python", str(ROOT / "eval.py"), str(d), "--fid", "12", "--fid-batch", "6",
-                      "--fid-ref-count", "16", "--fid-method", "eigh", "trainer.device=cpu"], cwd=tmp_path,
-                     env={"DYT_CACHE": str(tmp_path)})
+    monkeypatch.setenv("DYT_CACHE", str(tmp_path))
+    eval_py = script("eval.py")
+    capsys.readouterr()
+    assert eval_py.main([str(d), "--fid", "12", "--fid-batch", "6", "--fid-ref-count", "16", "--fid-method", "eigh",
+                         "trainer.device=cpu"]) == 0
     ev = json.loads((d / "eval.json").read_text())
     assert ev["fid/samples"] == 12 and ev["fid/weights"] == "ema" and ev["fid/ref_count"] == 16
-    assert "val_ema/loss" in ev and "val_ema/fid: " in out.stdout and (d / "fid_samples.png").is_file()
+    assert "val_ema/loss" in ev and "val_ema/fid: " in capsys.readouterr().out and (d / "fid_samples.png").is_file()
     assert "val/fid" not in ev  # the EMA's FID, named like its loss
     # The same number from the pieces: the EMA weights, balanced labels, chunk k seeded by (seed, k), the cached
     # reference statistics of the first 16 validation images.
-    from dyt.checkpoint import load_checkpoint
-    from dyt.distributed import DistInfo
-    from dyt.eval import run_config
-    from dyt.families import build_task
-    from dyt.families.dit.evaluate import chunk_seed
-    from dyt.families.dit.fid import FeatureStats, InceptionFeatures, frechet_distance, load_stats
     task = build_task(run_config(d), DistInfo())
     model = task.build_model()
     model.load_state_dict(load_checkpoint(d / "checkpoints/step_00000012.pt", map_location="cpu")["ema"])
@@ -154,8 +156,8 @@ def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path):
     assert ev["val_ema/fid"] == pytest.approx(frechet_distance(*stats.mean_cov(), ref["mu"], ref["sigma"], method="eigh"),
                                           rel=1e-6)
     # The raw weights' FID of the same checkpoint joins it in eval.json (it does not replace it)
-    run_script(["python", str(ROOT / "eval.py"), str(d), "--fid", "4", "--fid-batch", "4", "--fid-ref-count", "16",
-                "--fid-method", "eigh", "--fid-weights", "raw"], cwd=tmp_path, env={"DYT_CACHE": str(tmp_path)})
+    assert eval_py.main([str(d), "--fid", "4", "--fid-batch", "4", "--fid-ref-count", "16", "--fid-method", "eigh",
+                         "--fid-weights", "raw"]) == 0
     both = json.loads((d / "eval.json").read_text())
     assert both["val_ema/fid"] == ev["val_ema/fid"] and both["val/fid"] != ev["val_ema/fid"]
     assert both["fid/weights"] == "raw" and both["fid/samples"] == 4
@@ -164,7 +166,6 @@ def test_eval_py_fid_writes_eval_json_and_grid(dyt_run, tmp_path):
 def test_latent_dit_end_to_end(tmp_path):
     """Images -> latents (a tiny VAE built here) -> a few DiT steps -> sample grid decoded by the VAE."""
     from diffusers import AutoencoderKL
-    from PIL import Image
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
@@ -176,10 +177,11 @@ def test_latent_dit_end_to_end(tmp_path):
             (tmp_path / "img" / split / c).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"img/{split}/{c}/{i}.png")
+    extract_latents = script("scripts/extract_latents.py")
     for split in ("train", "val"):
-        run_script(["python", str(ROOT / "scripts/extract_latents.py"), "--vae", str(tmp_path / "vae"),
-                    "--root", str(tmp_path / "img"), "--split", split, "--image-size", "16",
-                    "--out", str(tmp_path / "lat"), "--workers", "0", "--no-progress"], cwd=tmp_path)
+        assert extract_latents.main(["--vae", str(tmp_path / "vae"), "--root", str(tmp_path / "img"), "--split", split,
+                                     "--image-size", "16", "--out", str(tmp_path / "lat"), "--workers", "0",
+                                     "--no-progress"]) == 0
     s = train(compose(["experiment=table3_dit_b4", "model.depth=1", "model.hidden=32", "model.heads=2",
                        f"data.root={tmp_path / 'lat'}", f"data.vae={tmp_path / 'vae'}", "data.num_classes=2",
                        "data.image_size=8", "data.num_workers=0", "trainer.batch_size=4", "trainer.max_steps=4",
@@ -194,11 +196,9 @@ def test_latent_dit_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_dit_torchrun_two_processes_match_single_process(tmp_path):
     """Each sample's timestep, noise and label dropout come with it from the loader: 2 ranks (gloo) see exactly
-    the draws of one process, so every logged loss agrees to float reduction order."""
-    import os
-    import sys
+    the draws of one process (trained here), so every logged loss agrees to float reduction order."""
     common = [*DIT, "trainer.max_steps=6", "trainer.eval_every=3", "data.num_workers=2", "trainer.device=cpu"]
-    run_script(["python", str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path)
+    train(compose(common), tmp_path / "single")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *common,
                 f"hydra.run.dir={tmp_path}/ddp"], cwd=tmp_path)
@@ -224,9 +224,6 @@ def test_dit_multirun_ln_vs_dyt_and_rerun_skips(tmp_path):
 def test_sampling_settings_may_change_on_resume_training_settings_may_not(dyt_run):
     """How samples are drawn (grids, FID) does not define a run: it may change when resuming, and does not
     name the run directory; the model and the diffusion it trains on do."""
-    from dyt.errors import ConfigError
-    from dyt.families import get_family
-    from dyt.rundir import check_config_change
     d, _ = dyt_run
     dit = get_family("dit").resume_keys  # the DiT family's own keys that may change on resume
     changes = check_config_change(d, compose([*DIT, "norm=dyt", "trainer.keep_checkpoints=2",

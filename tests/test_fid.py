@@ -13,7 +13,7 @@ from dyt.data.vision import DEBIAN_FASHION_MNIST, _read_idx
 from dyt.errors import ConfigError
 from dyt.families.dit import fid
 
-from conftest import ROOT, run_script
+from conftest import script
 
 
 def _random_stats(rng, d, n):
@@ -241,29 +241,24 @@ def test_save_load_round_trip_and_adm_reference_files(tmp_path):
         fid.load_stats(tmp_path / "missing.npz")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("fid_stats_script", ROOT / "scripts/fid_stats.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_fid_stats_script_on_a_dataset(tmp_path):
+def test_fid_stats_script_on_a_dataset(tmp_path, capsys):
+    """The script's main(argv) in this process: a fresh interpreter would prove nothing more."""
     out = tmp_path / "digits.npz"
-    res = run_script(["python", str(ROOT / "scripts/fid_stats.py"), "--data", "digits", "--limit", "12",
-                      "--batch-size", "8", "--out", str(out)], cwd=tmp_path)
-    assert f"12 images -> {out}" in res.stdout
+    capsys.readouterr()
+    assert script("scripts/fid_stats.py").main(["--data", "digits", "--limit", "12", "--batch-size", "8",
+                                                "--out", str(out)]) == 0
+    assert f"12 images -> {out}" in capsys.readouterr().out
     stats = fid.load_stats(out)
     assert stats["count"] == 12 and stats["mu"].shape == (2048,) and stats["split"] == "test"
     assert stats["network"] == "default_1.pt"
 
 
 def test_fid_stats_script_on_an_adm_npz_and_bad_input(tmp_path, real_net, capsys):
-    script = _script()
+    fid_stats = script("scripts/fid_stats.py")
     images = np.random.default_rng(5).integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)
     np.savez(tmp_path / "batch.npz", arr_0=images)
     out = tmp_path / "b.npz"
-    assert script.main(["--npz", str(tmp_path / "batch.npz"), "--batch-size", "3", "--out", str(out)]) == 0
+    assert fid_stats.main(["--npz", str(tmp_path / "batch.npz"), "--batch-size", "3", "--out", str(out)]) == 0
     got = fid.load_stats(tmp_path / "b.npz")
     expected = real_net(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)["pool"]
     mu, sigma = fid.feature_stats(expected)
@@ -272,8 +267,8 @@ def test_fid_stats_script_on_an_adm_npz_and_bad_input(tmp_path, real_net, capsys
     np.testing.assert_allclose(got["sigma"], sigma, rtol=1e-3, atol=1e-5)
 
     np.savez(tmp_path / "floats.npz", arr_0=images.astype(np.float32))
-    assert script.main(["--npz", str(tmp_path / "floats.npz")]) == 2
-    assert script.main(["--data", "no_such_data"]) == 2
+    assert fid_stats.main(["--npz", str(tmp_path / "floats.npz")]) == 2
+    assert fid_stats.main(["--data", "no_such_data"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: ") and "arr_0 must be uint8" in err[0]
     assert err[1].startswith("error: cannot compose data=no_such_data")

@@ -1,29 +1,69 @@
 """FSDP2 / HSDP on CPU (gloo, 2 processes under torchrun) against single-process training, activation
 checkpointing, sharded (DCP) checkpoints resumed on 1 and 2 processes, consolidation, meta-device init; and the
 pure pieces (block finding, the selective-checkpointing rule, checkpoint listing) without processes."""
+import json
 import os
 import shutil
 import sys
 
 import pytest
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from conftest import ROOT, TINY, compose, run_script
+from conftest import ROOT, TINY, compose, run_script, script
+from dyt import distributed as D
 from dyt.checkpoint import list_checkpoints, remove_leftovers
-from dyt.logging import read_jsonl, read_summary
+from dyt.errors import ConfigError
+from dyt.families import build_model, build_task, get_family
+from dyt.logging import read_jsonl
+from dyt.parallel import block_units, checkpointed_blocks, wrap_model
 from dyt.run import train
+from dyt.rundir import read_summary
+from dyt.validate import validate
 from test_llama_train import LM
 
 CPU = ["trainer.device=cpu", "optim.clip_grad=1.0"]
 # 63 val sequences: 32 / 31 per rank at eval batch 1, so the sharded evaluation runs its ranks in lockstep.
 LLAMA = [*LM, *CPU, "trainer.eval_batch_size=1", "trainer.ema_decay=0.9", "trainer.keep_checkpoints=2"]
 VIT = [*TINY, *CPU, "trainer.batch_size=32", "trainer.grad_accum=2", "optim.lr=3e-3"]
+TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
 
 
 def torchrun(args, run_dir, nproc=2):
-    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    return run_script([exe, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train.py"), *args,
+    return run_script([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train.py"), *args,
                        f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+
+
+def train_run(run_dir, overrides):
+    """One run of `overrides` into `run_dir` (a call made on every rank under tests/torchrun_calls.py)."""
+    train(compose(overrides), run_dir)
+
+
+def meta_init_check(llama, vit):
+    """On every rank of a 2-process group: the FSDP model built with trainer.init=meta holds, gathered, the
+    distributions of the exact build (constants equal, random tensors of similar spread, not one shard's draws
+    repeated); prints '<family> meta init ok' per family."""
+    dist = D.init_distributed("cpu")
+    for family, over in (("llama", llama), ("vit", vit)):
+        full = {}
+        for init in ("exact", "meta"):
+            cfg = compose([*over, "trainer.parallel=fsdp", f"trainer.init={init}"])
+            par = wrap_model(build_task(cfg, dist).build_model, dist, cfg.trainer, None, seed=cfg.seed,
+                             blocks=get_family(cfg.model.family).blocks)
+            full[init] = get_model_state_dict(par.model, options=StateDictOptions(full_state_dict=True))
+        if dist.rank == 0:
+            for k, ex in full["exact"].items():
+                me = full["meta"][k].float()
+                if ex.numel() == 1 or ex.float().std() == 0:  # constants (norm weights, alpha, biases): the same
+                    assert torch.equal(me, ex.float()), k
+                    continue
+                if ex.numel() < 64:
+                    continue
+                assert 0.7 < me.std() / ex.std() < 1.4, (k, me.std(), ex.std())  # the same distribution...
+                half = len(me) // 2  # ...and not one shard's draws twice
+                assert half == 0 or not torch.equal(me[:half], me[len(me) - half:]), k
+            print(family, "meta init ok", flush=True)
+    D.shutdown()
 
 
 def records(run_dir):
@@ -40,61 +80,76 @@ def assert_same_training(a, b, rel=1e-5):
         assert va == pytest.approx(vb, rel=rel, nan_ok=True)
 
 
-@pytest.fixture(scope="module")
-def llama_runs(tmp_path_factory):
-    """A tiny LLaMA (DyT, EMA, clipping) on one process and under FSDP on two: the latter's DCP checkpoints at
-    steps 3 and 6 serve the resume and consolidation tests."""
-    root = tmp_path_factory.mktemp("llama")
-    train(compose(LLAMA), root / "single")
-    torchrun([*LLAMA, "trainer.parallel=fsdp"], root / "fsdp")
-    return root
+class Runs:
+    """The module's runs under one folder: the single-process references and what the torchrun group made."""
+
+    def __init__(self, root, group):
+        self.root, self.group = root, group
+
+    def __truediv__(self, name):
+        """The run `name`; a 2-process run the group did not finish fails the test with the group's output."""
+        run = name.split("/")[0]
+        assert (self.root / run / "summary.json").exists(), \
+            f"{run}: not made\n{self.group.stdout[-3000:]}\n{self.group.stderr[-3000:]}"
+        return self.root / name
 
 
 @pytest.fixture(scope="module")
-def vit_single(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vit")
-    train(compose(VIT), root / "single")
-    return root / "single"
+def runs(tmp_path_factory):
+    """Tiny LLaMA (DyT, EMA, clipping) and ViT (gradient accumulation) runs on one process, here, and their 2-process
+    variants in ONE torchrun group (tests/torchrun_calls.py: starting a group costs more than these runs); the FSDP
+    LLaMA's DCP checkpoints at steps 3 and 6 serve the resume and consolidation tests."""
+    root = tmp_path_factory.mktemp("fsdp")
+    train(compose(LLAMA), root / "llama_single")
+    train(compose(VIT), root / "vit_single")
+    calls = [("test_fsdp", "train_run", [str(root / name), overrides]) for name, overrides in (
+        ("llama_fsdp", [*LLAMA, "trainer.parallel=fsdp"]),
+        ("vit_fsdp", [*VIT, "trainer.parallel=fsdp"]),  # with gradient accumulation (no sync, then sync)
+        ("llama_ac", [*LLAMA, "trainer.parallel=fsdp", "trainer.activation_checkpointing=full"]),
+        # HSDP as 2 replicas of 1 shard (gradients all-reduced across replicas) with every other block recomputed
+        ("vit_hsdp", [*VIT, "trainer.parallel=hsdp", "trainer.hsdp_shard_size=1",
+                      "trainer.activation_checkpointing=selective", "trainer.ac_every=2"]))]
+    calls.append(("test_fsdp", "meta_init_check", [LM, [a for a in TINY if a.startswith("model.")]]))
+    (root / "calls.json").write_text(json.dumps(calls))
+    group = run_script([TORCHRUN, "--standalone", "--nproc_per_node=2", str(ROOT / "tests/torchrun_calls.py"),
+                        str(root / "calls.json")], cwd=root, timeout=600, check=False)
+    return Runs(root, group)
 
 
 # --- (a) and (b): 2-process FSDP equals 1-process training ---------------------------------------------------
 @pytest.mark.slow
-def test_fsdp_llama_matches_single_process(llama_runs):
-    assert read_summary(llama_runs / "fsdp")["world_size"] == 2
-    assert [p.name for p in list_checkpoints(llama_runs / "fsdp/checkpoints")] == ["step_00000003", "step_00000006"]
-    assert_same_training(llama_runs / "single", llama_runs / "fsdp")
+def test_fsdp_llama_matches_single_process(runs):
+    assert read_summary(runs / "llama_fsdp")["world_size"] == 2
+    assert [p.name for p in list_checkpoints(runs / "llama_fsdp/checkpoints")] == ["step_00000003", "step_00000006"]
+    assert_same_training(runs / "llama_single", runs / "llama_fsdp")
 
     def logged_alphas(run):
         return [(k, v) for e in read_jsonl(run / "metrics.jsonl") for k, v in e.items() if k.startswith("alpha/")]
-    alphas, single = logged_alphas(llama_runs / "fsdp"), logged_alphas(llama_runs / "single")
+    alphas, single = logged_alphas(runs / "llama_fsdp"), logged_alphas(runs / "llama_single")
     assert [k for k, _ in alphas] == [k for k, _ in single] and "alpha/layers.0.attn_norm" in dict(alphas)
     assert [v for _, v in alphas] == pytest.approx([v for _, v in single], rel=1e-5)
 
 
 @pytest.mark.slow
-def test_fsdp_vit_matches_single_process(vit_single, tmp_path):
-    torchrun([*VIT, "trainer.parallel=fsdp"], tmp_path / "fsdp")  # with gradient accumulation (no sync, then sync)
-    assert_same_training(vit_single, tmp_path / "fsdp")
+def test_fsdp_vit_matches_single_process(runs):
+    assert_same_training(runs / "vit_single", runs / "vit_fsdp")
 
 
 @pytest.mark.slow
-def test_fsdp_llama_activation_checkpointing_matches(llama_runs, tmp_path):
-    torchrun([*LLAMA, "trainer.parallel=fsdp", "trainer.activation_checkpointing=full"], tmp_path / "ac")
-    assert_same_training(llama_runs / "single", tmp_path / "ac")
+def test_fsdp_llama_activation_checkpointing_matches(runs):
+    assert_same_training(runs / "llama_single", runs / "llama_ac")
 
 
 @pytest.mark.slow
-def test_hsdp_vit_selective_checkpointing_matches(vit_single, tmp_path):
+def test_hsdp_vit_selective_checkpointing_matches(runs):
     """HSDP as 2 replicas of 1 shard (gradients all-reduced across replicas) with every other block recomputed."""
-    torchrun([*VIT, "trainer.parallel=hsdp", "trainer.hsdp_shard_size=1", "trainer.activation_checkpointing=selective",
-              "trainer.ac_every=2"], tmp_path / "hsdp")
-    assert_same_training(vit_single, tmp_path / "hsdp")
+    assert_same_training(runs / "vit_single", runs / "vit_hsdp")
 
 
 # --- (c) DCP checkpoints: resume on 1 and on 2 processes --------------------------------------------------------
 @pytest.mark.slow
-def test_sharded_run_resumes_on_one_and_two_processes(llama_runs, tmp_path, capsys):
-    full = llama_runs / "fsdp"
+def test_sharded_run_resumes_on_one_and_two_processes(runs, tmp_path, capsys):
+    full = runs / "llama_fsdp"
     for n in (1, 2):
         shutil.copytree(full, tmp_path / f"cut{n}")
         (tmp_path / f"cut{n}/summary.json").unlink()
@@ -109,7 +164,7 @@ def test_sharded_run_resumes_on_one_and_two_processes(llama_runs, tmp_path, caps
     captured = capsys.readouterr()
     assert f"resumed from {tmp_path}/cut1/checkpoints/step_00000003 at step 3" in captured.out
     assert "step_00000006 is corrupt (rank 0: " in captured.err
-    out = torchrun([*LLAMA, "trainer.parallel=fsdp"], tmp_path / "cut2").stdout
+    out = torchrun([*LLAMA, "trainer.parallel=fsdp"], tmp_path / "cut2").stdout  # train.py itself under torchrun
     assert f"resumed from {tmp_path}/cut2/checkpoints/step_00000003 at step 3" in out
     for n in (1, 2):
         cut = tmp_path / f"cut{n}"
@@ -127,76 +182,43 @@ def test_sharded_run_resumes_on_one_and_two_processes(llama_runs, tmp_path, caps
 
 # --- (d) consolidation: DCP directory -> one file that eval.py reads ----------------------------------------------
 @pytest.mark.slow
-def test_consolidated_checkpoint_evaluates_like_the_run(llama_runs, tmp_path):
-    run = llama_runs / "fsdp"
+def test_consolidated_checkpoint_evaluates_like_the_run(runs, tmp_path, capsys):
+    """The consolidation script and eval.py run in this process (their main(argv)): one process, no group."""
+    run = runs / "llama_fsdp"
     out = tmp_path / "final.pt"
-    run_script(["python", str(ROOT / "scripts/consolidate_checkpoint.py"), str(run), "--out", str(out)], cwd=tmp_path)
+    assert script("scripts/consolidate_checkpoint.py").main([str(run), "--out", str(out)]) == 0
     state = torch.load(out, weights_only=True)
     assert state["step"] == 6 and {"model", "optimizer", "ema", "rng"} <= set(state)
     assert (tmp_path / "final.pt.sha256").is_file()
     # the layout of a single-process checkpoint: optimizer state by parameter index
-    single = torch.load(llama_runs / "single/checkpoints/step_00000006.pt", weights_only=True)
+    single = torch.load(runs / "llama_single/checkpoints/step_00000006.pt", weights_only=True)
     assert set(state["model"]) == set(single["model"])
     assert set(state["optimizer"]["state"]) == set(single["optimizer"]["state"])
     for k, v in single["model"].items():
         torch.testing.assert_close(state["model"][k], v, rtol=1e-4, atol=1e-6)
     summary = read_summary(run)
+    eval_py = script("eval.py")
     for ckpt in ([], ["--checkpoint", str(out)]):  # the DCP directory itself, then the consolidated file
-        text = run_script(["python", str(ROOT / "eval.py"), str(run), *ckpt], cwd=tmp_path).stdout
+        capsys.readouterr()
+        assert eval_py.main([str(run), *ckpt]) == 0
+        text = capsys.readouterr().out
         metrics = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
         assert float(metrics["val/loss"]) == pytest.approx(summary["val/loss"], rel=1e-4)
         assert float(metrics["val_ema/loss"]) == pytest.approx(summary["val_ema/loss"], rel=1e-4)
 
 
 # --- meta-device materialisation ---------------------------------------------------------------------------------
-META_CHECK = r'''
-import sys, torch
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-from conftest import compose
-from dyt import distributed as D
-from dyt.families import build_task, get_family
-from dyt.parallel import wrap_model
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-dist = D.init_distributed("cpu")
-for family, over in (("llama", sys.argv[2].split()), ("vit", sys.argv[3].split())):
-    full = {}
-    for init in ("exact", "meta"):
-        cfg = compose([*over, "trainer.parallel=fsdp", f"trainer.init={init}"])
-        par = wrap_model(build_task(cfg, dist).build_model, dist, cfg.trainer, None, seed=cfg.seed,
-                         blocks=get_family(cfg.model.family).blocks)
-        full[init] = get_model_state_dict(par.model, options=StateDictOptions(full_state_dict=True))
-    if dist.rank == 0:
-        for k, ex in full["exact"].items():
-            me = full["meta"][k].float()
-            if ex.numel() == 1 or ex.float().std() == 0:  # constants (norm weights, alpha, biases): the same
-                assert torch.equal(me, ex.float()), k
-                continue
-            if ex.numel() < 64:
-                continue
-            assert 0.7 < me.std() / ex.std() < 1.4, (k, me.std(), ex.std())  # the same distribution...
-            half = len(me) // 2  # ...and not one shard's draws twice
-            assert half == 0 or not torch.equal(me[:half], me[len(me) - half:]), k
-        print(family, "meta init ok", flush=True)
-D.shutdown()
-'''
-
-
 @pytest.mark.slow
-def test_meta_init_materialises_distinct_shards(tmp_path):
+def test_meta_init_materialises_distinct_shards(runs):
     """trainer.init=meta: no process builds the full model; each shard draws its own values (on the CPU DTensor's
-    random ops would repeat one shard's draws on every rank), with the distributions of the real build."""
-    script = tmp_path / "meta_check.py"
-    script.write_text(META_CHECK)
-    llama = " ".join(a for a in LM if "=" in a)
-    vit = " ".join(a for a in TINY if a.startswith("model."))
-    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    out = run_script([exe, "--standalone", "--nproc_per_node=2", str(script), str(ROOT), llama, vit], cwd=tmp_path)
-    assert "llama meta init ok" in out.stdout and "vit meta init ok" in out.stdout
+    random ops would repeat one shard's draws on every rank), with the distributions of the real build
+    (meta_init_check, called in the module's torchrun group)."""
+    out = runs.group.stdout
+    assert "llama meta init ok" in out and "vit meta init ok" in out, out[-3000:] + runs.group.stderr[-3000:]
 
 
 # --- the pieces, no processes -------------------------------------------------------------------------------------
 def test_selective_checkpointing_follows_the_released_llama_rule():
-    from dyt.parallel import checkpointed_blocks
     assert checkpointed_blocks(6, "selective", 2) == [True, False, True, False, True, False]
     assert checkpointed_blocks(6, "selective", 3) == [False, True, False, False, True, False]  # fms-fsdp p=1/3
     assert checkpointed_blocks(3, "selective", 1) == [True] * 3 == checkpointed_blocks(3, "full", 5)
@@ -210,8 +232,6 @@ def test_selective_checkpointing_follows_the_released_llama_rule():
     (["model=dit_tiny"], None),  # DiT blocks
 ])
 def test_every_family_has_its_blocks_found(overrides, count):
-    from dyt.families import build_model, get_family
-    from dyt.parallel import block_units
     cfg = compose(overrides)
     with torch.device("meta"):
         model = build_model(cfg)
@@ -240,7 +260,5 @@ def test_dcp_directories_are_listed_and_half_written_ones_removed(tmp_path):
     (["trainer.ac_every=0"], "trainer.ac_every=0: must be an integer >= 1"),
 ])
 def test_bad_parallel_settings_are_one_clear_error(args, message):
-    from dyt.errors import ConfigError
-    from dyt.validate import validate
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         validate(compose(args))

@@ -2,9 +2,9 @@
 AutoencoderKL."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
+import shutil
 import sys
 
 import numpy as np
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, script
 from dyt.data.latents import ImageFolderImages, LatentDataset, center_crop_arr, extract, image_to_input
 from dyt.data.vae import SCALE_FACTOR, decode, encode, load_vae
 from dyt.errors import ConfigError
@@ -23,16 +23,9 @@ CLASSES = {"cat": [(40, 50), (50, 40), (33, 33)], "dog": [(64, 48), (37, 61), (4
            "fish": [(40, 40), (45, 70), (20, 30)]}
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("extract_latents", ROOT / "scripts" / "extract_latents.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def cli(*args) -> int:
     """scripts/extract_latents.py in this process (fast); one test runs the real command line."""
-    return _script().main([str(a) for a in args])
+    return script("scripts/extract_latents.py").main([str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +276,6 @@ def test_saved_hf_dataset_source(tmp_path, images, vae_dir, extracted):
 
 
 def test_unreadable_image_names_the_file(tmp_path, images, vae_dir, capsys):
-    import shutil
     shutil.copytree(images, tmp_path / "images")
     bad = tmp_path / "images" / "train" / "dog" / "2_broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")

@@ -17,6 +17,7 @@ from dyt import launch
 from dyt.slurm import expand_counts, expand_nodelist, first_host, slurm_env
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
+from dyt.run import train
 
 CPU = [*TINY, "trainer.device=cpu"]
 
@@ -260,11 +261,11 @@ LONG = tiny(trainer__max_steps=100, trainer__ckpt_every=5, trainer__eval_every=5
 
 
 @pytest.mark.slow
-def test_sigusr1_checkpoints_and_the_same_command_resumes(tmp_path):
-    cmd = ["python", str(ROOT / "train.py"), *LONG, f"hydra.run.dir={tmp_path}/run"]
+def test_sigusr1_checkpoints_and_the_same_command_resumes(tmp_path, capsys):
+    """SIGUSR1 to `python train.py`: checkpoint, exit 128 + 10; the same overrides then resume (trained here)."""
+    cmd = [sys.executable, str(ROOT / "train.py"), *LONG, f"hydra.run.dir={tmp_path}/run"]
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, *cmd[1:]], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(tmp_path / "run/checkpoints", proc)
     proc.send_signal(signal.SIGUSR1)
     out = proc.communicate(timeout=120)[0]
@@ -272,17 +273,38 @@ def test_sigusr1_checkpoints_and_the_same_command_resumes(tmp_path):
     s = summary(tmp_path / "run")
     assert s["status"] == "interrupted" and s["signal"] == "SIGUSR1" and s["step"] < 100
     assert (tmp_path / f"run/checkpoints/step_{s['step']:08d}.pt").exists()  # the step it stopped at
-    again = run_script(cmd, cwd=tmp_path)  # the same command
-    assert f"resumed from {tmp_path}/run/checkpoints/step_{s['step']:08d}.pt at step {s['step']}" in again.stdout
+    capsys.readouterr()
+    train(compose(LONG), tmp_path / "run")  # the same overrides, nothing added
+    again = capsys.readouterr().out
+    assert f"resumed from {tmp_path}/run/checkpoints/step_{s['step']:08d}.pt at step {s['step']}" in again
     assert summary(tmp_path / "run")["status"] == "completed"
 
 
-@pytest.mark.slow
-def test_submitit_local_sweep(tmp_path):
+@pytest.fixture(scope="module")
+def submitit_sweep(tmp_path_factory):
+    """One submitit_local sweep of two jobs (norm=layernorm,dyt; each job starts an interpreter, so one sweep serves
+    both tests below) whose DyT job gets SIGUSR1 after a checkpoint: (sweep dir, DyT run dir, exit code, output)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    run_script(["python", str(ROOT / "train.py"), "-m", "norm=layernorm,dyt", "hydra/launcher=submitit_local",
-                *tiny(trainer__max_steps=6)], cwd=tmp_path)
-    sweep = tmp_path / "multirun/sweep"
+    tmp = tmp_path_factory.mktemp("submitit")
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "norm=layernorm,dyt", "hydra/launcher=submitit_local", *LONG]
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = tmp / "multirun/sweep"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(sweep.glob("vit_pico-dyt-*/checkpoints")):
+        time.sleep(0.1)
+    run_dir = next(sweep.glob("vit_pico-dyt-*"))
+    _wait_for_checkpoint(run_dir / "checkpoints", proc)
+    task_pid = int((run_dir / ".lock").read_text().split()[0])  # the job's task: the run's owner
+    os.kill(task_pid, signal.SIGUSR1)
+    out = proc.communicate(timeout=240)[0]
+    return sweep, run_dir, proc.returncode, out
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep(submitit_sweep):
+    sweep, _, code, out = submitit_sweep
+    assert code == 0, out[-3000:]
     points = sweep_points(sweep)
     assert [p.split("-s0_")[0] for p in points] == ["vit_pico-dyt-digits", "vit_pico-layernorm-digits"]
     for p in points:
@@ -291,23 +313,11 @@ def test_submitit_local_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_submitit_preempted_job_requeues_and_resumes(tmp_path):
+def test_submitit_preempted_job_requeues_and_resumes(submitit_sweep):
     """SIGUSR1 to a submitit job: the trainer checkpoints, submitit's handler resubmits the same job (its
     checkpoint() protocol; `scontrol requeue` on SLURM, a restart under submitit_local) and the run resumes."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "norm=dyt", "hydra/launcher=submitit_local", *LONG]
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sweep = tmp_path / "multirun/sweep"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(sweep.glob("vit_pico-*/checkpoints")):
-        time.sleep(0.1)
-    run_dir = next(sweep.glob("vit_pico-*"))
-    _wait_for_checkpoint(run_dir / "checkpoints", proc)
-    task_pid = int((run_dir / ".lock").read_text().split()[0])  # the job's task: the run's owner
-    os.kill(task_pid, signal.SIGUSR1)
-    out = proc.communicate(timeout=240)[0]
-    assert proc.returncode == 0, out[-3000:]
+    sweep, run_dir, code, out = submitit_sweep
+    assert code == 0, out[-3000:]
     log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_0_log.out"))
     assert "asking submitit to requeue" in log and "Requeued job" in log, log[-3000:]
     assert "resumed from" in log

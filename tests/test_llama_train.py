@@ -1,12 +1,14 @@
 """The LLaMA family through the shared trainer, in-process: run records (loss, ppl, tokens/s, alphas), exact
 resume, divergence, wandb offline, eval.py (val loss, ppl, zero-shot lm-eval on a local task file), sampling."""
 import json
+import random
 import shutil
-import sys
 
 import pytest
+import torch
 
-from conftest import ROOT, compose
+from conftest import compose, script
+from dyt.data.text import pydoc_documents
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
 from dyt.eval import evaluate_run
@@ -100,7 +102,6 @@ metric_list:
 
 def _hand_loglikelihood(model, context: str, continuation: str) -> float:
     """log p(continuation | EOS + context) of a byte-level run, straight from the model's logits."""
-    import torch
     ctx, cont = [256] + list(context.encode()), list(continuation.encode())
     ids = ctx + cont
     with torch.no_grad():
@@ -110,9 +111,6 @@ def _hand_loglikelihood(model, context: str, continuation: str) -> float:
 
 def test_eval_and_zero_shot_on_local_task(dyt_run, tmp_path):
     pytest.importorskip("lm_eval")
-    import random
-
-    from dyt.data.text import pydoc_documents
     from dyt.families.llama.lm_eval import load_run_model
     d, s = dyt_run
     again = evaluate_run(d)
@@ -139,9 +137,7 @@ def test_eval_and_zero_shot_on_local_task(dyt_run, tmp_path):
     (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks/tiny_local_mc.yaml").write_text(LOCAL_TASK.format(path=tmp_path / "mc.jsonl"))
-    sys.path.insert(0, str(ROOT))
-    import eval as eval_script
-    assert eval_script.main([str(d), "--tasks", "tiny_local_mc", "--include-path", str(tmp_path / "tasks")]) == 0
+    assert script("eval.py").main([str(d), "--tasks", "tiny_local_mc", "--include-path", str(tmp_path / "tasks")]) == 0
     scores = json.loads((d / "lm_eval.json").read_text())
     assert scores["lm_eval/tiny_local_mc/acc"] == pytest.approx(expected)
     assert scores["lm_eval/avg"] == scores["lm_eval/tiny_local_mc/acc"]
@@ -149,7 +145,6 @@ def test_eval_and_zero_shot_on_local_task(dyt_run, tmp_path):
 
 def test_loglikelihood_matches_direct_computation(dyt_run):
     pytest.importorskip("lm_eval")
-    import torch
     from lm_eval.api.instance import Instance
 
     from dyt.families.llama.lm_eval import load_run_model, make_lm
@@ -167,8 +162,7 @@ def test_loglikelihood_matches_direct_computation(dyt_run):
 
 
 def test_sample_script(dyt_run, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import sample
+    sample = script("scripts/sample.py")
     assert sample.main([str(dyt_run[0]), "--prompt", "def ", "--max-new-tokens", "8", "--seed", "0"]) == 0
     assert capsys.readouterr().out.startswith("def ")
 
