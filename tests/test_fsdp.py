@@ -215,6 +215,7 @@ def test_meta_init_materialises_distinct_shards(runs):
     (meta_init_check, called in the module's torchrun group)."""
     out = runs.group.stdout
     assert "llama meta init ok" in out and "vit meta init ok" in out, out[-3000:] + runs.group.stderr[-3000:]
+    assert runs.group.returncode == 0, runs.group.stderr[-3000:]  # the last call: every rank of the group ended well
 
 
 # --- the pieces, no processes -------------------------------------------------------------------------------------
