@@ -3,6 +3,7 @@ eval.py's bad input; what other ranks may write; throughput that counts training
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -100,8 +101,11 @@ def test_throughput_counts_training_steps_only(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
     train(compose([*TINY, "trainer.eval_every=3"]), tmp_path / "slow")
     events = {name: [e for e in read_jsonl(tmp_path / name / "metrics.jsonl")] for name in ("fast", "slow")}
-    thr = {name: min(e["train/throughput"] for e in ev if e["split"] == "train") for name, ev in events.items()}
-    assert thr["slow"] > 0.4 * thr["fast"], thr  # was ~10x lower: 1 s of eval in a ~0.1 s window
+    # The median window: one window slowed by the other test worker (2.5x, seen in CI) is noise, not the defect;
+    # counting the eval made EVERY window after an eval ~10-30x slower (1 s of eval in a ~0.1 s window).
+    thr = {name: statistics.median(e["train/throughput"] for e in ev if e["split"] == "train")
+           for name, ev in events.items()}
+    assert thr["slow"] > 0.4 * thr["fast"], thr
     assert all(e["val/time_s"] >= 1.0 for e in events["slow"] if e["split"] == "val")
     assert fast["status"] == "completed"
 
