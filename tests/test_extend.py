@@ -6,7 +6,6 @@ import dataclasses
 import importlib.util
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from dyt.errors import ConfigError
 from dyt.family import Evaluation, Family, get_family, indexed, register_family
 from dyt.nn import build_norm
 from dyt.ranges import COUNT, ranged
-from dyt.eval import run_config
+from dyt.eval import load_run, run_config
 from dyt.run import train
 from dyt.tasks.classification import ClassificationTask
 
@@ -63,8 +62,8 @@ def _weight_norm_args(group) -> None:
 
 
 def _weight_norm(run_dir, args, overrides, checkpoint) -> dict:
-    from dyt.checkpoint import list_checkpoints, load_checkpoint
-    state = load_checkpoint(list_checkpoints(Path(run_dir) / "checkpoints")[-1], keys=("model",))["model"]
+    with load_run(run_dir, overrides, checkpoint, weights=("model",)) as run:  # what a family's evaluation starts from
+        state = run.state["model"]
     return {"toy/weight_norm": float(torch.sqrt(sum((v.float() ** 2).sum() for v in state.values())))}
 
 

@@ -6,11 +6,12 @@ from dyt.families.dit.evaluate import FID
 from dyt.families.dit.model import build_dit
 from dyt.families.dit.task import DiffusionTask
 from dyt.family import Family, Shape, indexed
+from dyt.ranges import COUNT
 
 
 def dit_check(cfg) -> list[str]:
     m, d = cfg.model, cfg.data
-    ok = lambda *vals: all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals)  # noqa: E731
+    ok = lambda *vals: all(COUNT.accepts(v) for v in vals)  # noqa: E731 - each reported apart when not
     problems = []
     patch = m.get("patch_size") or d.get("patch_size")
     if ok(d.get("image_size"), patch) and d.image_size % patch:

@@ -6,6 +6,7 @@ from dyt.families.llama.lm_eval import LM_EVAL
 from dyt.families.llama.model import build_llama
 from dyt.families.llama.task import LanguageTask
 from dyt.family import Family, Shape, indexed
+from dyt.ranges import COUNT
 
 
 def llama_check(cfg) -> list[str]:
@@ -13,7 +14,7 @@ def llama_check(cfg) -> list[str]:
     if any(m.get(k) is None for k in ("dim", "n_heads")):
         return []
     kv = m.get("n_kv_heads") or m.n_heads
-    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (m.dim, m.n_heads, kv))
+    ok = all(COUNT.accepts(v) for v in (m.dim, m.n_heads, kv))
     if ok and (m.dim % m.n_heads or m.n_heads % kv):
         return [f"model.dim={m.dim}, model.n_heads={m.n_heads}, model.n_kv_heads={kv}: dim must be a multiple of "
                 "n_heads and n_heads a multiple of n_kv_heads"]

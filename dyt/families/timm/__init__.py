@@ -6,6 +6,7 @@ Three families sharing one schema, one builder module and the classification tas
 from __future__ import annotations
 
 from dyt.family import Family, Shape, indexed
+from dyt.ranges import COUNT
 from dyt.families.timm.config import TimmModelConfig
 from dyt.families.timm.model import build_cnn, build_convnext, build_vit
 from dyt.tasks.classification import ClassificationTask
@@ -13,14 +14,10 @@ from dyt.tasks.classification import ClassificationTask
 SCHEMAS = {"schema_timm": TimmModelConfig}
 
 
-def _ok(*vals) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals)
-
-
 def vit_check(cfg) -> list[str]:
     m, d = cfg.model, cfg.data
     patch = m.get("patch_size") or d.get("patch_size")
-    if _ok(d.get("image_size"), patch) and d.image_size % patch:
+    if COUNT.accepts(d.get("image_size")) and COUNT.accepts(patch) and d.image_size % patch:
         return [f"data.image_size={d.image_size} is not a multiple of the ViT patch size {patch}; "
                 "set model.patch_size or data.image_size"]
     return []
