@@ -125,6 +125,7 @@ class OptimConfig:
     warmup_epochs: Optional[float] = ranged(None, OPT_NONNEG)  # when set, replaces warmup_steps
     warmup_shape: str = "linear"  # linear: lr * x | quadratic: lr * (1 - (1 - x)^2), x = step / warmup (LLaMA code)
     min_lr_ratio: float = ranged(0.0, PROB)  # cosine decays to lr * min_lr_ratio
+    cosine_steps: Optional[int] = ranged(None, OPT_COUNT)  # the cosine ends here (null: at max_steps); LLaMA code: 1M
     clip_grad: Optional[float] = ranged(None, OPT_POSITIVE)  # max global grad norm (null = off)
 
 
