@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pytest
 
 from conftest import OFFLINE_ENV, ROOT, TINY, compose, cpu_share, run_script, script
@@ -125,3 +127,19 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     out = run_script(["python", str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path, check=False)
     assert out.returncode != 0 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(Path("/usr/share/datasets/fashion-mnist").exists(), reason="Debian's Fashion-MNIST is installed")
+def test_missing_dataset_without_network_is_one_line_and_leaves_nothing(tmp_path):
+    """Not offline by the HF_* variables, but no network (a proxy that refuses): torchvision's download fails, and the
+    user gets one line naming how to get the data, exit 2, and no run directory (not a traceback and a stale dir)."""
+    env = {k: "" for k in OFFLINE_ENV if k.startswith("HF_")}
+    env.update(https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="", DYT_CACHE=str(tmp_path / "cache"))
+    out = run_script(["python", str(ROOT / "train.py"), "data=fashion_mnist", f"hydra.run.dir={tmp_path}/r"],
+                     cwd=tmp_path, env=env, check=False)
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr
+    assert len(errors) == 1 and "torchvision could not download it" in errors[0], out.stderr
+    assert "apt-get install dataset-fashion-mnist" in errors[0] and "data.root=" in errors[0]
+    assert not (tmp_path / "r").exists()
