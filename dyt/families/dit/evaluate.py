@@ -27,7 +27,7 @@ from dyt.errors import ConfigError
 from dyt.eval import load_run
 from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats, frechet_distance, inception_score,
                                   load_stats, save_stats)
-from dyt.families.dit.task import image_grid
+from dyt.families.dit.grid import image_grid
 from dyt.family import Evaluation
 from dyt.logging import save_png
 from dyt.precision import autocast
@@ -102,7 +102,7 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         net = InceptionFeatures().to(dist.device)
         ref_stats, ref_from = reference_stats(cfg, ref, net, dist.device, ref_limit, show) if dist.is_main else ({}, "")
 
-        stats, grid = FeatureStats(), None
+        stats, grid, grid_labels = FeatureStats(), None, None
         chunks = math.ceil(n / batch_size)
         dtype = run.dtype
         for k in tqdm(range(dist.rank, chunks, dist.world_size), disable=not show, desc="FID samples", unit="batch"):
@@ -112,7 +112,7 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
             feats = net(images.to(dist.device))
             stats.add(feats["pool"].cpu(), feats.get("logits"))  # CPU: the accumulators are gathered as objects
             if k == 0:
-                grid = images[:GRID]
+                grid, grid_labels = images[:GRID], labels[:GRID].tolist()
         gathered = D.all_gather_object(stats)
         if not dist.is_main:
             return {}
@@ -129,7 +129,8 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         logits = stats.logits()
         if logits is not None:
             metrics[f"{prefix}/is"], metrics[f"{prefix}/is_std"] = inception_score(logits, splits=min(10, n))
-        save_png(RunDir(run_dir).fid_grid, image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
+        save_png(RunDir(run_dir).fid_grid, image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1,
+                                                         labels=grid_labels))
         return metrics
 
 
