@@ -24,6 +24,7 @@ from dyt.config import DATA_SCHEMAS, LauncherConfig, LoggerConfig, NormConfig, O
 from dyt.data.vision import image_folder_classes
 from dyt.errors import ConfigError
 from dyt.family import Family, families, get_family
+from dyt.hydra_errors import did_you_mean
 from dyt.nn import NORM_KINDS
 from dyt.parallel import AC_MODES, INITS, PARALLEL
 from dyt.ranges import COUNT, NumList, rules
@@ -69,6 +70,12 @@ def _fmt(v: Any) -> str:
 def _check_node(node: DictConfig, prefix: str, problems: list[str]) -> None:
     cls = schema_of(node)
     own = rules(cls) if cls else {}
+    if cls is not None and dataclasses.is_dataclass(cls):  # a key forced in with ++key= / +key= is a typo, not a setting
+        fields = [f.name for f in dataclasses.fields(cls)]
+        for key in node.keys():
+            if key not in fields:
+                where = prefix.rstrip(".") or "the config"
+                problems.append(f"{prefix}{key} is not a setting of {where}{did_you_mean(str(key), fields, prefix)}")
     for key, rule in own.items():
         if key not in node or OmegaConf.is_missing(node, key):
             continue  # missing mandatory values are reported once, by _missing

@@ -284,10 +284,10 @@ def test_lm_eval_unreachable_hub_is_one_line(monkeypatch):
     (["model=llama_tiny", "data=digits"],
      "error: model=llama_tiny (family llama) needs a text dataset (a data config with seq_len, e.g. data=text_pydoc); "
      "data=digits is an image dataset\n"),
-    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["experiment=nope"], "error: no experiment config 'nope' (choices: alpha_sweep_tiny, "),
 ])
 def test_train_script_reports_one_line(tmp_path, args, message):
     out = run_script(["python", str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
                      check=False)
-    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "run/summary.json").exists() and not (tmp_path / "run/checkpoints").exists()
