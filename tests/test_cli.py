@@ -49,6 +49,11 @@ def test_multirun_sweep_then_rerun_skips(tmp_path, capsys):
         assert summary(tmp_path / "multirun/sweep" / r)["status"] == "completed"
     again = run_script(args, cwd=tmp_path)
     assert again.stdout.count("already completed") == 3
+    # trainer.parallel is left out of run names (it changes how, not what): the skip line says what differs
+    capsys.readouterr()
+    train(compose(["norm=dyt", *TINY, "trainer.parallel=fsdp"]), tmp_path / "multirun/sweep" / runs[0])
+    assert ("already completed; skipping. It ran with other settings than this command's (trainer.parallel: \"ddp\" -> "
+            "\"fsdp\"): to train these settings beside it add run_name=") in capsys.readouterr().out
     # the comparison report puts the three norms of the cell on one row
     capsys.readouterr()
     assert script("scripts/report.py").main(["--sweep", str(tmp_path / "multirun"), "--out", str(tmp_path / "cmp")]) == 0
