@@ -79,14 +79,14 @@ def _report(n: int) -> None:
         _job["sent"] = time.monotonic()
 
 
-def _work(split: str, index: int, part) -> tuple[str, int, dict]:
+def _work(split: str, index: int, part) -> dict:
     j = _job
     rec = write_part(part.documents(j["cfg"]), lambda doc: document_ids(j["tok"], doc, j["cfg"].add_bos), j["out"],
                      split, index, dtype=j["dtype"], shard_tokens=j["shard_tokens"], max_tokens=j["caps"][split],
                      progress=_report)
     if j.get("pending"):
         j["queue"].put(j.pop("pending"))
-    return split, index, rec
+    return rec
 
 
 class _Done:
@@ -152,7 +152,7 @@ def tokenize_parts(parts: dict, job: dict, workers: int) -> dict[str, list[dict]
                 pass
             for (s, i), result in list(running.items()):
                 if result.ready():
-                    _, _, records[s][i] = result.get()
+                    records[s][i] = result.get()
                     del running[(s, i)]
             for key in [k for k in running if _covered(records[k[0]], caps[k[0]])]:
                 del running[key]  # past the cap: stopped with the pool below

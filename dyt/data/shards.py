@@ -59,7 +59,8 @@ def load_shards(root, split: str) -> list[np.ndarray]:
     meta = shard_meta(root)
     entries = meta["shards"].get(split, [])
     if not entries:
-        raise ConfigError(f"{root} has no {split!r} shards (has: {', '.join(k for k, v in meta['shards'].items() if v)})")
+        have = ", ".join(k for k, v in meta["shards"].items() if v)
+        raise ConfigError(f"{root} has no {split!r} shards (has: {have})")
     arrays = []
     for s in entries:
         path = Path(root) / s["file"]
