@@ -98,7 +98,7 @@ class TextDataConfig:
     val_fraction: float = ranged(0.05, Num(0, 1, lo_open=True, hi_open=True))  # held-out share of documents (map-style sources)
     val_docs: int = ranged(2000, COUNT)  # held-out leading documents of a stream (streaming, no val_split)
     text_column: str = "text"
-    tokenizer: str = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder
+    tokenizer: Optional[str] = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder (shards: null = theirs)
     eos_token: Optional[str] = None  # for a bare tokenizer.json: the token put between documents
     add_bos: bool = False  # pack BOS + document + EOS (the released LLaMA code) instead of document + EOS
     bos_token: Optional[str] = None  # for a bare tokenizer.json: the token put before each document (add_bos)
@@ -107,7 +107,8 @@ class TextDataConfig:
     seq_len: int = ranged(256, COUNT)  # tokens per training sequence (the model sees seq_len, predicts seq_len)
     streaming: bool = False  # hf only: stream instead of downloading the whole dataset
     shuffle_buffer: int = ranged(10_000, NONNEG_INT)  # streaming: HF's buffer shuffle (seeded by run seed and pass)
-    max_train_tokens: Optional[int] = ranged(None, OPT_COUNT)  # cap on tokenized training text (map-style sources)
+    max_train_tokens: Optional[int] = ranged(None, OPT_COUNT)  # cap on tokenized training text (map-style, shards)
+    corpus: Optional[str] = None  # shards: the configs/data/ corpus they are made from (the pretokenize command in errors)
     max_val_tokens: Optional[int] = ranged(2_000_000, OPT_COUNT)
     num_workers: int = ranged(0, NONNEG_INT)  # streaming always uses 0 (one deterministic stream per rank)
 
