@@ -157,7 +157,8 @@ class TrainerConfig:
     channels_last: bool = False  # image models and batches in channels_last memory (timm's --channels-last)
     ema_decay: Optional[float] = ranged(None, Num(0, 1, hi_open=True, optional=True))  # model EMA (timm ModelEmaV3); null = off
     keep_checkpoints: int = ranged(1, COUNT)
-    progress: str = "auto"  # auto (a bar on a tty, quiet otherwise) | on | off
+    progress: str = "auto"  # auto (a bar on a tty, else a line every progress_every s) | bar | lines | off
+    progress_every: float = ranged(30.0, POSITIVE)  # seconds between progress lines (stdout and train.log)
     deterministic: bool = False
 
 

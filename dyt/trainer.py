@@ -24,11 +24,12 @@ from dyt.checkpoint import Checkpointer
 from dyt.errors import ConfigError
 from dyt.eval import evaluate
 from dyt.families import build_task, get_family
-from dyt.logging import RunLogger, progress_bar
+from dyt.logging import RunLogger
 from dyt.optim import build_optimizer, build_scheduler
 from dyt.parallel import wrap_model
 from dyt.plan import check_model_fits
 from dyt.precision import amp_dtype, autocast
+from dyt.progress import Progress
 from dyt.rundir import RunDir
 
 
@@ -249,7 +250,9 @@ class Trainer:
         tc = self.tc
         batches = self._batches()
         self.net.train()
-        bar = progress_bar(self.max_steps, self.step, tc.progress, self.dist.is_main)
+        # a bar on a terminal, else a line every trainer.progress_every seconds on stdout and in train.log
+        bar = Progress(self.max_steps, "train", "step", initial=self.step, mode=tc.progress, enabled=self.dist.is_main,
+                       every=tc.get("progress_every", 30.0), log_file=self.run_dir / RunDir.LOG)
         win = self.window  # restored from the checkpoint on resume: a resumed run logs what the uninterrupted one did
         try:
             while self.step < self.max_steps:

@@ -27,6 +27,8 @@ from dyt.family import Family, families, get_family
 from dyt.hydra_errors import did_you_mean
 from dyt.nn import NORM_KINDS
 from dyt.parallel import AC_MODES, INITS, PARALLEL
+from dyt.progress import LEGACY as LEGACY_PROGRESS
+from dyt.progress import MODES as PROGRESS_MODES
 from dyt.ranges import COUNT, NumList, rules
 
 SHARED_SCHEMAS = (TrainConfig, NormConfig, OptimConfig, TrainerConfig, LoggerConfig, LauncherConfig, *DATA_SCHEMAS)
@@ -150,6 +152,7 @@ def _cross_checks(cfg, problems: list[str]) -> None:
     if t.get("max_steps", 0) is None and t.get("epochs", 0) is None:
         problems.append("trainer.max_steps=null and trainer.epochs=null: set one of them (the run's length)")
     _parallel_checks(t, problems)
+    _progress_check(t, problems)
     _norm_check(cfg.norm.get("name"), m, problems)
     family: Family = get_family(m.family)
     if family.check is not None:
@@ -162,6 +165,11 @@ def _norm_check(name: str, m, problems: list[str]) -> None:
     if name not in NORM_KINDS and name != native:
         kinds = sorted(NORM_KINDS) + ([native] if native and native not in NORM_KINDS else [])
         problems.append(f"norm={name}: unknown norm for {m.get('name')}; choose one of: {', '.join(kinds)}")
+
+
+def _progress_check(t, problems: list[str]) -> None:
+    if t.get("progress", "auto") not in (*PROGRESS_MODES, *LEGACY_PROGRESS):
+        problems.append(f"trainer.progress={t.get('progress')}: unknown; choose one of: {', '.join(PROGRESS_MODES)}")
 
 
 def _parallel_checks(t, problems: list[str]) -> None:

@@ -3,6 +3,7 @@
 run, the resume after kill -9, the run eval.py reads) train in this process: a fresh interpreter would prove
 nothing more and costs an import of torch, Hydra and timm."""
 import json
+import re
 import os
 import shutil
 import signal
@@ -161,3 +162,16 @@ def test_missing_dataset_without_network_is_one_line_and_leaves_nothing(tmp_path
     assert len(errors) == 1 and "torchvision could not download it" in errors[0], out.stderr
     assert "apt-get install dataset-fashion-mnist" in errors[0] and "data.root=" in errors[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_off_a_terminal_training_prints_progress_lines_into_train_log(tmp_path):
+    """Under nohup / a pipe / SLURM (stdout not a terminal), trainer.progress=auto prints a line every
+    trainer.progress_every seconds (step, rate, ETA, loss, lr, throughput), on stdout and in the run's train.log."""
+    out = run_script(["python", str(ROOT / "train.py"), *TINY, "trainer.max_steps=30", "trainer.progress_every=0.01",
+                      f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path, env={"PYTEST_CURRENT_TEST": ""})
+    pattern = r"\[train\] \d+/30 step \(\d+%\) \| [\d.]+ step/s \| elapsed \dm\d\ds( \| ETA \dm\d\ds)?"
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[train]")]
+    assert len(lines) >= 2 and all(re.match(pattern, ln) for ln in lines), out.stdout
+    assert lines[-1].startswith("[train] 30/30 step (100%)") and "| loss " in lines[-1] and "| samples/s " in lines[-1]
+    log = (tmp_path / "r/train.log").read_text().splitlines()
+    assert [ln for ln in log if ln.startswith("[train]")] == lines

@@ -12,50 +12,17 @@ import hashlib
 import multiprocessing as mp
 import os
 import queue
-import sys
 import time
 
 from dyt.data.shards import read_part, token_dtype, write_part
 from dyt.data.text import document_ids
 from dyt.data.tokenizers import vocab_hash
+from dyt.progress import Progress
 
 SPLITS = ("val", "train")
 # the data config keys that decide which documents each split holds
 SOURCE_KEYS = ("source", "hub_id", "hub_config", "root", "text_column", "train_split", "val_split", "val_fraction",
                "val_docs")
-
-
-class Progress:
-    """tqdm on a terminal; elsewhere one line every `every` seconds with tokens, tokens/s and the ETA."""
-
-    def __init__(self, total, initial: int, every: float = 30.0):
-        self.total, self.n, self.start, self.every = total, initial, initial, every
-        self.t0 = self.last = time.monotonic()
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True, dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        self.n += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            print(self.line(), flush=True)
-
-    def line(self) -> str:
-        rate = (self.n - self.start) / max(time.monotonic() - self.t0, 1e-9)
-        left = (self.total - self.n) / rate if self.total and rate > 0 else None
-        eta = "?" if left is None else f"{left / 3600:.1f} h" if left > 3600 else f"{left / 60:.0f} min"
-        of = f" of at most {self.total:,}" if self.total else ""  # a split may end before its cap
-        return f"[pretokenize] {self.n:,}{of} tokens, {rate:,.0f} tokens/s, ETA {eta}"
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            print(self.line(), flush=True)
 
 
 # --- one part, in a worker process (or in this one with --workers 1) --------------------------------------------
@@ -128,7 +95,9 @@ def tokenize_parts(parts: dict, job: dict, workers: int) -> dict[str, list[dict]
     records = {s: [read_part(out, s, i) for i in range(len(parts[s]))] for s in SPLITS}
     todo = [(s, i) for s in SPLITS for i in range(len(parts[s])) if not records[s][i]["done"]]
     total = sum(caps.values()) if all(c is not None for c in caps.values()) else None
-    progress = Progress(total, sum(s["tokens"] for recs in records.values() for r in recs for s in r["shards"]))
+    # a bar on a terminal, else a line every 30 s; `total` is a cap: a split may end before it
+    progress = Progress(total, "pretokenize", "tok",
+                        initial=sum(s["tokens"] for recs in records.values() for r in recs for s in r["shards"]))
     workers = max(1, min(workers, len(todo)))
     if workers == 1:
         _init({**job, "progress": progress.update})
