@@ -25,7 +25,7 @@ from dyt.data.vision import image_folder_classes
 from dyt.errors import ConfigError
 from dyt.family import Family, families, get_family
 from dyt.nn import NORM_KINDS
-from dyt.parallel import AC_MODES, INITS, PARALLEL
+from dyt.parallel import AC_MODES, INITS, PARALLEL, REDUCE_DTYPES
 from dyt.ranges import COUNT, NumList, rules
 
 SHARED_SCHEMAS = (TrainConfig, NormConfig, OptimConfig, TrainerConfig, LoggerConfig, LauncherConfig, *DATA_SCHEMAS)
@@ -158,8 +158,9 @@ def _norm_check(name: str, m, problems: list[str]) -> None:
 
 
 def _parallel_checks(t, problems: list[str]) -> None:
-    """trainer.parallel / init / activation_checkpointing: known names, and combinations that can run."""
-    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES}
+    """trainer.parallel / init / activation_checkpointing / reduce_dtype: known names, and combinations that can run."""
+    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES,
+               "reduce_dtype": tuple(REDUCE_DTYPES)}
     bad = False
     for key, names in choices.items():
         if key in t and t.get(key) not in names:
