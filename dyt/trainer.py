@@ -283,23 +283,22 @@ class Trainer:
                 with InputStdProbe(self.model, self._log_step(self.step + 1) and not tc.get("compile")) as probe:
                     units = self._train_step(batches)
                 win.update(steps=win["steps"] + 1, units=win["units"] + units)
-                signum = None
-                if self._sync_point(self.step):
-                    self.checkpointer.flush()  # a checkpoint written in the background gets its name
-                    losses, signum = self._sync()
-                    first = self.step - len(losses) + 1
-                    for step, (loss, *parts) in enumerate(losses, start=first):
-                        if not math.isfinite(loss):
-                            reason = f"non-finite training loss ({loss}) at step {step}"
-                            self.logger.log(step, "train", {"train/loss": loss})
-                            if self.dist.is_main:
-                                print(f"[dyt] diverged: {reason}", flush=True)
-                            return {"status": "diverged", "step": step, "reason": reason}
-                        win.update(loss=win["loss"] + loss,
-                                   parts={n: win["parts"].get(n, 0.0) + v for n, v in zip(self.loss_names[1:], parts)})
-                # data + forward/backward/update (with the GPU's queue drained at a sync point); never eval or
+                sync = self._sync_point(self.step)
+                losses, signum = self._sync() if sync else ([], None)
+                # data + forward/backward/update (the GPU's queue drained at a sync point); never eval or
                 # checkpoint time
                 win["time"] += time.perf_counter() - t0
+                if sync:
+                    self.checkpointer.flush()  # a checkpoint written in the background gets its name
+                for step, (loss, *parts) in enumerate(losses, start=self.step - len(losses) + 1):
+                    if not math.isfinite(loss):
+                        reason = f"non-finite training loss ({loss}) at step {step}"
+                        self.logger.log(step, "train", {"train/loss": loss})
+                        if self.dist.is_main:
+                            print(f"[dyt] diverged: {reason}", flush=True)
+                        return {"status": "diverged", "step": step, "reason": reason}
+                    win.update(loss=win["loss"] + loss,
+                               parts={n: win["parts"].get(n, 0.0) + v for n, v in zip(self.loss_names[1:], parts)})
                 bar.update(1)
                 if self._log_step(self.step):
                     metrics = {"train/loss": win["loss"] / win["steps"], "train/lr": self.optimizer.param_groups[0]["lr"],
