@@ -67,14 +67,19 @@ def meta_init_check(llama, vit):
 
 
 def held_grad_bytes(model) -> int:
-    """Bytes of gradient this rank holds: each parameter's sharded ``.grad`` and what FSDP2 keeps of a unit's
-    unsharded gradient between micro-batches (``_unsharded_param.grad``, ``unsharded_accumulated_grad``)."""
+    """Bytes of gradient this rank holds: each parameter's sharded ``.grad``, what FSDP2 keeps of a unit's
+    unsharded gradient between micro-batches (``_unsharded_param.grad``, ``unsharded_accumulated_grad``) and, under
+    HSDP, its reduce-scattered shard awaiting the replicas' all-reduce."""
     from torch.distributed.fsdp import FSDPModule
     seen: set[int] = set()
     for m in model.modules():
         if isinstance(m, FSDPModule):
             state = m._get_fsdp_state()
             groups = getattr(state, "_fsdp_param_groups", None) or [state._fsdp_param_group]  # torch 2.6: one
+            for g in (g for g in groups if g is not None):  # HSDP: reduce-scattered, awaiting the all-reduce
+                partial = getattr(g, "_partial_reduce_output", None)
+                if partial is not None:
+                    seen.add((partial.data_ptr(), partial.numel() * partial.element_size()))
             for fp in (fp for g in groups if g is not None for fp in g.fsdp_params):
                 for grad in (fp.sharded_param.grad, getattr(fp, "unsharded_accumulated_grad", None),
                              getattr(getattr(fp, "_unsharded_param", None), "grad", None)):
