@@ -140,6 +140,10 @@ class TrainerConfig:
     eval_every_epochs: Optional[float] = ranged(None, Num(0, lo_open=True, optional=True))  # when set, replaces eval_every (e.g. 1 = every epoch, as the paper)
     ckpt_every: int = ranged(100, COUNT)
     log_every: int = ranged(10, COUNT)
+    # Losses, grad norms and the non-finite check stay on the device; the host reads them (one all-reduce, which
+    # also agrees on stop signals) only at sync points: log, eval and checkpoint steps, the last step, and every
+    # sync_every steps (null: log_every). A NaN/Inf loss or a SIGTERM/SIGUSR1 is acted on at the next sync point.
+    sync_every: Optional[int] = ranged(None, OPT_COUNT)
     eval_batch_size: Optional[int] = ranged(None, OPT_COUNT)  # per rank; null = batch_size / world
     resume: str = "auto"  # auto | never | <path to a checkpoint file>
     device: str = "auto"  # auto | cpu | cuda
@@ -150,6 +154,9 @@ class TrainerConfig:
     # LOCAL_WORLD_SIZE), replicated across groups. On one process both train the plain module.
     parallel: str = "ddp"  # ddp | fsdp | hsdp
     hsdp_shard_size: Optional[int] = ranged(None, OPT_COUNT)
+    # dtype of the gradient reduction across ranks: fp32 | bf16 (the released LLaMA code's fms-fsdp bf16 policy).
+    # fsdp / hsdp: the MixedPrecisionPolicy's reduce_dtype; ddp: bf16 all-reduces bf16 copies (bf16_compress_hook)
+    reduce_dtype: str = "fp32"
     init: str = "exact"  # fsdp / hsdp: exact (rank 0's CPU build broadcast into the shards: equals a 1-process run)
     #                      | meta (each shard initialised in place: no process ever holds the full model)
     activation_checkpointing: str = "none"  # none | full (every block) | selective (one block in every ac_every)

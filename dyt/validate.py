@@ -26,7 +26,7 @@ from dyt.errors import ConfigError
 from dyt.family import Family, families, get_family
 from dyt.hydra_errors import did_you_mean
 from dyt.nn import NORM_KINDS
-from dyt.parallel import AC_MODES, INITS, PARALLEL
+from dyt.parallel import AC_MODES, INITS, PARALLEL, REDUCE_DTYPES
 from dyt.progress import LEGACY as LEGACY_PROGRESS
 from dyt.progress import MODES as PROGRESS_MODES
 from dyt.ranges import COUNT, NumList, rules
@@ -173,8 +173,9 @@ def _progress_check(t, problems: list[str]) -> None:
 
 
 def _parallel_checks(t, problems: list[str]) -> None:
-    """trainer.parallel / init / activation_checkpointing: known names, and combinations that can run."""
-    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES}
+    """trainer.parallel / init / activation_checkpointing / reduce_dtype: known names, and combinations that can run."""
+    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES,
+               "reduce_dtype": tuple(REDUCE_DTYPES)}
     bad = False
     for key, names in choices.items():
         if key in t and t.get(key) not in names:
