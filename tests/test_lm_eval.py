@@ -67,6 +67,7 @@ def test_paper15_is_the_papers_list_averaged_like_openllama(tiny, monkeypatch):
     and acc_norm where both exist, ReCoRD's em and f1). A metric the average needs but lm-eval did not report is an
     error, not a task silently left out."""
     asked = []
+    monkeypatch.setattr("lm_eval.tasks.TaskManager", lambda *a, **k: None)  # (indexing the harness's tasks: ~20 s)
     monkeypatch.setattr(E, "check_tasks", lambda names, manager: asked.extend(names))
     results = {}
     monkeypatch.setattr(E, "evaluate_tasks", lambda *a, **k: {"results": results})
@@ -91,7 +92,14 @@ def test_paper15_is_the_papers_list_averaged_like_openllama(tiny, monkeypatch):
 def test_run_precision_reaches_the_model(tiny, monkeypatch):
     """trainer.precision=bf16 (given to eval.py as for its other evaluations) runs the lm-eval forwards in bf16,
     on the run's device."""
+    from lm_eval.tasks import TaskManager
+
     from conftest import script
+    try:  # the local task alone (indexing the harness's own tasks takes ~15 s)
+        manager = TaskManager(include_path=str(tiny / "tasks"), include_defaults=False)
+    except TypeError:  # lm-eval < 0.4.8 (no include_defaults)
+        manager = TaskManager(include_path=str(tiny / "tasks"))
+    monkeypatch.setattr("lm_eval.tasks.TaskManager", lambda *a, **k: manager)
     seen = []
     real = E.evaluate_tasks
 
