@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from dyt import distributed as D
 from dyt.data.tokenizers import load_tokenizer
 from dyt.errors import ConfigError
 from dyt.eval import load_run
@@ -83,7 +84,8 @@ def run_lm_eval(run_dir, tasks: list[str], include_path: Optional[str] = None, l
         lm = make_lm(run.model(), load_tokenizer(cfg.data), batch_size, max_length=cfg.data.seq_len,
                      add_bos=bool(cfg.data.get("add_bos", False)), dtype=None if run.sharded else run.dtype,
                      lockstep=run.sharded)
-        out = scores(evaluate_tasks(lm, names, manager, limit)["results"])
+        # lm-eval returns its results on (local) rank 0 only; every rank computed the same
+        out = scores(D.broadcast_object(evaluate_tasks(lm, names, manager, limit))["results"])
         if run.dist.is_main:
             write_json(RunDir(run_dir).lm_eval, out)
     return out
