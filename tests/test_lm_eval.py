@@ -43,6 +43,19 @@ def tiny(tmp_path_factory):
     return root
 
 
+def local_tasks_only(setattr=setattr) -> None:
+    """lm-eval's TaskManager without the harness's own tasks (indexing them takes ~15 s per process)."""
+    import functools
+
+    import lm_eval.tasks
+    real = lm_eval.tasks.TaskManager
+    try:
+        real(include_defaults=False)
+    except TypeError:  # an older lm-eval: the whole index
+        return
+    setattr(lm_eval.tasks, "TaskManager", functools.partial(real, include_defaults=False))
+
+
 def requests():
     pairs = [(r["question"], " " + c) for r in ROWS for c in r["choices"]]
     return [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
@@ -92,14 +105,8 @@ def test_paper15_is_the_papers_list_averaged_like_openllama(tiny, monkeypatch):
 def test_run_precision_reaches_the_model(tiny, monkeypatch):
     """trainer.precision=bf16 (given to eval.py as for its other evaluations) runs the lm-eval forwards in bf16,
     on the run's device."""
-    from lm_eval.tasks import TaskManager
-
     from conftest import script
-    try:  # the local task alone (indexing the harness's own tasks takes ~15 s)
-        manager = TaskManager(include_path=str(tiny / "tasks"), include_defaults=False)
-    except TypeError:  # an older lm-eval (no include_defaults)
-        manager = TaskManager(include_path=str(tiny / "tasks"))
-    monkeypatch.setattr("lm_eval.tasks.TaskManager", lambda *a, **k: manager)
+    local_tasks_only(monkeypatch.setattr)
     seen = []
     real = E.evaluate_tasks
 
@@ -136,6 +143,7 @@ def rank_call(root, name, overrides):
     from dyt import distributed as D
     from dyt.eval import load_run
     from eval import main
+    local_tasks_only()
     run = os.path.join(root, "fsdp_run" if name == "dcp" else "run")
     rank, rows = D.init_distributed("cpu").rank, []  # one group: load_run keeps it, eval.py's main ends it
     with load_run(run, overrides, weights=("model",), shard=True) as r:
@@ -159,7 +167,7 @@ def one_process(run, root):
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_numbers_of_one(tiny):
+def test_two_ranks_give_the_numbers_of_one(tiny, monkeypatch):
     """Two gloo ranks (torchrun): data-parallel on the plain model, sharded (FSDP2) from the one-file checkpoint,
     and sharded from an FSDP run's DCP checkpoint (read shard by shard) give one process's metrics and
     loglikelihoods; each rank forwards only part of the requests (+ at most one spare row to keep in lockstep)."""
@@ -173,6 +181,7 @@ def test_two_ranks_give_the_numbers_of_one(tiny):
     assert group.returncode == 0, group.stdout[-3000:] + group.stderr[-3000:]
     assert (tiny / "fsdp_run/checkpoints/step_00000002").is_dir()  # a DCP directory
     n = len(requests())
+    local_tasks_only(monkeypatch.setattr)
     for name, run in (("ddp", tiny / "run"), ("fsdp", tiny / "run"), ("dcp", tiny / "fsdp_run")):
         metrics, lls = one_process(run, tiny)
         assert json.loads((tiny / f"{name}.json").read_text()) == pytest.approx(metrics, rel=1e-6), name
