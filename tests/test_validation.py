@@ -253,7 +253,7 @@ def test_lm_eval_offline_names_the_tasks_at_once(tmp_path, monkeypatch, task_man
     with pytest.raises(ConfigError) as e:
         E.run_lm_eval(tmp_path, ["paper15"])  # before any model is loaded (tmp_path is no run directory)
     msg = str(e.value)
-    assert msg.startswith("lm-eval task(s) arc_easy, arc_challenge, boolq") and "wsc273 need data" in msg
+    assert msg.startswith("lm-eval task(s) anli_r1, anli_r2, anli_r3, arc_challenge") and "winogrande need data" in msg
     assert "offline" in msg and "--include-path" in msg and "dataset_path" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match=r"unknown lm-eval task\(s\): nope_task"):
         E.check_tasks(["nope_task"], task_manager)

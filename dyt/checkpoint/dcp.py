@@ -242,6 +242,31 @@ def restore_dcp(path: Path, model, optimizer, ema_module=None) -> dict:
     return extra
 
 
+def dcp_contents(path: Path) -> tuple[dict, set[str]]:
+    """A DCP directory's ``extra.pt`` (step, ...) and which tensor states it holds ("model", "ema", ...), without
+    reading any tensor."""
+    path = Path(path)
+    extra = _read_extra(path)
+    names = _dcp_metadata(path).state_dict_metadata
+    return extra, {k for k in TENSOR_STATES if any(n.startswith(k + ".") for n in names)}
+
+
+def restore_model_shards(path: Path, model, key: str = "model", full: dict | None = None) -> None:
+    """Weights into a sharded (FSDP2) model for evaluation: `full` tensors (a single-file checkpoint, whole on this
+    process), or else entry `key` of the DCP directory `path`, each rank reading only its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+    path = Path(path)
+    template = get_model_state_dict(model)
+    if full is not None:
+        check_model_match({k: v.shape for k, v in template.items()}, {k: v.shape for k, v in full.items()}, path)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))
+        return
+    check_model_match({k: v.shape for k, v in template.items()}, _saved_shapes(_dcp_metadata(path), key), path)
+    states = {key: template}
+    _dcp_load(states, path)
+    set_model_state_dict(model, states[key])
+
+
 def restore_full_into_shards(state: dict, path: Path, model, optimizer, ema_module=None) -> None:
     """A single-file checkpoint's full tensors (a run started on one process) into a sharded model."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
