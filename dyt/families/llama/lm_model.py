@@ -11,7 +11,6 @@ out of batches runs a one-token forward that keeps the others company.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Optional
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from dyt import distributed as D
 from dyt.errors import ConfigError
 from dyt.precision import autocast
+from dyt.progress import Progress
 
 
 def lm_base():
@@ -56,13 +56,6 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 100, temperature: fl
         if any(u in text for u in until):
             return text[: min(text.index(u) for u in until if u in text)]
     return tok.decode(ids[start:])
-
-
-def progress(total: int, what: str, enabled: bool):
-    """Requests done / total and requests/s (tqdm, on stderr): redrawn on a terminal, a line a minute in a log."""
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=f"lm-eval {what}", unit="req", dynamic_ncols=True,
-                disable=not enabled or total == 0, mininterval=0.5 if sys.stderr.isatty() else 60.0)
 
 
 def batch_plan(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -106,7 +99,7 @@ def make_lm(model, tok, batch_size: int = 8, max_length: int = 2048, add_bos: bo
             rank, world = (torch_dist.get_rank(), torch_dist.get_world_size()) if group else (0, 1)
             batches = batch_plan(lengths, self.bs)
             rounds = math.ceil(len(batches) / world)
-            bar = progress(len(items), what, rank == 0)
+            bar = Progress(len(items), f"lm-eval {what}", "req", enabled=rank == 0 and bool(items))
             mine = {}
             for r in range(rounds):
                 k = r * world + rank
