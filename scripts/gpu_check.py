@@ -142,9 +142,11 @@ def parse_measure(log: str) -> Parsed:
 
 
 def parse_lm_eval(log: str) -> Parsed:
-    scores = dict(re.findall(rf"^lm_eval/{LM_TASK}/(\w+): ([\d.]+)$", log, re.M))
-    return Parsed(", ".join(f"{k} {float(v):.3f}" for k, v in scores.items()),
-                  problem="" if "acc" in scores else "eval.py printed no lm-eval accuracy")
+    """eval.py's `lm_eval/<task>/<metric>: <value>` lines."""
+    scores = {k: float(v) for k, v in re.findall(rf"^lm_eval/{LM_TASK}/(\w+): ([\d.]+)$", log, re.M)}
+    if "acc" not in scores:
+        return Parsed(problem="eval.py printed no lm-eval accuracy")
+    return Parsed(f"acc {scores['acc']:.3f} on {scores.get('sample_len', 0):.0f} questions (chance 0.25)")
 
 
 def short(records: list[dict]) -> str:
