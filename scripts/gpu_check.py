@@ -103,32 +103,33 @@ def parse_norms(log: str) -> Parsed:
                   problem="" if ratios else "no DyT row in the benchmark's table")
 
 
-def lm_mfu(model: str, seq_len: int, tokens_per_s: float) -> Optional[float]:
-    """MFU of `tokens_per_s` for a LLaMA config on this GPU, as the trainer computes it (model.flops_per_token,
-    dyt.families.llama.task.peak_flops)."""
+@functools.lru_cache(maxsize=None)
+def lm_flops_per_token(model: str, seq_len: int) -> float:
+    """A LLaMA config's training FLOPs per token (model.flops_per_token, as the trainer's MFU)."""
     import torch
 
     from dyt.families import build_model, compose
-    from dyt.families.llama.task import peak_flops
-    peak = peak_flops(torch.device("cuda", 0)) if torch.cuda.is_available() else None
-    if not peak:
-        return None
     with torch.device("meta"):
-        net = build_model(compose([f"model={model}", "data=text_pydoc", f"data.seq_len={seq_len}"]))
-    return tokens_per_s * net.flops_per_token(seq_len) / peak
+        return build_model(compose([f"model={model}", "data=text_pydoc", f"data.seq_len={seq_len}"])) \
+            .flops_per_token(seq_len)
 
 
-def parse_models(model: str, seq_len: int) -> Callable[[str], Parsed]:
-    """scripts/bench/models.py's lines: `<model> <norm> <mode> <ms> ms/step <rate> <unit>/s (first step <s> s)`."""
+def parse_models(seq_len: int) -> Callable[[str], Parsed]:
+    """scripts/bench/models.py's lines: `<model> <norm> <mode> <ms> ms/step <rate> <unit>/s (first step <s> s)`;
+    MFU against the GPU's bf16 peak (dyt.families.llama.task.peak_flops) for language models."""
     pattern = re.compile(r"^(\S+)\s+(\S+)\s+(eager|compile)\s+([\d.]+) ms/step\s+([\d.]+) (\w+)/s "
                          r"\(first step ([\d.]+) s\)", re.M)
 
     def parse(log: str) -> Parsed:
+        import torch
+
+        from dyt.families.llama.task import peak_flops
+        peak = peak_flops(torch.device("cuda", 0)) if torch.cuda.is_available() else None
         records = []
         for name, norm, mode, ms, rate, unit, first in pattern.findall(log):
-            records.append({"what": f"{name} {norm} {mode}", "rate": float(rate), "unit": unit,
-                            "ms_per_step": float(ms), "first_step_s": float(first),
-                            "mfu": lm_mfu(model, seq_len, float(rate)) if unit == "tokens" else None})
+            mfu = float(rate) * lm_flops_per_token(name, seq_len) / peak if peak and unit == "tokens" else None
+            records.append({"what": f"{name} {norm} {mode}", "rate": float(rate), "unit": unit, "mfu": mfu,
+                            "ms_per_step": float(ms), "first_step_s": float(first)})
         return Parsed(short(records), records, problem="" if records else "no result line")
     return parse
 
@@ -255,7 +256,7 @@ def steps(work: Path) -> list[Step]:
         Step("llama1b_compile", "LLaMA-1B tokens/s and MFU: RMSNorm vs DyT, eager vs torch.compile", 140,
              [[PY, "scripts/bench/models.py", "--device", "cuda", *llama, "--steps", "10",
                "--modes", "eager", "compile", "--no-write"]],
-             needs=("hydra", "omegaconf", "timm"), parse=parse_models("llama_1b", 2048),
+             needs=("hydra", "omegaconf", "timm"), parse=parse_models(2048),
              note="scripts/bench/models.py: the plain module (what one GPU trains), bf16 autocast, the two norms' "
                   "steps alternating; the embedded corpus' byte vocabulary (320), so the head is small."),
     ]
@@ -411,6 +412,16 @@ def report(outcomes: list[Outcome], device: str, missing: dict[str, str], total_
     return "\n".join(lines).rstrip() + "\n"
 
 
+def scratch() -> Path:
+    """/dev/shm when it has room for the runs' final checkpoints (weights, AdamW state, EMA: ~18 GB, 10.8 GB of
+    them DiT-XL/2's): memory is written faster than a disk, and the checkpoints count in the steps' budgets. Else
+    the temp folder."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 32 * 2**30:
+        return shm
+    return Path(tempfile.gettempdir())
+
+
 def dry_run(chosen: list[Step]) -> None:
     total = sum(s.budget_s for s in chosen)
     print(f"gpu_check: {len(chosen)} steps, budgets {total} s in all (+ {OVERHEAD_S} s for the import check and the "
@@ -431,8 +442,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list each step and its commands; run nothing")
     ap.add_argument("--only", action="append", metavar="STEP", help="run this step only (repeatable)")
     ap.add_argument("--out", type=Path, default=DOC, help=f"the report (default {DOC.relative_to(ROOT)})")
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dyt_gpu_check",
-                    help="scratch folder for runs and logs (emptied first)")
+    ap.add_argument("--work", type=Path, default=scratch() / "dyt_gpu_check",
+                    help="scratch folder for runs and logs (emptied first; default in /dev/shm when it has room)")
     args = ap.parse_args(argv)
     every = steps(args.work)
     unknown = sorted(set(args.only or []) - {s.name for s in every})

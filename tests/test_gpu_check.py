@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import OFFLINE_ENV, ROOT, compose, script
 
@@ -113,6 +114,16 @@ def test_only_runs_the_named_step_and_refuses_unknown_names(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--dry-run", "--only", "lm_evl"])
     assert e.value.code == 2 and "unknown step(s) lm_evl" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_without_cuda_nothing_runs_and_the_report_stays(tmp_path, capsys):
+    report = tmp_path / "GPU.md"
+    report.write_text("not yet measured")
+    assert gpu_check.main(["--only", "gpu_tests", "--out", str(report), "--work", str(tmp_path / "w")]) == 1
+    assert report.read_text() == "not yet measured" and not (tmp_path / "w").exists()
+    assert "no CUDA device" in capsys.readouterr().err
+    assert list(gpu_check.missing_imports(["json", "no_such_module_here"])) == ["no_such_module_here"]
 
 
 def test_local_lm_eval_task_loads_offline(tmp_path):
