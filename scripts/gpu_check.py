@@ -170,14 +170,19 @@ def write_local_task(folder: Path) -> None:
     from pydoc_data.topics import topics
     rng = random.Random(0)
     texts = [t for t in topics.values() if len(t) > 200]
+
+    def span(n: int) -> str:
+        doc = rng.choice(texts)
+        k = rng.randrange(len(doc) - n)
+        return doc[k:k + n]
+
     rows = []
     for _ in range(32):
-        doc = rng.choice(texts)
-        k = rng.randrange(len(doc) - 52)
-        truth = doc[k + 40:k + 52]
-        choices = [truth] + [(d := rng.choice(texts))[(j := rng.randrange(len(d) - 12)):j + 12] for _ in range(3)]
+        text = span(52)
+        question, truth = text[:40], text[40:]
+        choices = [truth, span(12), span(12), span(12)]
         rng.shuffle(choices)
-        rows.append({"question": doc[k:k + 40], "choices": choices, "answer": choices.index(truth)})
+        rows.append({"question": question, "choices": choices, "answer": choices.index(truth)})
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"{LM_TASK}.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
