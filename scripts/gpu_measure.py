@@ -127,7 +127,7 @@ def time_steps(cfg, dist: DistInfo, steps: int) -> dict:
         return time.perf_counter() - t0
 
     first = step()
-    step()  # second warm-up step: the optimizer state exists from here on
+    step()  # a second warm-up step (allocator growth, autotuning), as scripts/bench/models.py does
     sec = statistics.median(step() for _ in range(steps))
     rate = batch * seq / sec
     wrapper = "FSDP2" if par.sharded else "DDP" if par.ddp is not None else "plain module"
