@@ -192,17 +192,6 @@ def write_local_task(folder: Path) -> None:
         "doc_to_target: \"{{answer}}\"\nmetric_list:\n  - metric: acc\n")
 
 
-def eval_options() -> str:
-    """eval.py's --help text ('' when eval.py cannot be imported here)."""
-    try:
-        spec = importlib.util.spec_from_file_location("dyt_eval_script", ROOT / "eval.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.parser().format_help()
-    except Exception:  # noqa: BLE001 - a missing dependency: the lm_eval step is skipped for it anyway
-        return ""
-
-
 def steps(work: Path) -> list[Step]:
     pytest = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rfEs", "-m", "gpu",
               "tests/test_kernels.py"]  # every test marked gpu lives there
@@ -214,7 +203,6 @@ def steps(work: Path) -> list[Step]:
                     needs=("hydra", "omegaconf", "timm", *needs), parse=parse_measure, note=note)
 
     lm_run, lm_tasks = work / "lm_eval_run", work / "lm_tasks"
-    on_cuda = "--device" in eval_options()
     llama = ["--models", "llama_1b", "--amp", "bf16", "--batch", "4", "--seq-len", "2048"]
     return [
         Step("gpu_tests", "Triton DyT kernel vs the eager reference: fwd/bwd, fp32/bf16, compile + autocast", 25,
@@ -244,12 +232,10 @@ def steps(work: Path) -> list[Step]:
              [[PY, "train.py", "model=llama_tiny", "norm=dyt", "data=text_pydoc", "trainer.device=cuda",
                "trainer.precision=bf16", "trainer.max_steps=20", "trainer.eval_every=20", "trainer.ckpt_every=20",
                "logger=none", "trainer.progress=off", f"hydra.run.dir={lm_run}"],
-              [PY, "eval.py", str(lm_run), "--tasks", LM_TASK, "--include-path", str(lm_tasks),
-               *(["--device", "cuda"] if on_cuda else [])]],
+              [PY, "eval.py", str(lm_run), "--tasks", LM_TASK, "--include-path", str(lm_tasks), "--batch-size", "16"]],
              needs=("hydra", "omegaconf", "lm_eval", "datasets"), parse=parse_lm_eval,
              prepare=functools.partial(write_local_task, lm_tasks),
-             note="" if on_cuda else "eval.py has no --device option yet: lm-eval scored the run on eval.py's "
-                                     "default device (the CPU), after training on the GPU."),
+             note="eval.py scores on the run's device and precision (trainer.device=cuda, bf16), batched."),
         Step("llama1b_parallel", "LLaMA-1B tokens/s, MFU, peak memory: DDP vs single-GPU FSDP (RMSNorm vs DyT)", 50,
              [[PY, "scripts/gpu_measure.py", "parallel", "model=llama_1b", "data=text_pydoc", "data.seq_len=2048",
                "trainer.batch_size=4", "trainer.precision=bf16", "--strategies", "ddp", "fsdp",

@@ -133,7 +133,6 @@ def time_steps(cfg, dist: DistInfo, steps: int) -> dict:
     wrapper = "FSDP2" if par.sharded else "DDP" if par.ddp is not None else "plain module"
     out = {"wrapper": wrapper, "rate": rate, "unit": "tokens", "ms_per_step": sec * 1e3, "first_step_s": first,
            "mfu": task.train_metrics(rate).get("train/mfu")}
-    del par, opt, tokens
     return out
 
 
