@@ -137,7 +137,7 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------------
     def _resume(self) -> None:
         """The state of the run's checkpoint (by trainer.resume) restored."""
-        resumed = self.checkpointer.resume(self.tc.resume)
+        resumed = self.resumed = self.checkpointer.resume(self.tc.resume)
         if resumed is not None:
             self.step = resumed.step
             self.window.update(resumed.extra.get("window", {}))  # the log window open at the checkpoint (older: none)
@@ -296,6 +296,9 @@ class Trainer:
                 for step, (loss, *parts) in enumerate(losses, start=self.step - len(losses) + 1):
                     if not math.isfinite(loss):
                         reason = f"non-finite training loss ({loss}) at step {step}"
+                        if self.resumed is not None:  # a damaged checkpoint shows first as a divergence: say which
+                            reason += (f", {step - self.resumed.step} step(s) after this process resumed from "
+                                       f"{self.resumed.path}")
                         self.logger.log(step, "train", {"train/loss": loss})
                         if self.dist.is_main:
                             print(f"[dyt] diverged: {reason}", flush=True)

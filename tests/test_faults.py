@@ -88,6 +88,8 @@ DAMAGE = {
     "zero_length_legacy": lambda p: (p.write_bytes(b""), p.with_name(p.name + ".sha256").unlink(missing_ok=True)),
     "half_written": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
     "damaged_checksum_file": lambda p: p.with_name(p.name + ".sha256").write_bytes(b"\xff\x00 step"),
+    # this version writes the checksum before the checkpoint: a missing one is damage (was: loaded unchecked, NaN)
+    "flipped_byte_checksum_lost": lambda p: (flip_middle_byte(p), p.with_name(p.name + ".sha256").unlink()),
 }
 
 
@@ -132,6 +134,20 @@ def test_zero_length_checkpoint_without_checksum_is_one_line(tmp_path):
         train(compose(TINY), d)
 
 
+def test_a_divergence_right_after_a_resume_names_the_checkpoint(tmp_path, full):
+    """A checkpoint damaged before its checksum was computed (NaN weights, intact file) shows as a divergence: the
+    reason says which checkpoint this process resumed from and how many steps before."""
+    d = cut(full, tmp_path / "r", last=9)
+    path = d / "checkpoints/step_00000009.pt"
+    state = torch.load(path, weights_only=True)
+    name = max(state["model"], key=lambda k: state["model"][k].numel())
+    state["model"][name].fill_(float("nan"))
+    dyt.checkpoint.single_file.write_checkpoint_file(state, path)
+    s = train(compose(ARGS), d)
+    assert s["status"] == "diverged"
+    assert s["reason"].endswith(f"at step 10, 1 step(s) after this process resumed from {path}"), s["reason"]
+
+
 def test_explicit_resume_of_a_damaged_file_is_an_error(tmp_path, full):
     d = cut(full, tmp_path / "r", last=9)
     flip_middle_byte(d / "checkpoints/step_00000009.pt")
@@ -139,13 +155,19 @@ def test_explicit_resume_of_a_damaged_file_is_an_error(tmp_path, full):
         train(compose([*ARGS, f"trainer.resume={d}/checkpoints/step_00000009.pt"]), d)
 
 
-def test_checkpoints_without_checksums_still_load_silently(tmp_path, full, capsys):
-    """Checkpoints written before checksums existed: accepted as they are, no warning."""
+def test_older_checkpoints_without_checksums_load_with_a_warning(tmp_path, full, capsys):
+    """Checkpoints of the format before checksums were written first (no "format" entry) and without a checksum
+    file: loaded unverified, saying so."""
     d = cut(full, tmp_path / "r", last=6)
+    for p in (d / "checkpoints").glob("*.pt"):
+        state = torch.load(p, weights_only=True)
+        del state["format"]
+        torch.save(state, p)
     for p in (d / "checkpoints").glob("*.sha256"):
         p.unlink()
     s = train(compose(ARGS), d)
-    assert not warnings(capsys.readouterr().err)
+    assert warnings(capsys.readouterr().err) == [f"[dyt] warning: checkpoint {d}/checkpoints/step_00000006.pt has no "
+                                                 "checksum (written by an older version): loaded unverified"]
     assert_equal_to_full(s, full, d / "metrics.jsonl")
 
 

@@ -18,7 +18,7 @@ from dyt.checkpoint.rng import rng_state, set_rng_state
 from dyt.checkpoint.single_file import read_checkpoint_file, write_checkpoint_file
 from dyt.rundir import RunDir
 
-POSITION = ("step", "rng", "scaler")  # besides TENSOR_STATES, what the Checkpointer itself records
+POSITION = ("step", "rng", "scaler", "format")  # besides TENSOR_STATES, what the Checkpointer itself records
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 
 from dyt.checkpoint.contents import CorruptCheckpoint, first_line
 from dyt.errors import ConfigError
-from dyt.files import fsync_dir, os_error, write_durably
+from dyt.files import fsync_dir, os_error, warn, write_durably
 
 _CHUNK = 1 << 20
 
@@ -45,6 +45,9 @@ class _HashingWriter:
         self.f.flush()
 
 
+FORMAT = 2  # 2: the checksum file is written before the checkpoint is renamed into place (1: after it, or none)
+
+
 def write_checkpoint_file(state: dict, path: Path) -> Path:
     """Write `state` to `path` (+ its ``.sha256``) atomically and durably (``.tmp`` then rename, fsyncs).
 
@@ -58,19 +61,19 @@ def write_checkpoint_file(state: dict, path: Path) -> Path:
         with open(tmp, "wb") as f:
             writer = _HashingWriter(f)
             try:
-                torch.save(state, writer)
+                torch.save({**state, "format": FORMAT}, writer)
             except RuntimeError:
                 if writer.error is not None:  # torch wraps the writer's OSError in a RuntimeError
                     raise writer.error from None
                 raise
             f.flush()
             os.fsync(f.fileno())
-        # Never a moment with a checkpoint and a checksum that do not belong together: an older file at this name
-        # loses its checksum first; a crash between the rename and the checksum leaves an intact, unverified file.
-        digest_file.unlink(missing_ok=True)
-        os.replace(tmp, path)
+        # The checksum is in place before the checkpoint gets its name: a checkpoint of this format (FORMAT) is
+        # never without one, so a missing checksum file is damage, not a crash window (a crash after the
+        # checksum's rename leaves a checksum without its file, which directory.py clears as an orphan).
         write_durably(digest_tmp, f"{writer.sha.hexdigest()}  {path.name}\n".encode())
         os.replace(digest_tmp, digest_file)
+        os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as e:
         for p in (tmp, digest_tmp):
@@ -80,13 +83,14 @@ def write_checkpoint_file(state: dict, path: Path) -> Path:
     return path
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Raise CorruptCheckpoint when `path` does not match its recorded SHA-256 (no checksum file = accepted)."""
+def verify_checkpoint(path: Path) -> bool:
+    """Raise CorruptCheckpoint when `path` does not match its recorded SHA-256; False when it has no checksum file
+    (whether that is allowed depends on the checkpoint's format: `read_checkpoint_file`)."""
     path, digest_file = Path(path), checksum_path(path)
     try:
         recorded = digest_file.read_bytes()
     except FileNotFoundError:
-        return  # written before checksums existed
+        return False
     except OSError as e:
         raise CorruptCheckpoint(path, f"unreadable checksum file {digest_file.name}: {os_error(e)}") from e
     parts = recorded.split()
@@ -103,6 +107,7 @@ def verify_checkpoint(path: Path) -> None:
     if sha.hexdigest() != expected:
         raise CorruptCheckpoint(path, f"sha256 mismatch: {path.stat().st_size} bytes hash to "
                                       f"{sha.hexdigest()[:12]}..., {digest_file.name} says {expected[:12]}...")
+    return True
 
 
 def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
@@ -110,11 +115,16 @@ def read_checkpoint_file(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
-    verify_checkpoint(path)
+    verified = verify_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated / empty / not a torch file / unpicklable objects
         raise CorruptCheckpoint(path, first_line(e)) from e
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CorruptCheckpoint(path, "not a dyt checkpoint: no 'model'/'step' entries")
+    if not verified:
+        if state.get("format", 1) >= FORMAT:  # written with its checksum first: the checksum file was lost
+            raise CorruptCheckpoint(path, f"its checksum file {checksum_path(path).name} is missing, and this "
+                                          "format is never trusted without it")
+        warn(f"checkpoint {path} has no checksum (written by an older version): loaded unverified")
     return state
