@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -99,14 +100,17 @@ def _is_event(e: dict) -> bool:
 class RunLogger:
     """Writes log events of one run. Non-main ranks get an inert logger."""
 
-    def __init__(self, run_dir: Path, cfg, enabled: bool, resume_step: int = 0, allowed: tuple[str, ...] = ()):
+    def __init__(self, run_dir: Path, cfg, enabled: bool, resume_step: int = 0, allowed: tuple[str, ...] = (),
+                 checkpoint_records: list[dict] | None = None):
         """`resume_step` > 0: the run resumed from its checkpoint at that step. Its config is checked against the
         run's config.yaml first (ConfigChanged, before anything is written); allowed changes are recorded as a
         ``{"split": "config", "changed": {key: {"old", "new"}}}`` event. `allowed`: the family's keys that may
-        change on resume too (``Family.resume_keys``)."""
+        change on resume too (``Family.resume_keys``). `checkpoint_records`: the events the checkpoint holds
+        (``records()`` when it was saved): what metrics.jsonl lost of them is restored, with a warning."""
         self.rd, self.cfg, self.enabled = RunDir(run_dir), cfg, enabled
         self.wandb = None
         self.events: list[dict] = []  # well-formed events kept from before a resume (main rank)
+        self._records: list[dict] = []  # every event so far (main rank): saved with each checkpoint
         if not enabled:
             return
         changes = check_config_change(self.rd.path, cfg, allowed) if resume_step > 0 else {}
@@ -121,6 +125,8 @@ class RunLogger:
         # Drop events a killed run logged after its last checkpoint: the resumed run logs them again.
         kept = self._recover_metrics()
         kept = [e for e in kept if not isinstance(e.get("step"), (int, float)) or e["step"] <= resume_step]
+        if checkpoint_records:
+            kept = self._restore_from_checkpoint(kept, checkpoint_records, resume_step)
         if changes:
             kept.append({"step": resume_step, "split": "config",
                          "changed": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}})
@@ -128,7 +134,35 @@ class RunLogger:
                   f"{describe_changes(changes)}", flush=True)
         write_text_atomic(self.rd.metrics, "".join(json.dumps(e) + "\n" for e in kept))
         self.events = [e for e in kept if _is_event(e)]
+        self._records = list(kept)
         self._init_wandb()
+
+    def _restore_from_checkpoint(self, kept: list[dict], records: list[dict], step: int) -> list[dict]:
+        """The checkpoint's events, then those of `kept` it lacks; a warning names what metrics.jsonl had lost."""
+        key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
+        have, saved = {key(e) for e in kept}, {key(e) for e in records}
+        lost = [e for e in records if key(e) not in have]
+        if lost:
+            steps = sorted({e.get("step") for e in lost if isinstance(e.get("step"), int)})
+            span = f"steps {steps[0]}..{steps[-1]}" if len(steps) > 1 else f"step {steps[0]}" if steps else "no step"
+            warn(f"{self.rd.metrics} lacked {len(lost)} event(s) of the checkpoint at step {step} ({span}); "
+                 "restored from the checkpoint")
+        return list(records) + [e for e in kept if key(e) not in saved]
+
+    def records(self) -> list[dict]:
+        """Every event of the run so far, as metrics.jsonl holds them (saved with each checkpoint)."""
+        return list(self._records)
+
+    def sync(self) -> None:
+        """metrics.jsonl on disk (fsync): called before a checkpoint, so the records are as durable as it is."""
+        if not self.enabled or not self.rd.metrics.exists():
+            return
+        try:
+            with self.rd.metrics.open("a") as f:
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise ConfigError(f"could not sync {self.rd.metrics}: {os_error(e)}; free space and run the same "
+                              f"command to resume") from e
 
     @staticmethod
     def _keep_aside_if_damaged(path: Path, unreadable: bool, what: str, consequence: str) -> None:
@@ -174,6 +208,7 @@ class RunLogger:
         if not self.enabled:
             return
         event = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
+        self._records.append(event)
         try:
             with self.rd.metrics.open("a") as f:
                 f.write(json.dumps(event) + "\n")

@@ -93,7 +93,8 @@ class Trainer:
                                          keep=self.tc.keep_checkpoints)
         self._resume()
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step,
-                                allowed=get_family(cfg.model.family).resume_keys)
+                                allowed=get_family(cfg.model.family).resume_keys,
+                                checkpoint_records=self.resumed.extra.get("records") if self.resumed else None)
         # Every evaluation of the summary metric, of the raw model and of its EMA (the official trainer reports
         # both maxima); a resumed run's history starts with its earlier evaluations.
         best_name, self.best_mode = self.task.summary_metric()
@@ -143,7 +144,9 @@ class Trainer:
             self.window.update(resumed.extra.get("window", {}))  # the log window open at the checkpoint (older: none)
 
     def save(self) -> None:
-        self.checkpointer.save(self.step, {"window": dict(self.window)})
+        # the records go with the checkpoint (and metrics.jsonl to disk first): a resume restores what the file lost
+        self.logger.sync()
+        self.checkpointer.save(self.step, {"window": dict(self.window), "records": self.logger.records()})
 
     # --- data -----------------------------------------------------------------------------------------
     def _batches(self):

@@ -29,7 +29,7 @@ def test_a_checkpoint_holds_the_run_state_and_the_callers_extra(tmp_path):
     path = ckpt.save(3, {"window": {"loss": 1.5, "steps": 2}})
     assert path == RunDir(tmp_path / "r").checkpoint(3) and path.with_name(path.name + ".sha256").is_file()
     state = load_checkpoint(path)
-    assert set(state) == {"model", "optimizer", "ema", "step", "rng", "scaler", "window"}
+    assert set(state) == {"model", "optimizer", "ema", "step", "rng", "scaler", "window", "format"}
     assert state["step"] == 3 and len(state["rng"]) == 1 and state["window"] == {"loss": 1.5, "steps": 2}
     assert torch.equal(state["model"]["0.weight"], model[0].weight)
     with pytest.raises(ValueError, match=r"\['step'\] would replace"):

@@ -187,13 +187,15 @@ def test_damaged_metrics_are_recovered_and_kept_aside(tmp_path, full, capsys):
     (d / "metrics.jsonl").write_bytes(damaged)
     assert read_jsonl(d / "metrics.jsonl") == [json.loads(x) for x in lines[1:]]  # every readable event
     s = train(compose(ARGS), d)
-    [line] = warnings(capsys.readouterr().err)
-    assert line == (f"[dyt] warning: {d}/metrics.jsonl has 2 damaged line(s); its 5 readable events are kept and the "
-                    f"damaged file is kept as metrics.jsonl.corrupt")
+    assert warnings(capsys.readouterr().err) == [
+        f"[dyt] warning: {d}/metrics.jsonl has 2 damaged line(s); its 5 readable events are kept and the damaged "
+        f"file is kept as metrics.jsonl.corrupt",
+        f"[dyt] warning: {d}/metrics.jsonl lacked 1 event(s) of the checkpoint at step 6 (step 3); restored from "
+        f"the checkpoint"]
     assert (d / "metrics.jsonl.corrupt").read_bytes() == damaged
-    events = read_jsonl(d / "metrics.jsonl")
-    assert [(e["step"], e["split"]) for e in events] == [(6, "train"), (6, "val"), (9, "train"), (12, "train"), (12, "val")]
-    assert events[:2] == [json.loads(x) for x in lines[1:3]]  # kept as they were
+    events, before = read_jsonl(d / "metrics.jsonl"), read_jsonl(full[0] / "metrics.jsonl")
+    assert events[:3] == before[:3]  # up to the checkpoint (step 6): the cut step-3 event is back from it
+    assert [(e["step"], e["split"]) for e in events] == [(e["step"], e["split"]) for e in before]
     assert s["status"] == "completed" and s["val/loss"] == full[1]["val/loss"]
 
     # damaged again: the first damaged copy is never overwritten
@@ -203,6 +205,25 @@ def test_damaged_metrics_are_recovered_and_kept_aside(tmp_path, full, capsys):
     train(compose(ARGS), d)
     assert (d / "metrics.jsonl.corrupt").read_bytes() == damaged
     assert (d / "metrics.jsonl.corrupt.1").exists()
+
+
+@pytest.mark.parametrize("loss", ["cut_last_line", "zero_length", "deleted"])
+def test_records_up_to_the_checkpoint_are_never_lost(tmp_path, full, loss, capsys):
+    """metrics.jsonl is synced before every checkpoint and its events go with it: whatever happened to the file
+    afterwards (its last line cut, emptied, deleted), a resume restores every event up to the checkpoint, saying so."""
+    d = cut(full, tmp_path / "r", last=9)
+    path = d / "metrics.jsonl"
+    data = path.read_bytes()
+    if loss == "cut_last_line":  # the step-9 event cut short: looks like a killed append, but it was checkpointed
+        path.write_bytes(data[: data.rindex(b'{"step": 9') + 20])
+    elif loss == "zero_length":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+    s = train(compose(ARGS), d)
+    [line] = [w for w in warnings(capsys.readouterr().err) if "restored from the checkpoint" in w]
+    assert line.startswith(f"[dyt] warning: {path} lacked ")
+    assert_equal_to_full(s, full, path)
 
 
 def test_cut_last_line_is_dropped_quietly(tmp_path):
