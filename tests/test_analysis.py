@@ -60,17 +60,17 @@ def train_events(run_dir):
 # --- std/ beside alpha/ ---------------------------------------------------------------------------------------
 def test_std_logged_for_every_norm_site_on_log_steps_only(runs):
     """DyT and LayerNorm runs log the input std of the same sites (and pay the same probe); alpha only with DyT."""
+    events = {norm: train_events(runs / norm) for norm in ("dyt", "layernorm")}
     sites = {}
-    for norm in ("dyt", "layernorm"):
-        events = train_events(runs / norm)
-        assert [e["step"] for e in events] == [3, 4]
-        for e in events:
+    for norm, logged in events.items():
+        assert [e["step"] for e in logged] == [3, 4]
+        for e in logged:
             alphas = {k.removeprefix("alpha/") for k in e if k.startswith("alpha/")}
             stds = {k.removeprefix("std/") for k in e if k.startswith("std/")}
             assert alphas == (stds if norm == "dyt" else set()) and all(e[f"std/{n}"] > 0 for n in stds)
-            assert e["train/probe_ms"] > 0
             sites[norm] = stds
     assert sites["dyt"] == sites["layernorm"] and "fc_norm" in sites["dyt"] and len(sites["dyt"]) == 5
+    assert all(e["train/probe_ms"] > 0 for logged in events.values() for e in logged)
 
 
 @pytest.mark.parametrize("extra", [[], ["trainer.grad_accum=2", "trainer.activation_checkpointing=full"]])
@@ -222,6 +222,23 @@ def test_layernorm_points_are_its_output_before_the_affine():
     sampled = record_norm_io(ln, lambda: ln(x), max_points=20, seed=1)[""]
     assert len(sampled.input) == 20 and torch.equal(sampled.input, record_norm_io(ln, lambda: ln(x), 20, 1)[""].input)
     check_points(sampled, x.reshape(-1, 6), ref.reshape(-1, 6))
+
+
+def test_batchnorm_points_are_normalized_by_its_statistics():
+    """Table 15's BatchNorm sites: running statistics in eval, the batch's in training (running ones untouched)."""
+    bn = nn.BatchNorm2d(3, momentum=0.0)  # its own training forward leaves the running statistics as they are
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0]))
+    x = torch.randn(2, 3, 4, 5)
+    batch = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    for training, (mean, var) in ((False, (bn.running_mean, bn.running_var)), (True, batch)):
+        bn.train(training)
+        io = record_norm_io(bn, lambda: bn(x), max_points=120)[""]
+        expected = ((x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + bn.eps)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(io.output, expected.flatten())
+        torch.testing.assert_close(io.input, x.permute(0, 2, 3, 1).flatten())
+    assert bn.running_mean.tolist() == [0.5, -1.0, 2.0]  # the figure's pass changed nothing
 
 
 def check_points(io, rows: torch.Tensor, expected: torch.Tensor) -> None:
