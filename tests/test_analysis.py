@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY, compose
+from conftest import ROOT, TINY, compose, script
 from dyt.analysis import InputStdProbe, alpha_metrics, elementwise_norms, norm_layers, record_norm_io
 from dyt.logging import read_jsonl
 from dyt.families import build_model
@@ -206,6 +206,16 @@ def test_alphas_are_read_in_one_collective_under_fsdp():
     assert sum(n for (op, _), n in ops.ops.items() if "c10d" in op) == 1
     assert alpha_metrics(nn.Sequential(DynamicTanh(8, alpha_init=0.3), DynamicTanh(8, learn_alpha=False))) == \
         pytest.approx({"alpha/0": 0.3, "alpha/1": 0.5})  # no process group: read locally
+
+
+def test_probe_benchmark_runs(capsys):
+    """scripts/bench/std_probe.py end to end on a tiny model: both norms, and the probe allocates one fp32 scalar
+    per site (its timings are measured by the script, never asserted)."""
+    assert script("scripts/bench/std_probe.py").main(
+        ["--models", "vit_pico", "--steps", "1", "--no-write", "data.image_size=32"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| vit_pico |")]
+    assert [r[2] for r in rows] == ["layernorm", "dyt"]
+    assert all(r[8] == f"{4 * int(r[3]):,} B" for r in rows)
 
 
 # --- record_norm_io --------------------------------------------------------------------------------------------
