@@ -9,13 +9,17 @@ A DiT run also computes FID of N generated samples, EMA weights when kept, with 
 sampler settings (model.diffusion.*; the paper's FID-50K: 250 DDPM steps, no guidance):
     python eval.py runs/dit_tiny-dyt-digits-s0 --fid 1000                 # reference: the val split, cached
     python eval.py <imagenet run> --fid 50000 --fid-ref VIRTUAL_imagenet256_labeled.npz   (under torchrun: all ranks)
-A language-model run also takes zero-shot lm-eval tasks (a task list name such as paper15, or task names):
+A language-model run also takes zero-shot lm-eval tasks (a task list name such as paper15, or task names), on the
+run's device and precision (trainer.device=..., trainer.precision=... to change them), on every process of a
+torchrun group (each scores a share of the requests; a run trained with FSDP/HSDP is evaluated sharded the same way):
     python eval.py runs/llama_tiny-dyt-pydoc-s0 --tasks paper15 [--limit 100] [--include-path my_tasks/]
+    torchrun --standalone --nproc_per_node 8 eval.py <7B run> --tasks paper15 --batch-size 16
 """
 import argparse
 import os
 import sys
 
+from dyt import distributed as D
 from dyt.errors import ConfigError
 from dyt.eval import evaluate_run, run_config
 from dyt.families import families, get_family
@@ -43,18 +47,22 @@ def main(argv=None) -> int:
     run_dir = args.run_dir.removeprefix("run_dir=")
     try:
         previous = read_eval(run_dir)
-        family = get_family(run_config(run_dir, args.overrides).model.family)
+        cfg = run_config(run_dir, args.overrides)
+        family = get_family(cfg.model.family)
         asked = [ev for f in families().values() for ev in f.evals if ev.requested(args)]
         for ev in asked:
             if ev not in family.evals:
                 owners = ", ".join(f.name for f in families().values() if ev in f.evals)
                 raise ConfigError(f"{ev.name} applies to {owners} runs; {run_dir} is a {family.name} run")
+        D.init_distributed(cfg.trainer.device)  # under torchrun: one process group for every evaluation below
         metrics = evaluate_run(run_dir, args.overrides, args.checkpoint)
         for ev in asked:
             metrics.update(ev.run(run_dir, args, args.overrides, args.checkpoint))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        D.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
         # FIDs of the same checkpoint measured by earlier calls (raw, then EMA weights) are kept
         same = previous.get("checkpoint") == metrics.get("checkpoint")

@@ -12,15 +12,23 @@ checkpointing (the same command resumes); 1 a sweep with failed points (listed a
 """
 import os
 import sys
+from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from dyt.hydra_errors import fast_help, one_line
 
-from dyt import launch
-from dyt.families import setup
-from dyt.errors import ConfigError
+CONFIGS = Path(__file__).resolve().parent / "configs"
+if __name__ == "__main__" and {"--help", "-h"} & set(sys.argv[1:]):
+    print(fast_help(CONFIGS))  # before torch and Hydra are imported: instant
+    sys.exit(0)
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from dyt import launch  # noqa: E402
+from dyt.errors import ConfigError  # noqa: E402
+from dyt.families import setup  # noqa: E402
 
 setup()
 if (launch.worker_rank() or 0) != 0:
@@ -52,4 +60,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its composition errors instead of printing them: one line here
+    try:
+        main()
+    except Exception as e:
+        if (line := one_line(e)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.exit(2)

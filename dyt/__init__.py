@@ -1,8 +1,14 @@
 """dyt: a framework for studying normalization-free Transformers (Dynamic Tanh vs LayerNorm/RMSNorm)."""
-from dyt.nn import DynamicTanh, build_norm, convert_norms
-
 __all__ = ["DynamicTanh", "build_norm", "convert_norms", "build_model"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `import dyt` stays light (no torch): a script's --help and its argument errors answer before heavy imports
+    if name in ("DynamicTanh", "build_norm", "convert_norms"):
+        import dyt.nn
+        return getattr(dyt.nn, name)
+    raise AttributeError(f"module 'dyt' has no attribute {name!r}")
 
 
 def build_model(cfg):

@@ -98,7 +98,7 @@ class TextDataConfig:
     val_fraction: float = ranged(0.05, Num(0, 1, lo_open=True, hi_open=True))  # held-out share of documents (map-style sources)
     val_docs: int = ranged(2000, COUNT)  # held-out leading documents of a stream (streaming, no val_split)
     text_column: str = "text"
-    tokenizer: str = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder
+    tokenizer: Optional[str] = "bytes"  # bytes | path to tokenizer.json | HF tokenizer name or folder (shards: null = theirs)
     eos_token: Optional[str] = None  # for a bare tokenizer.json: the token put between documents
     add_bos: bool = False  # pack BOS + document + EOS (the released LLaMA code) instead of document + EOS
     bos_token: Optional[str] = None  # for a bare tokenizer.json: the token put before each document (add_bos)
@@ -107,7 +107,8 @@ class TextDataConfig:
     seq_len: int = ranged(256, COUNT)  # tokens per training sequence (the model sees seq_len, predicts seq_len)
     streaming: bool = False  # hf only: stream instead of downloading the whole dataset
     shuffle_buffer: int = ranged(10_000, NONNEG_INT)  # streaming: HF's buffer shuffle (seeded by run seed and pass)
-    max_train_tokens: Optional[int] = ranged(None, OPT_COUNT)  # cap on tokenized training text (map-style sources)
+    max_train_tokens: Optional[int] = ranged(None, OPT_COUNT)  # cap on tokenized training text (map-style, shards)
+    corpus: Optional[str] = None  # shards: the configs/data/ corpus they are made from (the pretokenize command in errors)
     max_val_tokens: Optional[int] = ranged(2_000_000, OPT_COUNT)
     num_workers: int = ranged(0, NONNEG_INT)  # streaming always uses 0 (one deterministic stream per rank)
 
@@ -125,6 +126,7 @@ class OptimConfig:
     warmup_epochs: Optional[float] = ranged(None, OPT_NONNEG)  # when set, replaces warmup_steps
     warmup_shape: str = "linear"  # linear: lr * x | quadratic: lr * (1 - (1 - x)^2), x = step / warmup (LLaMA code)
     min_lr_ratio: float = ranged(0.0, PROB)  # cosine decays to lr * min_lr_ratio
+    cosine_steps: Optional[int] = ranged(None, OPT_COUNT)  # the cosine ends here (null: at max_steps); LLaMA code: 1M
     clip_grad: Optional[float] = ranged(None, OPT_POSITIVE)  # max global grad norm (null = off)
 
 
@@ -138,6 +140,10 @@ class TrainerConfig:
     eval_every_epochs: Optional[float] = ranged(None, Num(0, lo_open=True, optional=True))  # when set, replaces eval_every (e.g. 1 = every epoch, as the paper)
     ckpt_every: int = ranged(100, COUNT)
     log_every: int = ranged(10, COUNT)
+    # Losses, grad norms and the non-finite check stay on the device; the host reads them (one all-reduce, which
+    # also agrees on stop signals) only at sync points: log, eval and checkpoint steps, the last step, and every
+    # sync_every steps (null: log_every). A NaN/Inf loss or a SIGTERM/SIGUSR1 is acted on at the next sync point.
+    sync_every: Optional[int] = ranged(None, OPT_COUNT)
     eval_batch_size: Optional[int] = ranged(None, OPT_COUNT)  # per rank; null = batch_size / world
     resume: str = "auto"  # auto | never | <path to a checkpoint file>
     device: str = "auto"  # auto | cpu | cuda
@@ -148,6 +154,9 @@ class TrainerConfig:
     # LOCAL_WORLD_SIZE), replicated across groups. On one process both train the plain module.
     parallel: str = "ddp"  # ddp | fsdp | hsdp
     hsdp_shard_size: Optional[int] = ranged(None, OPT_COUNT)
+    # dtype of the gradient reduction across ranks: fp32 | bf16 (the released LLaMA code's fms-fsdp bf16 policy).
+    # fsdp / hsdp: the MixedPrecisionPolicy's reduce_dtype; ddp: bf16 all-reduces bf16 copies (bf16_compress_hook)
+    reduce_dtype: str = "fp32"
     init: str = "exact"  # fsdp / hsdp: exact (rank 0's CPU build broadcast into the shards: equals a 1-process run)
     #                      | meta (each shard initialised in place: no process ever holds the full model)
     activation_checkpointing: str = "none"  # none | full (every block) | selective (one block in every ac_every)
@@ -155,7 +164,8 @@ class TrainerConfig:
     channels_last: bool = False  # image models and batches in channels_last memory (timm's --channels-last)
     ema_decay: Optional[float] = ranged(None, Num(0, 1, hi_open=True, optional=True))  # model EMA (timm ModelEmaV3); null = off
     keep_checkpoints: int = ranged(1, COUNT)
-    progress: str = "auto"  # auto (a bar on a tty, quiet otherwise) | on | off
+    progress: str = "auto"  # auto (a bar on a tty, else a line every progress_every s) | bar | lines | off
+    progress_every: float = ranged(30.0, POSITIVE)  # seconds between progress lines (stdout and train.log)
     deterministic: bool = False
 
 

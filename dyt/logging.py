@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -221,11 +220,3 @@ def save_png(path: Path, image) -> Path:
     Image.fromarray(image).save(tmp, format="PNG")
     tmp.replace(path)
     return path
-
-
-def progress_bar(total: int, initial: int, mode: str, enabled: bool):
-    """tqdm on a terminal; quiet under pytest or when stderr is not a tty (unless trainer.progress=on)."""
-    from tqdm.auto import tqdm
-
-    show = {"on": True, "off": False}.get(mode, sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ)
-    return tqdm(total=total, initial=initial, disable=not (enabled and show), dynamic_ncols=True, unit="step")

@@ -6,6 +6,9 @@ from the vision recipes:
                       every parameter is decayed: alpha, norm weights, the embedding scale, biases.
   optim.warmup_shape  ``quadratic``: lr * (1 - (1 - s/w)^2) over the warmup, the released LLaMA schedule;
                       ``linear``: lr * s/w, timm's (and the vision recipes').
+  optim.cosine_steps  where the cosine reaches ``lr * min_lr_ratio``: null = the run's last step (the paper's text);
+                      the released LLaMA code's cosine spans fms-fsdp's default ``num_steps`` of 1,000,000 steps,
+                      whatever the run's length, so its 47,684-step runs end at ~0.995x the peak lr.
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ class WarmupCosineScheduler(CosineLRScheduler):
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, warmup_steps: int,
                     verbose: bool = True) -> WarmupCosineScheduler:
     """Warmup from 0 over `warmup_steps` (``cfg.warmup_shape``), then cosine to ``lr * min_lr_ratio`` at
-    `total_steps`.
+    ``cfg.cosine_steps`` (null: `total_steps`), and ``lr * min_lr_ratio`` after it.
 
     The lr is a pure function of the step (``scheduler.step_update(step + 1)`` before each update), so resuming
     needs no scheduler state. A run shorter than its warmup (a smoke run of a long recipe) keeps a cosine phase:
@@ -89,6 +92,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, war
             print(f"[dyt] warmup of {warmup_steps} steps >= the run's {total_steps} steps; warming up over "
                   f"{shortened} steps instead", flush=True)
         warmup_steps = shortened
-    return WarmupCosineScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps),
+    horizon = getattr(cfg, "cosine_steps", None) or total_steps
+    if horizon <= warmup_steps:
+        raise ConfigError(f"optim.cosine_steps={horizon} must be larger than the warmup ({warmup_steps} steps)")
+    return WarmupCosineScheduler(optimizer, t_initial=horizon - warmup_steps,
                                  lr_min=cfg.lr * cfg.min_lr_ratio, warmup_t=warmup_steps,
                                  warmup_shape=getattr(cfg, "warmup_shape", "linear"))

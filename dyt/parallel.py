@@ -29,10 +29,12 @@ try:
 except ImportError:  # torch < 2.6
     from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
 
-#: trainer.parallel, trainer.activation_checkpointing and trainer.init: the accepted names (dyt.validate reads them)
+#: trainer.parallel, trainer.activation_checkpointing, trainer.init and trainer.reduce_dtype: the accepted names
+#: (dyt.validate reads them)
 PARALLEL = ("ddp", "fsdp", "hsdp")
 AC_MODES = ("none", "full", "selective")
 INITS = ("exact", "meta")
+REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _said: set[str] = set()
 
 
@@ -122,11 +124,16 @@ class Parallel:
     shard: object = None  # shards a fresh module like `model` (EMA twin)
     device: torch.device = torch.device("cpu")
 
-    def grad_sync(self, sync: bool):
-        """Context for one micro-batch's forward/backward: gradients are reduced across ranks only when `sync`."""
+    def grad_sync(self, last: bool):
+        """Context for one micro-batch's forward/backward; `last`: the step's last micro-batch.
+
+        DDP all-reduces on the last micro-batch only (``no_sync`` before). FSDP / HSDP reduce-scatter every
+        micro-batch, so each rank only ever holds its shard of the gradients (skipping it, FSDP2 would keep every
+        unit's unsharded gradient, 4 bytes x all parameters, until the last one); HSDP all-reduces those shards
+        across replicas on the last micro-batch only (torchtitan does the same)."""
         if self.sharded:
-            self.model.set_requires_gradient_sync(sync)
-        elif self.ddp is not None and not sync:
+            self.model.set_requires_all_reduce(last)  # a no-op on a 1-D (fsdp) mesh
+        elif self.ddp is not None and not last:
             return self.ddp.no_sync()
         return contextlib.nullcontext()
 
@@ -165,7 +172,8 @@ def wrap_model(build, dist: DistInfo, tc, amp_dtype: torch.dtype | None = None, 
              process ever holds the full model; the values differ from a single-process build (shards draw their
              own random streams), so runs are not bit-comparable across world sizes.
     ``trainer.precision`` bf16 / fp16 under FSDP is a MixedPrecisionPolicy (params in that dtype, gradients reduced
-    in fp32), not autocast. Activation checkpointing applies per block under every strategy; ``trainer.compile``
+    in ``trainer.reduce_dtype``), not autocast; under DDP ``reduce_dtype=bf16`` all-reduces bf16 copies of the
+    gradients (torch's ``bf16_compress_hook``). Activation checkpointing applies per block under every strategy; ``trainer.compile``
     compiles the whole model under DDP and each block under FSDP."""
     strategy = tc.get("parallel", "ddp")
     if strategy not in PARALLEL:
@@ -180,6 +188,9 @@ def wrap_model(build, dist: DistInfo, tc, amp_dtype: torch.dtype | None = None, 
         ddp = None
         if dist.enabled:
             ddp = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+            if reduce_dtype(tc) == torch.bfloat16:
+                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+                ddp.register_comm_hook(None, bf16_compress_hook)  # bf16 on the wire, averaged back into fp32 grads
         net = ddp if ddp is not None else model
         return Parallel(model, torch.compile(net) if tc.get("compile") else net, False, amp_dtype, ddp=ddp,
                         build=build, device=dist.device)
@@ -188,13 +199,15 @@ def wrap_model(build, dist: DistInfo, tc, amp_dtype: torch.dtype | None = None, 
         raise ConfigError(f"trainer.precision=fp16 is not supported with trainer.parallel={strategy} (it needs a "
                           "sharded gradient scaler); use trainer.precision=bf16")
     mesh = device_mesh(dist, tc)
-    mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32 if amp_dtype else None)
+    mp = mixed_precision(amp_dtype, tc)
 
     def shard(module: nn.Module, train: bool = False) -> None:
         units = _wrap_blocks(module, blocks, tc, compile_blocks=bool(tc.get("compile"))) if train else \
             [b for _, _, b in block_units(module, blocks)]
-        for block in units:
-            fully_shard(block, mesh=mesh, mp_policy=mp)
+        for i, block in enumerate(units):
+            # The trained model's last block stays gathered after forward: backward needs it at once (torchtitan).
+            # Not the EMA twin's: it only evaluates, and its updates go to the shards.
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=not (train and i == len(units) - 1))
         fully_shard(module, mesh=mesh, mp_policy=mp)
 
     init = tc.get("init", "exact")
@@ -215,6 +228,23 @@ def wrap_model(build, dist: DistInfo, tc, amp_dtype: torch.dtype | None = None, 
     else:
         _init_shards(model, seed, mesh)
     return Parallel(model, model, True, None, build=build, shard=shard, device=dist.device)
+
+
+def reduce_dtype(tc) -> torch.dtype:
+    """``trainer.reduce_dtype``: the dtype gradients are reduced across ranks in."""
+    name = tc.get("reduce_dtype", "fp32")
+    if name not in REDUCE_DTYPES:
+        raise ConfigError(f"unknown trainer.reduce_dtype {name!r}; choose one of: {', '.join(REDUCE_DTYPES)}")
+    return REDUCE_DTYPES[name]
+
+
+def mixed_precision(amp_dtype: torch.dtype | None, tc) -> MixedPrecisionPolicy:
+    """FSDP2's policy: parameters gathered in `amp_dtype` (None: as stored, fp32), gradients reduced in
+    ``trainer.reduce_dtype`` (fms-fsdp's bf16 policy, the released LLaMA code's, reduces in bf16)."""
+    dtype = reduce_dtype(tc)
+    # None: reduce in the gradients' own dtype (fp32 when the parameters are gathered as stored)
+    return MixedPrecisionPolicy(param_dtype=amp_dtype,
+                                reduce_dtype=dtype if amp_dtype is not None or dtype != torch.float32 else None)
 
 
 def _broadcast_init(model: nn.Module, full: dict | None, buffers: dict | None) -> None:

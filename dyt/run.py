@@ -4,11 +4,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from dyt.families import get_family
-from dyt.rundir import RunLock, check_config_change, read_summary
+from dyt.rundir import RunLock, check_config_change, describe_changes, differences, read_summary
 from dyt.trainer import Trainer
 from dyt.validate import validate
 
 FINISHED = ("completed", "diverged")
+
+
+_NOT_RESULTS = ("trainer.resume", "trainer.progress", "trainer.keep_checkpoints", "data.num_workers")
+
+
+def _skip_line(run_dir, summary: dict, cfg) -> str:
+    """Why a finished run is not trained again, naming the settings this command changes that run names leave out
+    (trainer.parallel, precision...): a strategy comparison must not silently compare a run with itself."""
+    changed = {k: v for k, v in differences(run_dir, cfg).items()
+               if k.split(".")[0] in ("trainer", "optim", "model", "norm", "data") and k not in _NOT_RESULTS}
+    line = f"[dyt] {run_dir} already {summary['status']}; skipping"
+    if not changed:
+        return line + " (trainer.resume=never to train it again)"
+    return (f"{line}. It ran with other settings than this command's ({describe_changes(changed)}): to train "
+            "these settings beside it add run_name=<a new name>, in its place trainer.resume=never")
 
 
 def train(cfg, run_dir: str | Path) -> dict:
@@ -21,8 +36,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     with RunLock(run_dir):  # one process per run directory (rank 0 holds it); a second one stops with one line
         summary = read_summary(run_dir) if cfg.trainer.resume == "auto" else None  # None: absent or damaged
         if summary is not None and summary.get("status") in FINISHED:
-            print(f"[dyt] {run_dir} already {summary['status']}; skipping (trainer.resume=never to train again)",
-                  flush=True)
+            print(_skip_line(run_dir, summary, cfg), flush=True)
             return summary
         check_config_change(run_dir, cfg, get_family(cfg.model.family).resume_keys)  # resuming with another definition of the run: one line, before building
         trainer = Trainer(cfg, run_dir)

@@ -303,6 +303,18 @@ def _fmt(v) -> str:
     return v if v is ABSENT else json.dumps(v)
 
 
+def differences(run_dir: str | Path, cfg) -> dict[str, tuple]:
+    """``{key: (the run's value, cfg's value)}`` for every key where `cfg` differs from the run's config.yaml
+    (``ABSENT`` for a missing key); {} when the run has no readable config.yaml."""
+    old = read_config(RunDir(run_dir).path)
+    if old is None:
+        return {}
+    old, new = _flatten(old), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    keys = [*old, *(k for k in new if k not in old)]
+    return {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys
+            if not _same(old.get(k, ABSENT), new.get(k, ABSENT))}
+
+
 def check_config_change(run_dir: str | Path, cfg, allowed: tuple[str, ...] = ()) -> dict[str, tuple]:
     """Compare `cfg` (the config about to resume `run_dir`) with the run's own config.yaml.
 
@@ -311,18 +323,10 @@ def check_config_change(run_dir: str | Path, cfg, allowed: tuple[str, ...] = ())
     as an event. A fresh run (``trainer.resume=never``, no checkpoint yet, or no config.yaml) returns ``{}``.
     `allowed`: more key patterns (fnmatch) that may change on resume, beside ``ALLOWED_ON_RESUME``.
     """
-    rd = RunDir(run_dir)
-    if cfg.trainer.resume == "never" or not rd.checkpoints():
+    if cfg.trainer.resume == "never" or not RunDir(run_dir).checkpoints():
         return {}
-    old = read_config(rd.path)
-    if old is None:
-        return {}
-    old, new = _flatten(old), _flatten(OmegaConf.to_container(cfg, resolve=True))
     changed, accepted = [], {}
-    for key in [*old, *(k for k in new if k not in old)]:
-        a, b = old.get(key, ABSENT), new.get(key, ABSENT)
-        if _same(a, b):
-            continue
+    for key, (a, b) in differences(run_dir, cfg).items():
         if _allowed(key, allowed) or ((a is ABSENT or b is ABSENT) and _schema_field(cfg, key)):
             accepted[key] = (a, b)
         else:

@@ -5,6 +5,11 @@ AdamW + warmup/cosine, gradient accumulation and clipping, autocast, EMA, torch.
 atomic checkpoints with exact resume, divergence handling, and the run records (metrics.jsonl, summary.json,
 wandb). How the model is built, wrapped and sharded (DDP, FSDP2 / HSDP, mixed-precision policy, activation
 checkpointing) is `dyt.parallel.wrap_model`; which checkpoint format a run writes follows from it (`dyt.checkpoint`).
+
+A step reads nothing back from the device: losses and grad norms stay there until a sync point (`_sync_point`:
+log, eval and checkpoint steps, the last step, every ``trainer.sync_every`` steps), where one all-reduce brings
+them to the host with the ranks' stop signals. A NaN/Inf loss ends the run as 'diverged' at the next sync point,
+naming its step; since checkpoints and evaluations are sync points, neither ever sees weights updated with it.
 """
 from __future__ import annotations
 
@@ -24,11 +29,12 @@ from dyt.checkpoint import Checkpointer
 from dyt.errors import ConfigError
 from dyt.eval import evaluate
 from dyt.families import build_task, get_family
-from dyt.logging import RunLogger, progress_bar
+from dyt.logging import RunLogger
 from dyt.optim import build_optimizer, build_scheduler
 from dyt.parallel import wrap_model
 from dyt.plan import check_model_fits
 from dyt.precision import amp_dtype, autocast
+from dyt.progress import Progress
 from dyt.rundir import RunDir
 
 
@@ -93,7 +99,12 @@ class Trainer:
         self.last_val = {k: v for k, v in last["val"].items() if k not in ("step", "split")}
         self.last_train = {k: v for k, v in last["train"].items() if k == "train/loss"}
         self._stop_signal = None  # set by this process's signal handler
-        self._agreed_signal = None  # a stop signal any rank got, agreed on by all ranks at the last step
+        # On the device until the next sync point (`_sync`): every step's losses since the last one ([loss, parts...]
+        # of this rank) and the last step's grad norm.
+        self.pending: list[torch.Tensor] = []
+        self.loss_names: list[str] = ["loss"]
+        self.grad_norm: torch.Tensor | None = None
+        self.sync_every = self.tc.get("sync_every") or self.tc.log_every
 
     # --- setup helpers --------------------------------------------------------------------------------
     def _micro_batch(self) -> int:
@@ -169,8 +180,15 @@ class Trainer:
     def _log_step(self, step: int) -> bool:
         return step % self.tc.log_every == 0 or step == self.max_steps
 
+    def _sync_point(self, step: int) -> bool:
+        """Whether the host reads the device's losses after `step` (`_sync`): before anything that needs them or
+        must not see a diverged model (logging, evaluation, a checkpoint), at the end, and every `sync_every`
+        steps. A single process also syncs at once after a stop signal (there is nobody to agree with)."""
+        return (self._log_step(step) or step % self.eval_every == 0 or step % self.tc.ckpt_every == 0
+                or step % self.sync_every == 0 or (self._stop_signal is not None and not self.dist.enabled))
+
     def _on_signal(self, signum, frame):
-        self._stop_signal = signum  # finish the current step, checkpoint, exit (SLURM preemption, Ctrl-C)
+        self._stop_signal = signum  # checkpoint and exit at the next sync point (SLURM preemption, Ctrl-C)
 
     def fit(self) -> dict:
         """Train to `max_steps`; returns (and writes) the summary. A NaN/Inf loss ends the run as 'diverged'."""
@@ -181,6 +199,7 @@ class Trainer:
         start = time.time()
         try:
             summary.update(self._loop(summary))
+            self.checkpointer.flush()  # the last checkpoint, if still being written, named before the summary
         except Exception as e:
             summary.update(status="failed", step=self.step, reason=f"{type(e).__name__}: {e}")
             self.logger.summary(summary)
@@ -199,51 +218,59 @@ class Trainer:
         self.logger.finish(exit_code=0 if summary["status"] == "completed" else 1)
         return summary
 
-    def _train_step(self, batches) -> tuple[float, float | None, int, dict[str, float]]:
-        """One optimizer step over `grad_accum` micro-batches: (mean loss, grad norm, units seen, the means of
-        the task's logged loss parts)."""
+    def _train_step(self, batches) -> int:
+        """One optimizer step over `grad_accum` micro-batches, without reading anything back from the device: its
+        mean loss (and the task's logged loss parts) joins `pending`, its grad norm is `grad_norm`. Returns the
+        units (samples, tokens) seen."""
         tc = self.tc
         self.scheduler.step_update(self.step + 1)
         sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.device)}
         units = 0
         for micro in range(tc.grad_accum):
             batch = next(batches)
-            last = micro == tc.grad_accum - 1
-            with self.par.grad_sync(last), self.autocast():  # gradients reduced on the last micro-batch only
+            with self.par.grad_sync(micro == tc.grad_accum - 1), self.autocast():
                 out = self.task.loss(self.net, batch)
             parts = out if isinstance(out, dict) else {"loss": out}
             self.scaler.scale(parts["loss"] / tc.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / tc.grad_accum
             units += self.task.batch_units(batch)
-        # One all-reduce per step: every rank sees the same loss, so all stop together on NaN, and learns whether any
-        # rank got a stop signal, so all stop (and checkpoint, a collective) after the same step.
-        names = list(sums)
-        flags = torch.tensor([1.0 if self._stop_signal else 0.0, float(self._stop_signal or 0)], device=self.device)
-        totals = D.all_reduce_sum(torch.cat([torch.stack([sums[k] for k in names]), flags]))
-        means = (totals[:len(names)] / self.dist.world_size).tolist()
-        got, signum = totals[len(names):].tolist()
-        self._agreed_signal = round(signum / got) if got else None
-        loss_val, parts = means[0], dict(zip(names[1:], means[1:]))
-        if not math.isfinite(loss_val):
-            self.optimizer.zero_grad(set_to_none=True)
-            return loss_val, None, units, parts
+        self.loss_names = list(sums)
+        self.pending.append(torch.stack(list(sums.values())))
+        # A non-finite loss is not checked here (that would be a sync): its update goes through, and the run ends
+        # as diverged at the next sync point, before any checkpoint, evaluation or log of the damaged weights.
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
-        grad_norm = D.scalar(nn.utils.clip_grad_norm_(self.model.parameters(), clip)) if clip else None
+        self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
         self.step += 1
-        return loss_val, grad_norm, units, parts
+        return units
+
+    def _sync(self) -> tuple[list[list[float]], int | None]:
+        """A sync point: ONE all-reduce carries every step's losses since the last sync point (summed over ranks)
+        and which stop signal any rank got, and ONE read brings them to the host. Returns each of those steps'
+        mean [loss, parts...] over the ranks (so every rank sees the same values and stops together on a NaN)
+        and the agreed stop signal (None: none)."""
+        k = len(self.loss_names)
+        losses = torch.stack(self.pending).flatten() if self.pending else torch.zeros(0, device=self.device)
+        self.pending = []
+        flags = torch.tensor([1.0 if self._stop_signal else 0.0, float(self._stop_signal or 0)], device=self.device)
+        totals = D.all_reduce_sum(torch.cat([losses, flags]))
+        values = torch.cat([totals[:-2] / self.dist.world_size, totals[-2:]]).tolist()
+        got, signum = values[-2:]
+        return [values[i:i + k] for i in range(0, len(values) - 2, k)], (round(signum / got) if got else None)
 
     def _loop(self, summary: dict) -> dict:
         tc = self.tc
         batches = self._batches()
         self.net.train()
-        bar = progress_bar(self.max_steps, self.step, tc.progress, self.dist.is_main)
+        # a bar on a terminal, else a line every trainer.progress_every seconds on stdout and in train.log
+        bar = Progress(self.max_steps, "train", "step", initial=self.step, mode=tc.progress, enabled=self.dist.is_main,
+                       every=tc.get("progress_every", 30.0), log_file=self.run_dir / RunDir.LOG)
         win = self.window  # restored from the checkpoint on resume: a resumed run logs what the uninterrupted one did
         try:
             while self.step < self.max_steps:
@@ -252,17 +279,24 @@ class Trainer:
                 # for LN and DyT runs (train/probe_ms). A compiled model ignores hooks added after compilation: no
                 # std/ metrics under trainer.compile.
                 with InputStdProbe(self.model, self._log_step(self.step + 1) and not tc.get("compile")) as probe:
-                    loss, grad_norm, units, parts = self._train_step(batches)
-                step_time = time.perf_counter() - t0  # data + forward/backward/update; never eval or checkpoint time
-                if not math.isfinite(loss):
-                    reason = f"non-finite training loss ({loss}) at step {self.step + 1}"
-                    self.logger.log(self.step + 1, "train", {"train/loss": loss})
-                    if self.dist.is_main:
-                        print(f"[dyt] diverged: {reason}", flush=True)
-                    return {"status": "diverged", "step": self.step + 1, "reason": reason}
-                win.update(loss=win["loss"] + loss, steps=win["steps"] + 1, units=win["units"] + units,
-                           time=win["time"] + step_time,
-                           parts={k: win["parts"].get(k, 0.0) + v for k, v in parts.items()})
+                    units = self._train_step(batches)
+                win.update(steps=win["steps"] + 1, units=win["units"] + units)
+                sync = self._sync_point(self.step)
+                losses, signum = self._sync() if sync else ([], None)
+                # data + forward/backward/update (the GPU's queue drained at a sync point); never eval or
+                # checkpoint time
+                win["time"] += time.perf_counter() - t0
+                if sync:
+                    self.checkpointer.flush()  # a checkpoint written in the background gets its name
+                for step, (loss, *parts) in enumerate(losses, start=self.step - len(losses) + 1):
+                    if not math.isfinite(loss):
+                        reason = f"non-finite training loss ({loss}) at step {step}"
+                        self.logger.log(step, "train", {"train/loss": loss})
+                        if self.dist.is_main:
+                            print(f"[dyt] diverged: {reason}", flush=True)
+                        return {"status": "diverged", "step": step, "reason": reason}
+                    win.update(loss=win["loss"] + loss,
+                               parts={n: win["parts"].get(n, 0.0) + v for n, v in zip(self.loss_names[1:], parts)})
                 bar.update(1)
                 if self._log_step(self.step):
                     metrics = {"train/loss": win["loss"] / win["steps"], "train/lr": self.optimizer.param_groups[0]["lr"],
@@ -270,8 +304,8 @@ class Trainer:
                                "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model),
                                **probe.metrics()}
                     metrics.update({f"train/{k}": v / win["steps"] for k, v in win["parts"].items()})
-                    if grad_norm is not None:
-                        metrics["train/grad_norm"] = grad_norm
+                    if self.grad_norm is not None:
+                        metrics["train/grad_norm"] = D.scalar(self.grad_norm)
                     metrics.update(self.task.train_metrics(metrics["train/throughput"]))
                     self.logger.log(self.step, "train", metrics)
                     bar.set_postfix({"loss": f"{metrics['train/loss']:.4f}", "lr": f"{metrics['train/lr']:.2e}",
@@ -282,11 +316,11 @@ class Trainer:
                     self.last_val = self._eval_and_log()
                     for name, history in self.val_history.items():
                         history.append(self.last_val[name])
-                stop = self._agreed_signal is not None  # the same on every rank (see _train_step)
+                stop = signum is not None  # agreed at the sync point: the same on every rank
                 if self.step % tc.ckpt_every == 0 or self.step == self.max_steps or stop:
                     self.save()
                 if stop:
-                    name = signal.Signals(self._agreed_signal).name
+                    name = signal.Signals(signum).name
                     return {"status": "interrupted", "step": self.step, "signal": name,
                             "reason": f"signal {name}; resume with the same command"}
             return {"status": "completed", "step": self.step}

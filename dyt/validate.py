@@ -24,8 +24,11 @@ from dyt.config import DATA_SCHEMAS, LauncherConfig, LoggerConfig, NormConfig, O
 from dyt.data.vision import image_folder_classes
 from dyt.errors import ConfigError
 from dyt.family import Family, families, get_family
+from dyt.hydra_errors import did_you_mean
 from dyt.nn import NORM_KINDS
-from dyt.parallel import AC_MODES, INITS, PARALLEL
+from dyt.parallel import AC_MODES, INITS, PARALLEL, REDUCE_DTYPES
+from dyt.progress import LEGACY as LEGACY_PROGRESS
+from dyt.progress import MODES as PROGRESS_MODES
 from dyt.ranges import COUNT, NumList, rules
 
 SHARED_SCHEMAS = (TrainConfig, NormConfig, OptimConfig, TrainerConfig, LoggerConfig, LauncherConfig, *DATA_SCHEMAS)
@@ -69,6 +72,12 @@ def _fmt(v: Any) -> str:
 def _check_node(node: DictConfig, prefix: str, problems: list[str]) -> None:
     cls = schema_of(node)
     own = rules(cls) if cls else {}
+    if cls is not None and dataclasses.is_dataclass(cls):  # a key forced in with ++key= / +key= is a typo, not a setting
+        fields = [f.name for f in dataclasses.fields(cls)]
+        for key in node.keys():
+            if key not in fields:
+                where = prefix.rstrip(".") or "the config"
+                problems.append(f"{prefix}{key} is not a setting of {where}{did_you_mean(str(key), fields, prefix)}")
     for key, rule in own.items():
         if key not in node or OmegaConf.is_missing(node, key):
             continue  # missing mandatory values are reported once, by _missing
@@ -143,6 +152,7 @@ def _cross_checks(cfg, problems: list[str]) -> None:
     if t.get("max_steps", 0) is None and t.get("epochs", 0) is None:
         problems.append("trainer.max_steps=null and trainer.epochs=null: set one of them (the run's length)")
     _parallel_checks(t, problems)
+    _progress_check(t, problems)
     _norm_check(cfg.norm.get("name"), m, problems)
     family: Family = get_family(m.family)
     if family.check is not None:
@@ -157,9 +167,15 @@ def _norm_check(name: str, m, problems: list[str]) -> None:
         problems.append(f"norm={name}: unknown norm for {m.get('name')}; choose one of: {', '.join(kinds)}")
 
 
+def _progress_check(t, problems: list[str]) -> None:
+    if t.get("progress", "auto") not in (*PROGRESS_MODES, *LEGACY_PROGRESS):
+        problems.append(f"trainer.progress={t.get('progress')}: unknown; choose one of: {', '.join(PROGRESS_MODES)}")
+
+
 def _parallel_checks(t, problems: list[str]) -> None:
-    """trainer.parallel / init / activation_checkpointing: known names, and combinations that can run."""
-    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES}
+    """trainer.parallel / init / activation_checkpointing / reduce_dtype: known names, and combinations that can run."""
+    choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES,
+               "reduce_dtype": tuple(REDUCE_DTYPES)}
     bad = False
     for key, names in choices.items():
         if key in t and t.get(key) not in names:

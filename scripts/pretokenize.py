@@ -1,75 +1,60 @@
-"""Pre-tokenize a text corpus into memory-mapped token shards (the fast, exactly resumable data path).
+"""Pre-tokenize a text corpus into memory-mapped token shards (the data path for long runs: every rank reads only
+its own sequences, and a resume at any step is a seek).
 
-    python scripts/pretokenize.py --data text_pile --out /data/pile_llama2 --max-train-tokens 200e9
+    python scripts/pretokenize.py --data text_pile --out /data/pile_llama2 --max-train-tokens 2e11 data.add_bos=true
     python scripts/pretokenize.py --data text_local data.root=/my/texts data.tokenizer=/my/tokenizer.json --out shards/
     python train.py model=llama_350m data=text_shards data.root=/data/pile_llama2
 
-``--data`` names a configs/data/text_*.yaml; extra key=value arguments override it (``data.`` prefix). Writes
-``{train,val}_NNNNN.bin`` (uint16 when the vocabulary fits, else uint32; documents packed as document + EOS, or
-BOS + document + EOS with ``data.add_bos=true`` as the LLaMA recipe does) and ``meta.json`` (tokenizer,
-vocab_size, eos_id, bos_id, add_bos, dtype, shard files, token counts). Each shard is
-written under a temporary name and renamed, so an interrupted run leaves only whole shards.
+``--data`` names a configs/data/text_*.yaml; extra key=value arguments override it (``data.`` prefix). Documents
+are packed as document + EOS, or BOS + document + EOS with ``data.add_bos=true`` (the LLaMA recipe).
+
+Parallel: the corpus is cut into parts that do not depend on ``--workers`` (one per data file of a hub dataset;
+groups of ~``--part-bytes`` of local files or in-memory documents, `dyt.data.text.document_parts`), and each part
+is tokenized by one process, in order: the shards are the same bytes for any number of workers. A hub stream has
+as many parts as data files (The Pile: 30), which bounds the useful workers.
+Resumable: a shard is written under a temporary name, renamed, then recorded; running the same command again
+after a kill keeps every recorded shard and continues after it (other settings in the same folder are refused).
+With a token cap, parts past the cap are not started (those already running are stopped).
+Progress: a bar on a terminal, else a line every 30 s (tokens, tokens/s, ETA when the total is known).
+The manifest (meta.json, `dyt.data.shards`): source and config, tokenizer and the hash of its vocabulary, add_bos,
+dtype, the shards of each split with their tokens, bytes and sha256, created/completed times.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dyt.data.text import document_ids, document_streams  # noqa: E402
+from dyt.data.pretokenize import SPLITS, settings, tokenize_parts  # noqa: E402
+from dyt.data.shards import FORMAT, split_shards  # noqa: E402
+from dyt.data.text import document_parts  # noqa: E402
 from dyt.data.tokenizers import load_tokenizer  # noqa: E402
+from dyt.errors import ConfigError  # noqa: E402
 from dyt.families import compose  # noqa: E402
+from dyt.files import read_json_object, write_json  # noqa: E402
 
 
 def data_config(name: str, overrides: list[str]):
     return compose([f"data={name}", *overrides]).data
 
 
-def write_split(docs, tok, out: Path, split: str, shard_tokens: int, max_tokens: int | None,
-                add_bos: bool = False) -> tuple[list[str], int]:
-    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    files, total, buf, n_buf = [], 0, [], 0
-
-    def flush():
-        nonlocal buf, n_buf
-        if not n_buf:
-            return
-        name = f"{split}_{len(files):05d}.bin"
-        tmp = out / (name + ".tmp")
-        np.concatenate(buf).astype(dtype).tofile(tmp)
-        os.replace(tmp, out / name)
-        files.append(name)
-        buf, n_buf = [], 0
-
-    for doc in docs:
-        ids = np.asarray(document_ids(tok, doc, add_bos), dtype=dtype)
-        if max_tokens is not None:
-            ids = ids[: max_tokens - total]
-        buf.append(ids)
-        n_buf += len(ids)
-        total += len(ids)
-        if n_buf >= shard_tokens:
-            flush()
-        if max_tokens is not None and total >= max_tokens:
-            break
-    flush()
-    print(f"[pretokenize] {split}: {total:,} tokens in {len(files)} shard(s)", flush=True)
-    return files, total
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a configs/data/ name, e.g. text_pile")
     p.add_argument("--out", required=True, help="output folder (data.root of data=text_shards)")
-    p.add_argument("--shard-tokens", type=float, default=1e9, help="tokens per shard file")
-    p.add_argument("--max-train-tokens", type=float, default=None)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
+    p.add_argument("--shard-tokens", type=float, default=1e9, help="tokens per shard file (at least; whole documents)")
+    p.add_argument("--part-bytes", type=float, default=2**28, help="source text per part of local/in-memory corpora")
+    p.add_argument("--max-train-tokens", type=float, default=None, help="default: the config's data.max_train_tokens")
     p.add_argument("--max-val-tokens", type=float, default=None, help="default: the config's data.max_val_tokens")
     p.add_argument("overrides", nargs="*", help="data config overrides, e.g. data.root=/texts")
     args = p.parse_args(argv)
@@ -77,22 +62,37 @@ def main(argv=None) -> int:
     cfg = data_config(args.data, args.overrides)
     if cfg.source == "shards":
         raise SystemExit("error: --data must name a text source, not shards")
+    if args.workers < 1:
+        raise SystemExit("error: --workers must be at least 1")
     tok = load_tokenizer(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_docs, val_docs = document_streams(cfg)
-    max_val = int(args.max_val_tokens) if args.max_val_tokens else cfg.max_val_tokens
-    max_train = int(args.max_train_tokens) if args.max_train_tokens else cfg.max_train_tokens
-    shards, tokens = {}, {}
-    per_shard = int(args.shard_tokens)
-    shards["val"], tokens["val"] = write_split(val_docs, tok, out, "val", per_shard, max_val, cfg.add_bos)
-    shards["train"], tokens["train"] = write_split(train_docs, tok, out, "train", per_shard, max_train, cfg.add_bos)
-    meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "bos_id": tok.bos_id,
-            "add_bos": bool(cfg.add_bos),
-            "dtype": "uint16" if tok.vocab_size <= 2**16 else "uint32", "shards": shards, "tokens": tokens,
-            "source": {k: cfg[k] for k in ("source", "hub_id", "hub_config", "root", "text_column")}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    print(f"[pretokenize] wrote {out / 'meta.json'}; train with: data=text_shards data.root={out}", flush=True)
+    parts = document_parts(cfg, int(args.part_bytes))
+    caps = {"val": int(args.max_val_tokens) if args.max_val_tokens else cfg.max_val_tokens,
+            "train": int(args.max_train_tokens) if args.max_train_tokens else cfg.max_train_tokens}
+    want = settings(cfg, tok, parts, shard_tokens=int(args.shard_tokens), part_bytes=int(args.part_bytes),
+                    max_tokens=caps)
+    started = read_json_object(out / "pretokenize.json")
+    if started is not None and {k: v for k, v in started.items() if k != "created"} != want:
+        diff = sorted(k for k in {*started, *want} - {"created"} if started.get(k) != want.get(k))
+        raise ConfigError(f"{out} holds shards written with other settings ({', '.join(diff)}); use another --out "
+                          "or delete that folder")
+    if started is None:
+        started = {**want, "created": now()}
+        write_json(out / "pretokenize.json", started)
+
+    job = {"cfg": cfg, "tok": tok, "out": out, "dtype": want["dtype"], "shard_tokens": want["shard_tokens"],
+           "caps": want["max_tokens"]}
+    records = tokenize_parts(parts, job, args.workers)
+    shards = {s: split_shards(records[s], want["max_tokens"][s]) for s in SPLITS}
+    meta = {"format": FORMAT, **want, "data": args.data, "overrides": args.overrides, "shards": shards,
+            "tokens": {s: sum(e["tokens"] for e in shards[s]) for s in SPLITS},
+            "created": started["created"], "completed": now(), "workers": args.workers}
+    write_json(out / "meta.json", meta)
+    for tmp in out.glob("*.tmp"):  # shards a killed worker left half-written
+        tmp.unlink()
+    print(f"[pretokenize] train: {meta['tokens']['train']:,} tokens, val: {meta['tokens']['val']:,} tokens in "
+          f"{sum(map(len, shards.values()))} shards; train with: data=text_shards data.root={out}", flush=True)
     return 0
 
 

@@ -40,6 +40,7 @@ def script(path: str):
     main(argv) in this process where a fresh interpreter proves nothing more (each one imports torch again)."""
     spec = importlib.util.spec_from_file_location(f"{Path(path).stem}_script", ROOT / path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

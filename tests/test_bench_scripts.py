@@ -4,7 +4,9 @@ The numbers themselves are not asserted (speed is measured by the scripts, never
 """
 from __future__ import annotations
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, script
+
+gpu_check = script("scripts/gpu_check.py")  # reads these scripts' output: their formats are its input
 
 
 def test_bench_norms_quick(tmp_path):
@@ -15,6 +17,7 @@ def test_bench_norms_quick(tmp_path):
         assert f"| fp32 | 8x96x56x56 NCHW | {impl} |" in out.stdout
     assert "C kernel alone" in out.stdout and "ns/element per thread" in out.stdout
     assert "Fixed cost per call (2x16 input, cpu): forward" in out.stdout
+    assert gpu_check.parse_norms(out.stdout).summary.startswith("fp32 DyT fwd+bwd ")
 
 
 def test_bench_models_every_family(tmp_path):
@@ -27,6 +30,8 @@ def test_bench_models_every_family(tmp_path):
     lm = run_script(cmd + ["--models", "llama_tiny", "--seq-len", "32"], cwd=tmp_path, timeout=600).stdout
     assert "| llama_tiny | 4x32 | rmsnorm | eager |" in lm and "| llama_tiny | 4x32 | dyt | eager |" in lm
     assert "tokens/s | 1.00x |" in lm
+    got = gpu_check.parse_models(32)(lm).records
+    assert [r["what"] for r in got] == ["llama_tiny rmsnorm eager", "llama_tiny dyt eager"] and got[0]["rate"] > 0
 
 
 def test_bench_default_job_runs_train_py(tmp_path):

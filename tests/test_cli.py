@@ -3,12 +3,15 @@
 run, the resume after kill -9, the run eval.py reads) train in this process: a fresh interpreter would prove
 nothing more and costs an import of torch, Hydra and timm."""
 import json
+import re
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +50,11 @@ def test_multirun_sweep_then_rerun_skips(tmp_path, capsys):
         assert summary(tmp_path / "multirun/sweep" / r)["status"] == "completed"
     again = run_script(args, cwd=tmp_path)
     assert again.stdout.count("already completed") == 3
+    # trainer.parallel is left out of run names (it changes how, not what): the skip line says what differs
+    capsys.readouterr()
+    train(compose(["norm=dyt", *TINY, "trainer.parallel=fsdp"]), tmp_path / "multirun/sweep" / runs[0])
+    assert ("already completed; skipping. It ran with other settings than this command's (trainer.parallel: \"ddp\" -> "
+            "\"fsdp\"): to train these settings beside it add run_name=") in capsys.readouterr().out
     # the comparison report puts the three norms of the cell on one row
     capsys.readouterr()
     assert script("scripts/report.py").main(["--sweep", str(tmp_path / "multirun"), "--out", str(tmp_path / "cmp")]) == 0
@@ -115,13 +123,55 @@ def test_torchrun_two_processes_match_single_process(single_run, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model=vit_huge"], "Could not find 'model/vit_huge'"),
-    (["trainer.max_stpes=3"], "Could not override 'trainer.max_stpes'"),
+    (["model=vit_huge"], "error: no model config 'vit_huge'; did you mean vit_s or vit_l or vit_b? (choices: convnext_atto"),
+    (["trainer.max_stpes=3"], "error: trainer.max_stpes is not a setting of trainer; did you mean trainer.max_steps?"),
+    (["++trainer.max_stpes=3"], "error: trainer.max_stpes is not a setting of trainer; did you mean trainer.max_steps?"),
     (["data=fashion_mnist", "data.root=/nonexistent/fmnist"], "error: Fashion-MNIST files not found in /nonexistent/fmnist"),
     (["data=cifar10"], "error: cannot download 'uoft-cs/cifar10' while offline"),
     (["trainer.device=tpu"], "error: unknown trainer.device 'tpu'; choose one of: auto, cpu, cuda"),
+    (["model=convnext_atto"], "got 8; add data.image_size=32 (images are resized)"),  # the fix, as an override
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     out = run_script(["python", str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path, check=False)
-    assert out.returncode != 0 and message in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert [line for line in out.stderr.splitlines() if line.strip()] == [next(
+        line for line in out.stderr.splitlines() if message in line)]  # one line, nothing else
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_is_instant_and_lists_only_choices(tmp_path):
+    """--help answers from the configs folder before torch or Hydra is imported; no schema_* / _recipe internals."""
+    out = run_script(["python", "-X", "importtime", str(ROOT / "train.py"), "--help"], cwd=tmp_path)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not {"torch", "hydra", "timm"} & imported, sorted(imported)[:20]
+    assert "  norm: batchnorm, derf, dyisru, dyt," in out.stdout and "  model: convnext_atto" in out.stdout
+    assert "schema_" not in out.stdout and "_llama_recipe" not in out.stdout
+
+
+@pytest.mark.skipif(Path("/usr/share/datasets/fashion-mnist").exists(), reason="Debian's Fashion-MNIST is installed")
+def test_missing_dataset_without_network_is_one_line_and_leaves_nothing(tmp_path):
+    """Not offline by the HF_* variables, but no network (a proxy that refuses): torchvision's download fails, and the
+    user gets one line naming how to get the data, exit 2, and no run directory (not a traceback and a stale dir)."""
+    env = {k: "" for k in OFFLINE_ENV if k.startswith("HF_")}
+    env.update(https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="", DYT_CACHE=str(tmp_path / "cache"))
+    out = run_script(["python", str(ROOT / "train.py"), "data=fashion_mnist", f"hydra.run.dir={tmp_path}/r"],
+                     cwd=tmp_path, env=env, check=False)
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr
+    assert len(errors) == 1 and "torchvision could not download it" in errors[0], out.stderr
+    assert "apt-get install dataset-fashion-mnist" in errors[0] and "data.root=" in errors[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_off_a_terminal_training_prints_progress_lines_into_train_log(tmp_path):
+    """Under nohup / a pipe / SLURM (stdout not a terminal), trainer.progress=auto prints a line every
+    trainer.progress_every seconds (step, rate, ETA, loss, lr, throughput), on stdout and in the run's train.log."""
+    out = run_script(["python", str(ROOT / "train.py"), *TINY, "trainer.max_steps=30", "trainer.progress_every=0.01",
+                      f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path, env={"PYTEST_CURRENT_TEST": ""})
+    pattern = r"\[train\] \d+/30 step \(\d+%\) \| [\d.]+ step/s \| elapsed \dm\d\ds( \| ETA \dm\d\ds)?"
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[train]")]
+    assert len(lines) >= 2 and all(re.match(pattern, ln) for ln in lines), out.stdout
+    assert lines[-1].startswith("[train] 30/30 step (100%)") and "| loss " in lines[-1] and "| samples/s " in lines[-1]
+    log = (tmp_path / "r/train.log").read_text().splitlines()
+    assert [ln for ln in log if ln.startswith("[train]")] == lines

@@ -236,3 +236,17 @@ def test_labels_are_checked_against_num_classes(tmp_path):
         build_vision_datasets(compose(["data=cifar10", f"data.root={tmp_path / 'b'}"]).data)
     with pytest.raises(ConfigError, match=r"data.num_classes=5 but the 'train' split has label 9"):
         build_vision_datasets(compose(["data.num_classes=5"]).data)  # embedded tensors too
+
+
+@pytest.mark.parametrize("n,world,drop_last,start", [(10, 3, True, 0), (10, 3, False, 2), (7, 1, True, 5),
+                                                      (5, 8, False, 0), (5, 8, True, 0), (100_000, 4, True, 70_001)])
+def test_sharded_sampler_shares_and_lengths(n, world, drop_last, start):
+    """Every rank's share is perm[rank::world] of one seeded permutation (the tail dropped when asked), from
+    `start` on; len() is computed without drawing the permutation and agrees with iterating."""
+    from dyt.data.sampler import ShardedSampler
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3 * 100_003 + 2)).tolist()
+    if drop_last:
+        perm = perm[: n // world * world]
+    for rank in range(world):
+        s = ShardedSampler(n, rank, world, seed=3, epoch=2, drop_last=drop_last, start=start)
+        assert list(s) == perm[rank::world][start:] and len(s) == len(list(s))

@@ -149,3 +149,24 @@ def test_table3_cells_differ_only_by_norm():
 def test_bad_dit_configs_are_one_clear_error(args, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose(["experiment=dit_pixel", *args]))
+
+
+def test_sample_grids_are_readable_and_labelled(tmp_path):
+    """8x8 samples are drawn 8x larger (nearest: each pixel a flat 8x8 block), rows of one class get 'class k' at
+    their left, mixed rows a label above each image (fid_samples.png)."""
+    from PIL import Image
+
+    from dyt.families.dit.grid import image_grid
+    images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = image_grid(images, per_row=3, pad=2)
+    assert plain.shape == (2 * 66 + 2, 3 * 66 + 2, 3)  # 64-pixel cells
+    cell = plain[2:66, 2:66, 0].astype(int)
+    expected = (images[0, 0] * 255).round().int().repeat_interleave(8, 0).repeat_interleave(8, 1).numpy()
+    assert (cell == expected).all()
+    by_row = image_grid(images, per_row=3, labels=[0, 0, 0, 7, 7, 7], pad=2)
+    assert by_row.shape[1] > plain.shape[1] and by_row.shape[0] == plain.shape[0]  # a label column at the left
+    assert (by_row[:, : by_row.shape[1] - plain.shape[1]] < 128).any()  # text drawn in it
+    assert (by_row[:, by_row.shape[1] - plain.shape[1]:] == plain).all()  # the images themselves untouched
+    mixed = image_grid(images, per_row=3, labels=[0, 1, 2, 3, 4, 5], pad=2)
+    assert mixed.shape[1] == plain.shape[1] and mixed.shape[0] > plain.shape[0]  # a label strip above each row
+    Image.fromarray(mixed).save(tmp_path / "mixed.png")

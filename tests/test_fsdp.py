@@ -16,7 +16,7 @@ from dyt.checkpoint import list_checkpoints, remove_leftovers
 from dyt.errors import ConfigError
 from dyt.families import build_model, build_task, get_family
 from dyt.logging import read_jsonl
-from dyt.parallel import block_units, checkpointed_blocks, wrap_model
+from dyt.parallel import block_units, checkpointed_blocks, mixed_precision, wrap_model
 from dyt.run import train
 from dyt.rundir import read_summary
 from dyt.validate import validate
@@ -66,6 +66,63 @@ def meta_init_check(llama, vit):
     D.shutdown()
 
 
+def held_grad_bytes(model) -> int:
+    """Bytes of gradient this rank holds: each parameter's sharded ``.grad``, what FSDP2 keeps of a unit's
+    unsharded gradient between micro-batches (``_unsharded_param.grad``, ``unsharded_accumulated_grad``) and, under
+    HSDP, its reduce-scattered shard awaiting the replicas' all-reduce."""
+    from torch.distributed.fsdp import FSDPModule
+    seen: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            state = m._get_fsdp_state()
+            groups = getattr(state, "_fsdp_param_groups", None) or [state._fsdp_param_group]  # torch 2.6: one
+            for g in (g for g in groups if g is not None):  # HSDP: reduce-scattered, awaiting the all-reduce
+                partial = getattr(g, "_partial_reduce_output", None)
+                if partial is not None:
+                    seen.add((partial.data_ptr(), partial.numel() * partial.element_size()))
+            for fp in (fp for g in groups if g is not None for fp in g.fsdp_params):
+                for grad in (fp.sharded_param.grad, getattr(fp, "unsharded_accumulated_grad", None),
+                             getattr(getattr(fp, "_unsharded_param", None), "grad", None)):
+                    grad = getattr(grad, "_local_tensor", grad)
+                    if grad is not None and grad.numel():
+                        seen.add((grad.data_ptr(), grad.numel() * grad.element_size()))
+    return sum(n for _, n in seen)
+
+
+def fsdp_memory_check(llama):
+    """On every rank of a 2-process group, a sharded tiny LLaMA: the gradient bytes held after a micro-batch that
+    is not the step's last, against the rank's shard of the parameters (prints 'grad bytes <held> of <shard>');
+    which blocks stay gathered after forward (prints 'reshard after forward <flags>')."""
+    dist = D.init_distributed("cpu")
+    cfg = compose([*llama, "trainer.parallel=fsdp"])
+    task = build_task(cfg, dist)
+    par = wrap_model(task.build_model, dist, cfg.trainer, None, blocks=get_family(cfg.model.family).blocks)
+    with par.grad_sync(False):
+        task.loss(par.net, torch.randint(0, par.model.vocab_size, (2, 17))).backward()
+    shard = sum(p.to_local().numel() * p.element_size() for p in par.model.parameters())
+    if dist.rank == 0:
+        print(f"grad bytes {held_grad_bytes(par.model)} of {shard}", flush=True)
+        flags = [(b._get_fsdp_state()._fsdp_param_group.post_forward_mesh_info is not None)
+                 for _, _, b in block_units(par.model, get_family(cfg.model.family).blocks)]
+        print(f"reshard after forward {flags}", flush=True)
+    D.shutdown()
+
+
+def ddp_bf16_check(llama):
+    """On every rank of a 2-process group, DDP with trainer.reduce_dtype=bf16: each rank's own batch, then whether
+    every averaged gradient is a bf16 value (prints 'ddp bf16 reduction <bool>'; an fp32 all-reduce's mean is not)."""
+    dist = D.init_distributed("cpu")
+    cfg = compose([*llama, "trainer.reduce_dtype=bf16"])
+    task = build_task(cfg, dist)
+    par = wrap_model(task.build_model, dist, cfg.trainer, None)
+    torch.manual_seed(dist.rank)
+    task.loss(par.net, torch.randint(0, par.model.vocab_size, (2, 17))).backward()
+    exact = all(torch.equal(p.grad, p.grad.bfloat16().float()) for p in par.model.parameters())
+    if dist.rank == 0:
+        print(f"ddp bf16 reduction {exact}", flush=True)
+    D.shutdown()
+
+
 def records(run_dir):
     """(step, split, loss, EMA loss) of every logged event."""
     return [(e["step"], e["split"], e.get("train/loss", e.get("val/loss")), e.get("val_ema/loss"))
@@ -109,6 +166,7 @@ def runs(tmp_path_factory):
         # HSDP as 2 replicas of 1 shard (gradients all-reduced across replicas) with every other block recomputed
         ("vit_hsdp", [*VIT, "trainer.parallel=hsdp", "trainer.hsdp_shard_size=1",
                       "trainer.activation_checkpointing=selective", "trainer.ac_every=2"]))]
+    calls += [("test_fsdp", "fsdp_memory_check", [LLAMA]), ("test_fsdp", "ddp_bf16_check", [LLAMA])]
     calls.append(("test_fsdp", "meta_init_check", [LM, [a for a in TINY if a.startswith("model.")]]))
     (root / "calls.json").write_text(json.dumps(calls))
     group = run_script([TORCHRUN, "--standalone", "--nproc_per_node=2", str(ROOT / "tests/torchrun_calls.py"),
@@ -218,6 +276,27 @@ def test_meta_init_materialises_distinct_shards(runs):
     assert runs.group.returncode == 0, runs.group.stderr[-3000:]  # the last call: every rank of the group ended well
 
 
+# --- what a rank holds ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_accumulation_keeps_only_sharded_gradients(runs):
+    """Between micro-batches (gradient accumulation) a rank holds its shard of the gradients, not every unit's
+    unsharded gradient (what FSDP2 keeps when the reduce-scatter is skipped: twice this on 2 ranks)."""
+    import re
+    held, shard = map(int, re.search(r"grad bytes (\d+) of (\d+)", runs.group.stdout).groups())
+    assert held <= shard, (held, shard)
+
+
+@pytest.mark.slow
+def test_last_block_stays_gathered_after_forward(runs):
+    """Backward needs the last block's parameters at once: it is not resharded after forward (torchtitan)."""
+    assert "reshard after forward [True, False]" in runs.group.stdout, runs.group.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_reduces_in_bf16_when_asked(runs):
+    assert "ddp bf16 reduction True" in runs.group.stdout, runs.group.stdout[-3000:]
+
+
 # --- the pieces, no processes -------------------------------------------------------------------------------------
 def test_selective_checkpointing_follows_the_released_llama_rule():
     assert checkpointed_blocks(6, "selective", 2) == [True, False, True, False, True, False]
@@ -259,7 +338,22 @@ def test_dcp_directories_are_listed_and_half_written_ones_removed(tmp_path):
     (["trainer.init=meta"], "trainer.init=meta: only a sharded model"),
     (["trainer.parallel=fsdp", "trainer.precision=fp16"], "use trainer.precision=bf16"),
     (["trainer.ac_every=0"], "trainer.ac_every=0: must be an integer >= 1"),
+    (["trainer.reduce_dtype=fp16"], "trainer.reduce_dtype=fp16: unknown; choose one of: fp32, bf16"),
 ])
 def test_bad_parallel_settings_are_one_clear_error(args, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         validate(compose(args))
+
+
+@pytest.mark.parametrize("param,reduce,expected", [
+    (torch.bfloat16, "fp32", torch.float32), (torch.bfloat16, "bf16", torch.bfloat16),
+    (None, "fp32", None), (None, "bf16", torch.bfloat16)])  # None: gradients reduced in their own dtype (fp32)
+def test_reduce_dtype_is_the_mixed_precision_policy(param, reduce, expected):
+    policy = mixed_precision(param, compose([f"trainer.reduce_dtype={reduce}"]).trainer)
+    assert policy.param_dtype == param and policy.reduce_dtype == expected
+
+
+def test_llama_recipe_reduces_in_bf16_as_released():
+    """fms-fsdp's bfSixteen policy (the released LLaMA code): parameters, reductions and buffers in bf16."""
+    t = compose(["experiment=table4_7b"]).trainer
+    assert (t.precision, t.reduce_dtype) == ("bf16", "bf16")

@@ -2,6 +2,7 @@
 shapes (linear vs the released code's quadratic), short runs (one line, no warnings), and the Table 4 recipe's
 defaults."""
 import logging
+import math
 import warnings
 
 import pytest
@@ -49,9 +50,9 @@ def test_build_optimizer_reads_decay_1d_from_the_config():
         assert (id(alpha) in _ids(no_decay["params"])) is not decayed
 
 
-def _lrs(shape, steps, total=47684, warmup=2000, lr=3e-4, min_ratio=0.1):
+def _lrs(shape, steps, total=47684, warmup=2000, lr=3e-4, min_ratio=0.1, cosine_steps=None):
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
-    cfg = OmegaConf.create({"lr": lr, "min_lr_ratio": min_ratio, "warmup_shape": shape})
+    cfg = OmegaConf.create({"lr": lr, "min_lr_ratio": min_ratio, "warmup_shape": shape, "cosine_steps": cosine_steps})
     sched = build_scheduler(opt, cfg, total, warmup, verbose=False)
     out = []
     for s in steps:
@@ -67,6 +68,26 @@ def test_warmup_shapes_then_cosine_to_a_tenth():
     assert _lrs("quadratic", steps) == pytest.approx([0.0, 0.4375, 0.75, 0.9375, 1.0, 0.55, 0.1], abs=1e-9)
     # a pure function of the step: asking again, in any order, gives the same values
     assert _lrs("quadratic", steps[::-1]) == pytest.approx([0.1, 0.55, 1.0, 0.9375, 0.75, 0.4375, 0.0], abs=1e-9)
+
+
+def released_llama_lr(s: int, num_steps: int = 1_000_000, warmup: int = 2000) -> float:
+    """jiachenzhu/DyT other_tasks/LLaMA main_training_llama.py's LambdaLR factor at step s (fms-fsdp num_steps)."""
+    return min(1 - (1 - min(s, warmup) / warmup) ** 2, 0.1 + 0.45 * (1 + math.cos(min(s, num_steps) / num_steps * math.pi)))
+
+
+def test_released_cosine_horizon_gives_the_released_lrs():
+    # The Table 4 numbers came from a cosine over 1M steps: at 200B tokens (step 47,684) the lr is still ~0.995x.
+    steps = [500, 1500, 2000, 10000, 30000, 47684, 999_000, 1_000_000, 1_200_000]
+    ours = _lrs("quadratic", steps, total=47684, cosine_steps=1_000_000)
+    # ours starts the cosine after the warmup, the released code at step 0: they differ by < 1e-3 (relative)
+    assert ours == pytest.approx([released_llama_lr(s) for s in steps], rel=1e-3)
+    assert ours[5] == pytest.approx(0.9954, abs=1e-4)
+    assert _lrs("quadratic", [47684])[0] == pytest.approx(0.1)  # cosine_steps=null: to 0.1x at the run's end
+    cfg = compose(["experiment=table4_7b"])
+    assert cfg.optim.cosine_steps == 1_000_000  # the Table 4 default is the released schedule
+    assert compose(["experiment=table4_7b", "optim.cosine_steps=null"]).optim.cosine_steps is None  # ours
+    with pytest.raises(ConfigError, match="optim.cosine_steps=1000 must be larger than the warmup"):
+        _lrs("linear", [0], total=5000, cosine_steps=1000)
 
 
 def test_unknown_warmup_shape_names_the_choices():

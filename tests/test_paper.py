@@ -63,3 +63,13 @@ def test_the_sweep_view_reads_its_paper_values_from_the_tables():
     assert ref("table1", "vit_b") == {"val/top1": {"layernorm": 82.3, "dyt": 82.5}}
     assert ref("table3", "dit_b4") == {"val/fid": {"layernorm": 64.9, "dyt": 63.9}}
     assert ref("table15", "resnet50") == {"val/top1": {"batchnorm": 76.2, "dyt": 68.9}}
+
+
+@pytest.mark.parametrize("experiment", ["table11_alpha", "table12_alpha"])
+def test_alpha_sweeps_tune_as_the_paper_does(experiment):
+    """Tables 11-12: every grid point sees 30B tokens, and the best alpha0 is the lowest final training loss."""
+    cfg = compose([f"experiment={experiment}"])
+    tokens = cfg.trainer.max_steps * cfg.trainer.batch_size * cfg.data.seq_len
+    assert 30e9 <= tokens < 30.01e9, tokens
+    table = TABLES[experiment.split("_")[0]]
+    assert table.metrics[0].name == "train/loss" and not table.metrics[0].higher_better

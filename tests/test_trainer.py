@@ -1,12 +1,16 @@
 """The shared trainer in-process on tiny configs: records, exact resume, divergence, EMA/mixup/accumulation,
 wandb offline, and the errors a user meets (corrupt or mismatched checkpoints)."""
+import collections
 import json
 import shutil
+import signal
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY, compose
+from dyt import distributed as D
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
 from dyt.eval import evaluate_run
@@ -68,6 +72,95 @@ def test_nan_loss_ends_as_diverged(tmp_path):
     s = run(tmp_path, "nan", "data.std=[0.0]")  # inputs become inf: the first loss is NaN
     assert s["status"] == "diverged" and s["step"] == 1 and "non-finite" in s["reason"]
     assert json.loads((tmp_path / "nan/summary.json").read_text())["status"] == "diverged"
+
+
+class HostReads(TorchDispatchMode):
+    """Counts, per training step, what would stall a GPU: scalar reads of tensors (``.item()``, ``float(t)``:
+    ``aten._local_scalar_dense``; ``.tolist()``) and the trainer's all-reduces. A step owns everything from the
+    start of its ``_train_step`` to the start of the next one (its sync point: logging, eval, checkpoint). Reads
+    that are host-side on a GPU too are not counted: the data pipeline's and the optimizer's step counters."""
+
+    def __init__(self, trainer, monkeypatch):
+        super().__init__()
+        self.t, self.step, self.paused, self.reads = trainer, 0, False, collections.Counter()
+        train_step, batches, tolist, all_reduce = trainer._train_step, trainer._batches, torch.Tensor.tolist, D.all_reduce_sum
+
+        def counted_step(*args):
+            self.step = trainer.step + 1
+            return train_step(*args)
+
+        def host_batches():
+            it = batches()
+            while True:
+                self.paused = True
+                batch = next(it)
+                self.paused = False
+                yield batch
+
+        def counted(fn):
+            def wrapper(*args):
+                self.count()
+                return fn(*args)
+            return wrapper
+        monkeypatch.setattr(trainer, "_train_step", counted_step)
+        monkeypatch.setattr(trainer, "_batches", host_batches)
+        monkeypatch.setattr(torch.Tensor, "tolist", counted(tolist))
+        monkeypatch.setattr(D, "all_reduce_sum", counted(all_reduce))
+
+    def count(self):
+        if not self.paused:
+            self.reads[self.step] += 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            if not any(args[0] is st.get("step") for st in self.t.optimizer.state.values()):
+                self.count()
+        return func(*args, **(kwargs or {}))
+
+
+def test_steps_between_sync_points_read_nothing_back(tmp_path, monkeypatch):
+    """Losses, grad norms and the stop-signal agreement stay on the device between sync points (here the log
+    steps 3, 6, 9, 12; eval and checkpoints at 6 and 12). LayerNorm: DyT's CPU kernel reads alpha on the host
+    (its CUDA kernel does not)."""
+    t = Trainer(compose([*TINY, "norm=layernorm", "optim.clip_grad=1.0", "trainer.resume=never"]), tmp_path / "r")
+    reads = HostReads(t, monkeypatch)
+    with reads:
+        assert t.fit()["status"] == "completed"
+    assert {s: reads.reads[s] for s in range(1, 13) if s % 3} == dict.fromkeys([1, 2, 4, 5, 7, 8, 10, 11], 0)
+    assert all(reads.reads[s] > 0 for s in (3, 6, 9, 12))  # the counter sees the sync points' reads
+    t = Trainer(compose([*TINY, "trainer.sync_every=4", "trainer.resume=never"]), tmp_path / "r4")
+    assert [s for s in range(1, 13) if t._sync_point(s)] == [3, 4, 6, 8, 9, 12]  # and every 4 steps
+
+
+def test_nan_is_caught_at_the_next_sync_point_before_any_checkpoint(tmp_path, monkeypatch):
+    """A loss that turns NaN at step 3 (finite before): steps 4 and 5 read nothing, the checkpoint step 6 syncs
+    first and the run ends as diverged naming step 3, with only the step-2 checkpoint written."""
+    t = Trainer(compose([*TINY, "trainer.ckpt_every=2", "trainer.log_every=100", "trainer.eval_every=100",
+                         "trainer.sync_every=100", "trainer.keep_checkpoints=5", "trainer.resume=never"]), tmp_path / "r")
+    loss = t.task.loss
+    monkeypatch.setattr(t.task, "loss", lambda net, batch: loss(net, batch) * (float("nan") if t.step == 2 else 1.0))
+    s = t.fit()
+    assert s["status"] == "diverged" and s["step"] == 3 and s["reason"].startswith("non-finite training loss (nan) at step 3")
+    assert [p.name for p in list_checkpoints(tmp_path / "r/checkpoints")] == ["step_00000002.pt"]
+    assert [(e["step"], e["split"]) for e in read_jsonl(tmp_path / "r/metrics.jsonl")] == [(3, "train")]
+
+
+def test_stop_signal_is_agreed_at_the_next_sync_point(tmp_path, monkeypatch):
+    """Under torchrun a SIGTERM is acted on at the next sync point (every rank agrees there): the run checkpoints
+    that step and ends as interrupted. (A single process acts at once: tests/test_exits.py.)"""
+    t = Trainer(compose([*TINY, "trainer.resume=never"]), tmp_path / "r")
+    monkeypatch.setattr(t, "dist", D.DistInfo(world_size=2))  # as a rank of two (its collectives are not called)
+    step = t._train_step
+
+    def signalled_step(batches):
+        if t.step == 3:
+            t._on_signal(signal.SIGTERM, None)
+        return step(batches)
+    monkeypatch.setattr(t, "_train_step", signalled_step)
+    monkeypatch.setattr(D, "all_reduce_sum", lambda x: x * torch.tensor([2.0] * (len(x) - 2) + [1.0, 1.0]))
+    s = t.fit()
+    assert s["status"] == "interrupted" and s["step"] == 6 and s["signal"] == "SIGTERM"
+    assert [p.name for p in list_checkpoints(tmp_path / "r/checkpoints")] == ["step_00000006.pt"]
 
 
 def test_ema_mixup_smoothing_accumulation(tmp_path):

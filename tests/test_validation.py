@@ -253,7 +253,7 @@ def test_lm_eval_offline_names_the_tasks_at_once(tmp_path, monkeypatch, task_man
     with pytest.raises(ConfigError) as e:
         E.run_lm_eval(tmp_path, ["paper15"])  # before any model is loaded (tmp_path is no run directory)
     msg = str(e.value)
-    assert msg.startswith("lm-eval task(s) arc_easy, arc_challenge, boolq") and "wsc273 need data" in msg
+    assert msg.startswith("lm-eval task(s) anli_r1, anli_r2, anli_r3, arc_challenge") and "winogrande need data" in msg
     assert "offline" in msg and "--include-path" in msg and "dataset_path" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match=r"unknown lm-eval task\(s\): nope_task"):
         E.check_tasks(["nope_task"], task_manager)
@@ -284,10 +284,10 @@ def test_lm_eval_unreachable_hub_is_one_line(monkeypatch):
     (["model=llama_tiny", "data=digits"],
      "error: model=llama_tiny (family llama) needs a text dataset (a data config with seq_len, e.g. data=text_pydoc); "
      "data=digits is an image dataset\n"),
-    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["experiment=nope"], "error: no experiment config 'nope' (choices: alpha_sweep_tiny, "),
 ])
 def test_train_script_reports_one_line(tmp_path, args, message):
     out = run_script(["python", str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
                      check=False)
-    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "run/summary.json").exists() and not (tmp_path / "run/checkpoints").exists()

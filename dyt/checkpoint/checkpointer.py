@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dyt import distributed as D
 from dyt.checkpoint.contents import TENSOR_STATES, load_model_state
-from dyt.checkpoint.dcp import restore_dcp, restore_full_into_shards, save_sharded_checkpoint, sharded_states
+from dyt.checkpoint.dcp import restore_dcp, restore_full_into_shards, sharded_states, start_sharded_save
 from dyt.checkpoint.directory import prune_checkpoints, remove_leftovers
 from dyt.checkpoint.read import load_latest
 from dyt.checkpoint.rng import rng_state, set_rng_state
@@ -34,22 +34,40 @@ class Checkpointer:
     the step, every rank's RNG state, the gradient scaler, and the caller's `extra` (the trainer's log window).
 
     `par`: the model as trained (``dyt.distributed.Parallel``: ``model``, ``sharded``); `ema`: timm's EMA wrapper
-    (its ``module`` is saved) or None; `scaler`: a GradScaler or None; `keep`: how many checkpoints stay."""
+    (its ``module`` is saved) or None; `scaler`: a GradScaler or None; `keep`: how many checkpoints stay.
+
+    A sharded checkpoint is written in the background (`background`): ``save`` returns once the shards are copied
+    to CPU memory, and the checkpoint gets its real name (``flush``, a collective) at the next ``save`` or
+    ``flush``; the trainer flushes at every sync point and before it returns. A single file is written at once."""
 
     def __init__(self, run_dir: str | Path | RunDir, par, optimizer, ema=None, scaler=None, *, dist: D.DistInfo,
-                 keep: int = 1):
+                 keep: int = 1, background: bool = True):
         self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.model, self.sharded = par.model, par.sharded
         self.optimizer, self.ema, self.scaler = optimizer, ema, scaler
         self.dist, self.keep = dist, keep
+        self.pending = None  # a sharded checkpoint still being written (dcp.PendingSave): named by `flush`
+        # Sharded checkpoints are written in the background (dcp.async_save) over a gloo group of their own: DCP's
+        # thread must not interleave its collectives with the training's (and async_save needs a CPU backend).
+        self.async_group = None
+        if self.sharded and self.dist.enabled and background:
+            import torch.distributed as torch_dist
+            self.async_group = torch_dist.new_group(backend="gloo")
 
     @property
     def _ema_module(self):
         return self.ema.module if self.ema is not None else None
 
+    def flush(self) -> Path | None:
+        """Wait for the checkpoint being written, then give it its real name (a collective: every rank calls it).
+        Returns its path, None when none was being written."""
+        pending, self.pending = self.pending, None
+        return pending.finish() if pending is not None else None
+
     def save(self, step: int, extra: dict | None = None) -> Path | None:
         """Checkpoint `step` (a collective: every rank calls it); keeps the newest `keep`. Returns the path (None on
-        ranks that write nothing)."""
+        ranks that write nothing); a sharded one is named by the next ``flush``."""
+        self.flush()
         extra = extra or {}
         if reserved := [k for k in extra if k in (*TENSOR_STATES, *POSITION)]:
             raise ValueError(f"extra checkpoint entries {reserved} would replace what the Checkpointer records")
@@ -58,7 +76,11 @@ class Checkpointer:
         path = self.run_dir.checkpoint(step, sharded=self.sharded)
         if self.sharded:  # every rank writes its shards (DCP directory)
             states = sharded_states(self.model, self.optimizer, self._ema_module)
-            return save_sharded_checkpoint(states, position, path, keep=self.keep, is_main=self.dist.is_main)
+            self.pending = start_sharded_save(states, position, path, keep=self.keep, is_main=self.dist.is_main,
+                                              async_group=self.async_group)
+            if self.async_group is None:
+                self.flush()
+            return path
         if not self.dist.is_main:
             return None
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **position}

@@ -1,8 +1,9 @@
 """The sharded format (trainer.parallel=fsdp|hsdp): a DCP directory ``step_XXXXXXXX/``.
 
 Every rank writes its shards into ``step_XXXXXXXX.tmp/`` (torch.distributed.checkpoint: the model, optimizer and
-EMA state dicts), rank 0 adds ``extra.pt`` (the rest: step, every rank's RNG, scaler, log window) and renames the
-directory once all ranks are done, so a half-written step never has a real name. DCP reshards on load: a run saved
+EMA state dicts; during training in a background thread, ``dcp.async_save``), rank 0 adds ``extra.pt`` (the rest:
+step, every rank's RNG, scaler, log window) and renames the directory once all ranks are done, so a half-written
+step never has a real name. DCP reshards on load: a run saved
 on N processes resumes on M (any strategy). ``load_dcp_full`` reads a directory whole on one process, in the
 single-file layout (eval.py, consolidation).
 
@@ -46,49 +47,88 @@ def sharded_states(model, optimizer, ema_module=None) -> dict:
     return states
 
 
+class PendingSave:
+    """A DCP checkpoint being written: `finish()` (a collective) waits for the shards, then rank 0 adds
+    ``extra.pt``, renames ``<final>.tmp/`` to `final` and prunes; until then the checkpoint has no real name."""
+
+    def __init__(self, written, extra: dict, final: Path, keep: int, is_main: bool):
+        self.written, self.extra, self.final, self.keep, self.is_main = written, extra, final, keep, is_main
+
+    def _fail(self, e: BaseException) -> str:
+        return f"could not write checkpoint {self.final}: " \
+               f"{os_error(e) if isinstance(e, OSError) else first_line(e)}; free space and run the same command to resume"
+
+    def wait(self) -> None:
+        """The shards of this rank written (async_save's future); no collective."""
+        if self.written is not None:
+            written, self.written = self.written, None
+            try:
+                written.result()  # DCP gathers every rank's write results: all fail or none
+            except _dcp_errors() as e:  # CheckpointException wraps the ranks' OSErrors
+                raise ConfigError(self._fail(e)) from e
+
+    def finish(self) -> Path:
+        self.wait()
+        final, error = self.final, None
+        tmp, old, ckpt_dir = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old"), final.parent
+        if self.is_main:
+            try:
+                buf = io.BytesIO()
+                torch.save(self.extra, buf)
+                write_durably(tmp / EXTRA, buf.getvalue())
+                fsync_dir(tmp)
+                if final.exists():  # the same step written again (a run resumed at it)
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(final, old)
+                os.replace(tmp, final)
+                fsync_dir(ckpt_dir)
+                shutil.rmtree(old, ignore_errors=True)
+                prune_checkpoints(ckpt_dir, self.keep)
+            except OSError as e:
+                error = self._fail(e)
+        if (error := D.broadcast_object(error)) is not None:  # also the barrier: nobody goes on before the rename
+            raise ConfigError(error)
+        return final
+
+
+def start_sharded_save(states: dict, extra: dict, final: Path, keep: int = 1, is_main: bool = True,
+                       async_group=None) -> PendingSave:
+    """Every rank starts writing its shards of `states` into ``<final>.tmp/`` (a collective); the returned
+    PendingSave's ``finish()`` names the checkpoint. With `async_group` (a gloo process group: DCP's background
+    thread must not share the training's collectives) the shards are first copied to CPU memory, then written
+    by ``dcp.async_save`` in a thread while training goes on; without it (or where torch has no async_save),
+    ``dcp.save`` writes them before this returns."""
+    import torch.distributed.checkpoint as dcp
+    final = Path(final)
+    pending = PendingSave(None, extra, final, keep, is_main)
+    tmp = final.with_name(final.name + ".tmp")
+    error = None
+    if is_main:
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as e:
+            error = pending._fail(e)
+    if (error := D.broadcast_object(error)) is not None:  # rank 0's outcome on every rank (and a barrier)
+        raise ConfigError(error)
+    try:
+        if async_group is not None and hasattr(dcp, "async_save"):
+            # The writer stages (copies) the state to CPU before returning: training may then change the weights.
+            pending.written = dcp.async_save(states, storage_writer=dcp.FileSystemWriter(str(tmp)),
+                                             process_group=async_group)
+            pending.written = getattr(pending.written, "upload_completion", pending.written)  # newer torch
+        else:
+            dcp.save(states, checkpoint_id=str(tmp))
+    except _dcp_errors() as e:
+        raise ConfigError(pending._fail(e)) from e
+    return pending
+
+
 def save_sharded_checkpoint(states: dict, extra: dict, final: Path, keep: int = 1, is_main: bool = True) -> Path:
     """Every rank writes its shards of `states` into ``<final>.tmp/``; rank 0 adds `extra` (``extra.pt``), renames
     the directory to `final` once all are done, and keeps the newest `keep` checkpoints beside it. A collective:
     every rank calls it; every rank returns only after the rename (or raises the same ConfigError)."""
-    import torch.distributed.checkpoint as dcp
-    final = Path(final)
-    ckpt_dir = final.parent
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-
-    def fail(e: BaseException) -> str:
-        return f"could not write checkpoint {final}: {os_error(e) if isinstance(e, OSError) else first_line(e)}; " \
-               "free space and run the same command to resume"
-    error = None
-    if is_main:
-        try:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        except OSError as e:
-            error = fail(e)
-    if (error := D.broadcast_object(error)) is not None:  # rank 0's outcome on every rank (and a barrier)
-        raise ConfigError(error)
-    try:
-        dcp.save(states, checkpoint_id=str(tmp))  # gathers every rank's write results: all fail or none
-    except _dcp_errors() as e:  # CheckpointException wraps the ranks' OSErrors
-        raise ConfigError(fail(e)) from e
-    if is_main:
-        try:
-            buf = io.BytesIO()
-            torch.save(extra, buf)
-            write_durably(tmp / EXTRA, buf.getvalue())
-            fsync_dir(tmp)
-            if final.exists():  # the same step written again (a run resumed at it)
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            fsync_dir(ckpt_dir)
-            shutil.rmtree(old, ignore_errors=True)
-            prune_checkpoints(ckpt_dir, keep)
-        except OSError as e:
-            error = fail(e)
-    if (error := D.broadcast_object(error)) is not None:  # also the barrier: nobody goes on before the rename
-        raise ConfigError(error)
-    return final
+    return start_sharded_save(states, extra, final, keep, is_main).finish()
 
 
 def _read_extra(path: Path, map_location="cpu") -> dict:
@@ -200,6 +240,31 @@ def restore_dcp(path: Path, model, optimizer, ema_module=None) -> dict:
     if "ema" in states:
         set_model_state_dict(ema_module, states["ema"])
     return extra
+
+
+def dcp_contents(path: Path) -> tuple[dict, set[str]]:
+    """A DCP directory's ``extra.pt`` (step, ...) and which tensor states it holds ("model", "ema", ...), without
+    reading any tensor."""
+    path = Path(path)
+    extra = _read_extra(path)
+    names = _dcp_metadata(path).state_dict_metadata
+    return extra, {k for k in TENSOR_STATES if any(n.startswith(k + ".") for n in names)}
+
+
+def restore_model_shards(path: Path, model, key: str = "model", full: dict | None = None) -> None:
+    """Weights into a sharded (FSDP2) model for evaluation: `full` tensors (a single-file checkpoint, whole on this
+    process), or else entry `key` of the DCP directory `path`, each rank reading only its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+    path = Path(path)
+    template = get_model_state_dict(model)
+    if full is not None:
+        check_model_match({k: v.shape for k, v in template.items()}, {k: v.shape for k, v in full.items()}, path)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))
+        return
+    check_model_match({k: v.shape for k, v in template.items()}, _saved_shapes(_dcp_metadata(path), key), path)
+    states = {key: template}
+    _dcp_load(states, path)
+    set_model_state_dict(model, states[key])
 
 
 def restore_full_into_shards(state: dict, path: Path, model, optimizer, ema_module=None) -> None:

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from dyt.data.vae import SCALE_FACTOR, encode, latent_shape_of
 from dyt.data.vision import DataError
 from dyt.errors import ConfigError
+from dyt.progress import Progress
 from dyt.files import write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -184,8 +184,7 @@ def extract(source_iter, vae, out_dir: Path, split: str, *, shard_size: int = 81
         batches = _skip_done(it, done, shard_size, batch_size)
         initial, total = 0, None
     seen = 0
-    bar = tqdm(total=total, initial=initial, unit="img", unit_scale=True, desc=f"latents {split}",
-               disable=not progress, dynamic_ncols=True)
+    bar = Progress(total, f"latents {split}", "img", initial=initial, enabled=progress)  # or lines off a terminal
     buffers = {}
 
     def flush(k, n):

@@ -11,25 +11,34 @@ Tokenizers (``data.tokenizer``) and the model's vocabulary: `dyt.data.tokenizers
 `dyt.data.shards`.
 
 Training data are map-style (``PackedSequences``: sample i is tokens[i*L : i*L + L + 1], so the trainer's
-sharded sampler gives exact resume) except streaming corpora (``StreamingPacked``: a deterministic stream that
-skips exactly the sequences already consumed).
+sharded sampler gives exact resume, and a resume at any step is a seek) except streaming corpora
+(``StreamingPacked``: a deterministic stream that skips exactly the sequences already consumed, re-reading and
+re-tokenizing them: sensible while a resume re-tokenizes minutes of text, see `STREAM_SKIP_WARN_S`).
+
+`document_parts` divides a corpus into parts that ``scripts/pretokenize.py`` tokenizes in parallel.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from dyt.data.hub import hf_offline
-from dyt.data.shards import load_shards, shard_meta
-from dyt.data.tokenizers import check_vocab, load_tokenizer
+from dyt.data.shards import MAKE, load_shards, shard_meta, token_dtype
+from dyt.data.tokenizers import check_vocab, load_tokenizer, named_tokenizer, vocab_hash
 from dyt.errors import ConfigError
+from dyt.files import warn
 
 SOURCES = ("pydoc", "local", "hf", "shards")
+# Tokens per second one process packs with a BPE tokenizer.json (0.18-0.19M measured on a shared CPU, README "Data"):
+# the time estimates in the messages below.
+TOKENIZE_RATE = 2.0e5
+STREAM_SKIP_WARN_S = 300  # a streamed resume that re-tokenizes longer than this warns (pre-tokenize instead)
 
 
 # --- packing ----------------------------------------------------------------------------------------------
@@ -69,20 +78,19 @@ def _local_files(root: Path) -> dict[str, list[Path]]:
 
 
 def _read_files(files: list[Path], column: str) -> Iterator[str]:
-    by_kind: dict[str, list[str]] = {}
+    """The documents of `files`, file by file in the given order (a part of them reads the same documents)."""
     for p in files:
         if p.suffix == ".txt":
             yield p.read_text(encoding="utf-8", errors="replace")
-        else:
-            by_kind.setdefault({".jsonl": "json"}.get(p.suffix, p.suffix[1:]), []).append(str(p))
-    for kind, paths in by_kind.items():
+            continue
         import datasets
+        kind, paths = {".jsonl": "json"}.get(p.suffix, p.suffix[1:]), [str(p)]
         try:
             ds = datasets.load_dataset(kind, data_files=paths, split="train")
         except Exception as e:  # DatasetGenerationError: a file that is not valid JSON / parquet / CSV
             raise ConfigError(_unreadable(kind, paths, e)) from None
         if column not in ds.column_names:
-            raise ConfigError(f"{paths[0]} has no column {column!r} (columns: {ds.column_names}); set data.text_column")
+            raise ConfigError(f"{p} has no column {column!r} (columns: {ds.column_names}); set data.text_column")
         yield from ds[column]
 
 
@@ -154,15 +162,70 @@ def documents(cfg) -> tuple[Iterable[str], Iterable[str]]:
     raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
 
 
-def document_streams(cfg) -> tuple[Iterable[str], Iterable[str]]:
-    """(train, val) documents of any text source but shards, streamed when the source streams (pretokenize)."""
-    if not (cfg.source == "hf" and cfg.streaming):
-        return documents(cfg)
-    col = cfg.text_column
-    if cfg.val_split:
-        return hf_documents(cfg, cfg.train_split), hf_documents(cfg, cfg.val_split)
-    train = hf_dataset(cfg, cfg.train_split, streaming=True)
-    return (r[col] for r in train.skip(cfg.val_docs)), (r[col] for r in train.take(cfg.val_docs))
+# --- the corpus in parts (scripts/pretokenize.py) -----------------------------------------------------------
+class FilesPart(NamedTuple):
+    """Local files, read in order."""
+    files: tuple[str, ...]
+
+    def documents(self, cfg) -> Iterator[str]:
+        return _read_files([Path(f) for f in self.files], cfg.text_column)
+
+
+class DocsPart(NamedTuple):
+    """Documents held in memory (the embedded corpus, a split made by `_split_docs`)."""
+    docs: tuple[str, ...]
+
+    def documents(self, cfg) -> Iterator[str]:
+        return iter(self.docs)
+
+
+class HubPart(NamedTuple):
+    """Data file `index` of `n_shards` of a streamed hub split, less its first `skip` / at most `take` documents."""
+    split: str
+    index: int
+    n_shards: int
+    skip: int = 0
+    take: Optional[int] = None
+
+    def documents(self, cfg) -> Iterator[str]:
+        ds = hf_dataset(cfg, self.split, streaming=True).shard(num_shards=self.n_shards, index=self.index)
+        ds = ds.skip(self.skip) if self.skip else ds
+        ds = ds.take(self.take) if self.take is not None else ds
+        return (row[cfg.text_column] for row in ds)
+
+
+def _groups(items: list, size, part_bytes: int) -> list[list]:
+    """Consecutive items, a new group once the current one holds `part_bytes` (by `size`): fixed by the corpus."""
+    groups, n = [[]], 0
+    for item in items:
+        if n >= part_bytes:
+            groups, n = groups + [[]], 0
+        groups[-1].append(item)
+        n += size(item)
+    return [g for g in groups if g]
+
+
+def document_parts(cfg, part_bytes: int) -> dict[str, list]:
+    """{"train": parts, "val": parts} of a text source (not shards): the documents of `documents(cfg)` in the same
+    order, cut into parts that do not depend on how many processes read them. A streamed hub dataset: one part
+    per data file (the held-out leading `val_docs` documents are those of its first file); local train/val
+    files: groups of files of about `part_bytes`; anything else (held in memory): groups of documents."""
+    if cfg.source == "hf" and cfg.streaming:
+        n = hf_dataset(cfg, cfg.train_split, streaming=True).n_shards
+        train = [HubPart(cfg.train_split, i, n) for i in range(n)]
+        if cfg.val_split:
+            nv = hf_dataset(cfg, cfg.val_split, streaming=True).n_shards
+            return {"train": train, "val": [HubPart(cfg.val_split, i, nv) for i in range(nv)]}
+        return {"train": [train[0]._replace(skip=cfg.val_docs)] + train[1:],
+                "val": [HubPart(cfg.train_split, 0, n, take=cfg.val_docs)]}
+    if cfg.source == "local" and cfg.root and Path(cfg.root).is_dir():
+        files = _local_files(Path(cfg.root))
+        if files["train"] and files["val"]:
+            return {split: [FilesPart(tuple(map(str, g))) for g in _groups(files[split], os.path.getsize, part_bytes)]
+                    for split in ("train", "val")}
+    train, val = documents(cfg)
+    return {split: [DocsPart(tuple(g)) for g in _groups(list(docs), len, part_bytes)]
+            for split, docs in (("train", train), ("val", val))}
 
 
 LOCAL_COPY = ("point at a local copy: data.source=local data.root=<folder of .txt/.jsonl/.parquet files>, or "
@@ -241,8 +304,9 @@ class StreamingPacked(IterableDataset):
     """A deterministic endless stream of packed sequences for one rank, starting after `start` of them.
 
     Pass p of the corpus is shuffled with HF's buffer shuffle seeded by (seed, p); sequences are dealt
-    round-robin to ranks (global sequence g goes to rank g % world). Skipping re-tokenizes the skipped text,
-    which is exact; for long runs prefer pre-tokenized shards (their resume is a seek).
+    round-robin to ranks (global sequence g goes to rank g % world), so every rank reads and tokenizes the whole
+    stream. Skipping re-tokenizes the skipped text, which is exact but costs time in proportion to the position
+    (warned above `STREAM_SKIP_WARN_S`); pre-tokenized shards resume with a seek.
     """
 
     def __init__(self, cfg, tok, seed: int, rank: int, world: int, start: int):
@@ -270,6 +334,12 @@ class StreamingPacked(IterableDataset):
 
     def __iter__(self):
         skip = self.start * self.world + self.rank  # this rank's next global sequence index
+        tokens = skip * self.cfg.seq_len
+        if self.rank == 0 and tokens > TOKENIZE_RATE * STREAM_SKIP_WARN_S:
+            warn(f"resuming a streamed corpus re-reads and re-tokenizes the {tokens / 1e9:.3g}B tokens before this "
+                 f"position on every rank (~{tokens / TOKENIZE_RATE / 3600:.1f} h at ~{TOKENIZE_RATE / 1e6:.1f}M "
+                 f"tokens/s); for runs this long pre-tokenize once with {pretokenize_command(self.cfg)} and train "
+                 "with data=text_shards data.root=<that folder> (a resume is then a seek)")
         for g, seq in enumerate(self._passes()):
             if g >= skip and g % self.world == self.rank:
                 yield torch.tensor(seq, dtype=torch.long)
@@ -283,18 +353,63 @@ def streaming_val_tokens(cfg, tok) -> np.ndarray:
     return tokenize(docs, tok, cfg.max_val_tokens, cfg.add_bos)
 
 
+# --- pre-tokenized shards ---------------------------------------------------------------------------------
+def pretokenize_command(cfg) -> str:
+    """`the scripts/pretokenize.py command` that writes the shards a config asks for (data.corpus, data.add_bos,
+    data.max_train_tokens), and what it costs when the size is known."""
+    if not cfg.get("corpus"):
+        return MAKE
+    cmd = f"python scripts/pretokenize.py --data {cfg.corpus} --out {cfg.root or '<folder>'}"
+    cmd += f" --max-train-tokens {cfg.max_train_tokens:.3g}" if cfg.max_train_tokens else ""
+    cmd += " data.add_bos=true" if cfg.add_bos else ""
+    if not (cfg.max_train_tokens and cfg.vocab_size):
+        return f"`{cmd}`"
+    n, dtype, cores = cfg.max_train_tokens, token_dtype(cfg.vocab_size), 64
+    return (f"`{cmd}` ({n / 1e9:.3g}B tokens, {n * np.dtype(dtype).itemsize / 1e9:.3g} GB as {dtype}; "
+            f"~{n / (TOKENIZE_RATE * cores) / 3600:.1f} h of tokenizing with --workers {cores} at "
+            f"~{TOKENIZE_RATE / 1e6:.1f}M tokens/s each, plus the download)")
+
+
+def check_manifest(cfg, meta: dict) -> None:
+    """The shards at data.root were written as this run's data config says: packing, tokenizer, vocabulary."""
+    where = f"the shards at data.root={cfg.root}"
+    if bool(meta["add_bos"]) != bool(cfg.add_bos):
+        raise ConfigError(f"{where} were packed with add_bos={meta['add_bos']} but data.add_bos={bool(cfg.add_bos)}; "
+                          f"set data.add_bos={meta['add_bos']} or re-run scripts/pretokenize.py with the same "
+                          "data.add_bos")
+    if cfg.tokenizer and cfg.tokenizer != meta["tokenizer"]:  # another name may still be the same vocabulary
+        try:
+            same = vocab_hash(named_tokenizer(cfg.tokenizer, cfg)) == meta["vocab_sha256"]
+        except ConfigError as e:
+            raise ConfigError(f"{where} were written with tokenizer {meta['tokenizer']!r}, data.tokenizer is "
+                              f"{cfg.tokenizer!r} and cannot be loaded to compare ({e}); set "
+                              f"data.tokenizer={meta['tokenizer']} or null") from None
+        if not same:
+            raise ConfigError(f"{where} were written with tokenizer {meta['tokenizer']!r}, whose vocabulary differs "
+                              f"from data.tokenizer={cfg.tokenizer!r}; set data.tokenizer={meta['tokenizer']} or null, "
+                              "or pre-tokenize with this tokenizer")
+    check_vocab(cfg, int(meta["vocab_size"]))
+
+
+def _capped(shards: list[np.ndarray], limit: Optional[int]) -> list[np.ndarray]:
+    """The leading `limit` tokens of the shards (all of them without a limit)."""
+    out, n = [], 0
+    for s in shards:
+        if limit is not None and n >= limit:
+            break
+        out.append(s if limit is None else s[: limit - n])
+        n += len(out[-1])
+    return out
+
+
 def build_text_datasets(cfg) -> tuple[Optional[PackedSequences], PackedSequences]:
     """(train, val) packed datasets; train is None for streaming corpora (the task streams it)."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
     if cfg.source == "shards":
-        packed_bos = bool(shard_meta(cfg.root).get("add_bos", False))  # shards written before the flag: no BOS
-        if packed_bos != bool(cfg.add_bos):
-            raise ConfigError(f"the shards at data.root={cfg.root} were packed with add_bos={packed_bos} but "
-                              f"data.add_bos={bool(cfg.add_bos)}; set data.add_bos={packed_bos} or re-run "
-                              "scripts/pretokenize.py with the same data.add_bos")
-        check_vocab(cfg, int(shard_meta(cfg.root)["vocab_size"]))
-        train, val = load_shards(cfg.root, "train"), load_shards(cfg.root, "val")
+        check_manifest(cfg, shard_meta(cfg.root, pretokenize_command(cfg)))
+        train = _capped(load_shards(cfg.root, "train"), cfg.max_train_tokens)
+        val = _capped(load_shards(cfg.root, "val"), cfg.max_val_tokens)
         return PackedSequences(train, cfg.seq_len), PackedSequences(val, cfg.seq_len)
     tok = load_tokenizer(cfg)
     check_vocab(cfg, tok.vocab_size)

@@ -2,11 +2,14 @@
 
 ``bytes`` (UTF-8 bytes, EOS = 256, BOS = 257), a ``tokenizer.json`` file (Hugging Face ``tokenizers``), or a
 Hugging Face tokenizer name / local folder (``transformers.AutoTokenizer``), all behind one small interface:
-``name``, ``vocab_size``, ``eos_id``, ``bos_id`` (None when the tokenizer has none), ``encode``, ``decode``.
+``name``, ``vocab_size``, ``eos_id``, ``bos_id`` (None when the tokenizer has none), ``encode``, ``decode``,
+``vocab`` (the token -> id table, hashed by `vocab_hash`).
 Pre-tokenized shards name the tokenizer they were written with in their meta.json: `load_tokenizer` reads it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -27,6 +30,9 @@ class ByteTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def vocab(self) -> dict[str, int]:
+        return {**{f"<0x{i:02X}>": i for i in range(256)}, "<eos>": self.eos_id, "<bos>": self.bos_id}
 
 
 class HFTokenizer:
@@ -84,13 +90,30 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._decode(list(ids))
 
+    def vocab(self) -> dict[str, int]:
+        return self._tok.get_vocab()  # with added tokens, in both libraries
+
+
+def vocab_hash(tok) -> str:
+    """A short hash of the token -> id table and the special ids: two tokenizers with the same one encode alike
+    (written into pre-tokenized shards' meta.json, checked by the run that reads them)."""
+    table = sorted(tok.vocab().items()) + [("<eos id>", tok.eos_id), ("<bos id>", tok.bos_id)]
+    return hashlib.sha256(json.dumps(table).encode()).hexdigest()[:16]
+
+
+def named_tokenizer(name: str, cfg):
+    """Tokenizer `name` with the data config's special-token choices."""
+    # .get: configs saved by runs older than the BOS option have neither key
+    return ByteTokenizer() if name == "bytes" else HFTokenizer(name, cfg.eos_token, cfg.get("bos_token"))
+
 
 def load_tokenizer(cfg):
     """The tokenizer of a text data config: ``data.tokenizer``, or for pre-tokenized shards the one their
     meta.json names. With ``add_bos`` it must have a BOS token (one clear error if not)."""
     name = shard_meta(cfg.root)["tokenizer"] if cfg.source == "shards" else cfg.tokenizer
-    # .get: configs saved by runs older than the BOS option have neither key
-    tok = ByteTokenizer() if name == "bytes" else HFTokenizer(name, cfg.eos_token, cfg.get("bos_token"))
+    if not name:
+        raise ConfigError("data.tokenizer is not set; give 'bytes', a tokenizer.json file or a Hugging Face name")
+    tok = named_tokenizer(name, cfg)
     if cfg.get("add_bos", False) and tok.bos_id is None:
         raise ConfigError(f"data.add_bos=true but tokenizer {name!r} has no BOS token; set data.bos_token "
                           "or data.add_bos=false")

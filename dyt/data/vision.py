@@ -98,7 +98,7 @@ def _fashion_mnist(cfg):
         if cfg.root is None and not hf_offline():
             return _fashion_mnist_torchvision(cfg)
         raise ConfigError(f"Fashion-MNIST files not found in {root} (need train-/t10k-images-idx3-ubyte.gz and "
-                          "labels); install Debian's dataset-fashion-mnist or set data.root")
+                          f"labels); {FASHION_MNIST_HOWTO}")
     out = []
     for split in ("train", "test"):
         images, labels = (_read_idx(f) for f in files[split])
@@ -107,13 +107,21 @@ def _fashion_mnist(cfg):
     return tuple(out)
 
 
+FASHION_MNIST_HOWTO = (f"get it with `apt-get install dataset-fashion-mnist` (Debian: files in {DEBIAN_FASHION_MNIST}) "
+                       "or set data.root=<a folder with the four idx .gz files>")
+
+
 def _fashion_mnist_torchvision(cfg):
     from torchvision.datasets import FashionMNIST
 
     cache = Path(os.environ.get("DYT_CACHE", Path.home() / ".cache" / "dyt")) / "fashion_mnist"
     out = []
     for train in (True, False):
-        ds = FashionMNIST(str(cache), train=train, download=True)
+        try:
+            ds = FashionMNIST(str(cache), train=train, download=True)
+        except Exception as e:  # no network (the mirrors unreachable), a proxy, a full disk: one line, how to get it
+            raise ConfigError(f"Fashion-MNIST is not in {DEBIAN_FASHION_MNIST} and torchvision could not download it "
+                              f"({_first_line(e)}); {FASHION_MNIST_HOWTO}") from e
         x = ds.data.float().unsqueeze(1) / 255.0
         out.append(TensorDataset(_normalize(x, cfg), ds.targets.long()))
     return tuple(out)
@@ -209,11 +217,14 @@ def _load_hf(cfg):
         raise ConfigError(f"data {cfg.name!r} needs data.hub_id or data.root")
     if hf_offline():
         raise ConfigError(f"cannot download {cfg.hub_id!r} while offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE); "
-                          "set data.root to a local copy")
+                          f"set data.root to a local copy (datasets.load_dataset({cfg.hub_id!r}).save_to_disk(DIR) "
+                          "on a connected machine)")
     try:
         return datasets.load_dataset(cfg.hub_id)
     except Exception as e:  # network, auth (gated ImageNet), missing id: one line for the user
-        raise ConfigError(f"could not load {cfg.hub_id!r} from the Hugging Face hub: {str(e).splitlines()[0]}") from e
+        raise ConfigError(f"could not load {cfg.hub_id!r} from the Hugging Face hub ({_first_line(e)}); on a machine "
+                          f"that can reach it, datasets.load_dataset({cfg.hub_id!r}).save_to_disk(DIR), then set "
+                          "data.root=DIR") from e
 
 
 def _transforms(cfg, train: bool):

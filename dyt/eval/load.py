@@ -7,18 +7,22 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dyt import distributed as D
 from dyt.checkpoint import load_checkpoint, load_model_state
+from dyt.checkpoint.dcp import dcp_contents, restore_model_shards
 from dyt.errors import ConfigError
 from dyt.family import Family, get_family
+from dyt.parallel import wrap_model
 from dyt.precision import amp_dtype
 from dyt.rundir import RunDir
 
 WEIGHTS = ("model", "ema")  # the raw weights and their EMA, as a checkpoint holds them
+IN_SHARDS = None  # the value of a weights entry that stays in the DCP directory (read shard by shard, `model`)
 
 
 def _first_line(e: Exception) -> str:
@@ -61,13 +65,19 @@ def run_checkpoint(run_dir: str | Path, checkpoint: str | None = None) -> Path:
 @dataclass
 class LoadedRun:
     """A run's config, family, checkpoint (model / EMA weights and step) and processes. A context manager: the
-    process group (under torchrun) is shut down on exit."""
+    process group (under torchrun) is shut down on exit when load_run started it (eval.py keeps one group for all
+    its evaluations).
+
+    `sharded`: the model is evaluated as the run trained it, FSDP2-sharded over the processes (load_run's `shard`):
+    every forward is then a collective, which the caller runs on every rank in lockstep."""
     run_dir: Path
     cfg: DictConfig
     family: Family
     checkpoint: Path
     state: dict = field(repr=False)
     dist: D.DistInfo
+    sharded: bool = False
+    owns_group: bool = True
 
     @property
     def step(self) -> int:
@@ -87,32 +97,51 @@ class LoadedRun:
         return self.family.task(self.cfg, self.dist)
 
     def model(self, weights: str = "model") -> nn.Module:
-        """The family's model with these weights, on this process's device, in eval mode."""
+        """The family's model with these weights, on this process's device, in eval mode: whole, or sharded
+        (`sharded`) by the run's own trainer.parallel / trainer.init (what fit its training fits here), without
+        activation checkpointing or compilation; a DCP checkpoint is read shard by shard."""
         if weights not in self.state:
             raise ConfigError(f"{self.checkpoint} holds no {weights!r} weights (it has: {', '.join(self.weights)})")
-        model = self.task.build_model().to(self.dist.device)
-        load_model_state(model, self.state[weights], self.checkpoint)
+        if not self.sharded:
+            model = self.task.build_model().to(self.dist.device)
+            load_model_state(model, self.state[weights], self.checkpoint)
+            return model.eval()
+        tc = {**self.cfg.trainer, "activation_checkpointing": "none", "compile": False}
+        model = wrap_model(self.task.build_model, self.dist, tc, self.dtype, seed=self.cfg.seed,
+                           blocks=self.family.blocks).model
+        restore_model_shards(self.checkpoint, model, weights, self.state[weights])
         return model.eval()
 
     def __enter__(self) -> "LoadedRun":
         return self
 
     def __exit__(self, *exc) -> None:
-        D.shutdown()
+        if self.owns_group:
+            D.shutdown()
 
 
 def load_run(run_dir: str | Path, overrides: list[str] = (), checkpoint: str | None = None,
-             device: str | None = None, weights: tuple[str, ...] = WEIGHTS) -> LoadedRun:
+             device: str | None = None, weights: tuple[str, ...] = WEIGHTS, shard: bool = False) -> LoadedRun:
     """Load a run directory: its config + `overrides` (checked), the latest checkpoint unless `checkpoint` (a file,
-    or a DCP directory read whole), the `weights` it holds. Under torchrun every rank loads it (init_distributed)."""
+    or a DCP directory read whole), the `weights` it holds. Under torchrun every rank loads it (init_distributed).
+
+    `shard`: a run with trainer.parallel=fsdp|hsdp, under more than one process, is evaluated sharded as it was
+    trained (LoadedRun.sharded): no process holds the whole model, and a DCP checkpoint is not read here."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     family = get_family(cfg.model.family)
     path = run_checkpoint(run_dir, checkpoint)
+    owns_group = not torch_dist.is_initialized()
     dist = D.init_distributed(device or cfg.trainer.device)
+    sharded = shard and dist.enabled and cfg.trainer.get("parallel", "ddp") != "ddp"
     try:
-        state = load_checkpoint(path, map_location=dist.device, keys=weights)  # (+ step, rng, ...)
+        if sharded and path.is_dir():
+            extra, saved = dcp_contents(path)
+            state = {**extra, **{k: IN_SHARDS for k in weights if k in saved}}
+        else:  # whole (+ step, rng, ...); a sharded model takes its part of the full tensors from CPU memory
+            state = load_checkpoint(path, map_location="cpu" if sharded else dist.device, keys=weights)
     except BaseException:
-        D.shutdown()
+        if owns_group:
+            D.shutdown()
         raise
-    return LoadedRun(run_dir, cfg, family, path, state, dist)
+    return LoadedRun(run_dir, cfg, family, path, state, dist, sharded, owns_group)

@@ -163,7 +163,8 @@ T14 = _tuned_table("table14", "alpha0 tuning for DyT", "DyT, alpha0 = 1.0",
 
 # alpha0 grids: the paper gives the best (attention, other = FFN and final) alpha0 of each model / width.
 _T11_CMD = "python train.py -m experiment=table11_alpha model=<llama model>"
-T11 = Table("table11", "LLaMA alpha0 per model size (best attention / other alpha0, by val loss)", (VAL_LOSS,),
+# The paper picks each best alpha0 by training loss after 30B tokens (experiment=table11_alpha / table12_alpha).
+T11 = Table("table11", "LLaMA alpha0 per model size (best attention / other alpha0, by final train loss)", (TRAIN_LOSS,),
             {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
             grid=Grid("model.name", {"table": "table11"}, _T11_CMD, "model"), rows=tuple(
     Row(size, {"best": Cell(overrides=("experiment=table11_alpha", f"model=llama_{size.lower()}"), sweep=True,
@@ -171,8 +172,8 @@ T11 = Table("table11", "LLaMA alpha0 per model size (best attention / other alph
     for size, best in (("7B", (0.8, 0.2)), ("13B", (0.6, 0.15)), ("34B", (0.2, 0.05)), ("70B", (0.2, 0.05)))))
 
 _T12_CMD = "python train.py -m experiment=table12_alpha model=<llama model of that width>"
-T12 = Table("table12", "LLaMA alpha0 by width (best attention / other alpha0, by val loss; depth 8..64 agrees)",
-            (VAL_LOSS,), {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
+T12 = Table("table12", "LLaMA alpha0 by width (best attention / other alpha0, by final train loss; depth 8..64 agrees)",
+            (TRAIN_LOSS,), {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
             grid=Grid("model.dim", {"table": "table12"}, _T12_CMD, "width", "model.n_layers"), rows=tuple(
     Row(str(width), {"best": Cell(overrides=("experiment=table12_alpha", f"model={model}"), sweep=True,
                                   match={"table": "table12", "model.dim": width}, best_alpha=best)})

@@ -19,7 +19,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dyt import distributed as D
 from dyt.data.vision import build_vision_datasets
@@ -27,7 +26,8 @@ from dyt.errors import ConfigError
 from dyt.eval import load_run
 from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats, frechet_distance, inception_score,
                                   load_stats, save_stats)
-from dyt.families.dit.task import image_grid
+from dyt.families.dit.grid import image_grid
+from dyt.progress import progress_iter
 from dyt.family import Evaluation
 from dyt.logging import save_png
 from dyt.precision import autocast
@@ -98,21 +98,22 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
             raise ConfigError(f"{path} holds no EMA weights (the run had trainer.ema_decay=null); use raw weights")
         weights = "model" if weights == "raw" or "ema" not in state else "ema"
         model = run.model(weights)
-        show = (progress if progress is not None else os.isatty(2)) and dist.is_main
+        show = (progress if progress is not None else True) and dist.is_main  # a bar, or lines off a terminal
         net = InceptionFeatures().to(dist.device)
         ref_stats, ref_from = reference_stats(cfg, ref, net, dist.device, ref_limit, show) if dist.is_main else ({}, "")
 
-        stats, grid = FeatureStats(), None
+        stats, grid, grid_labels = FeatureStats(), None, None
         chunks = math.ceil(n / batch_size)
         dtype = run.dtype
-        for k in tqdm(range(dist.rank, chunks, dist.world_size), disable=not show, desc="FID samples", unit="batch"):
+        mine = range(dist.rank, chunks, dist.world_size)
+        for k in progress_iter(mine, len(mine), "FID samples", "batch", enabled=show):
             labels = torch.arange(k * batch_size, min((k + 1) * batch_size, n)) % task.num_classes
             with autocast(dist.device, dtype):
                 images = task.generate(model, labels, torch.Generator().manual_seed(chunk_seed(cfg.seed, k)))
             feats = net(images.to(dist.device))
             stats.add(feats["pool"].cpu(), feats.get("logits"))  # CPU: the accumulators are gathered as objects
             if k == 0:
-                grid = images[:GRID]
+                grid, grid_labels = images[:GRID], labels[:GRID].tolist()
         gathered = D.all_gather_object(stats)
         if not dist.is_main:
             return {}
@@ -129,7 +130,8 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         logits = stats.logits()
         if logits is not None:
             metrics[f"{prefix}/is"], metrics[f"{prefix}/is_std"] = inception_score(logits, splits=min(10, n))
-        save_png(RunDir(run_dir).fid_grid, image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1))
+        save_png(RunDir(run_dir).fid_grid, image_grid(grid, per_row=int(math.sqrt(len(grid))) or 1,
+                                                         labels=grid_labels))
         return metrics
 
 

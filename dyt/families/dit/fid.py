@@ -263,17 +263,19 @@ def load_stats(path) -> dict:
 def dataset_stats(images_iter, net: InceptionFeatures, device, progress: bool = False) -> dict:
     """Pool3 statistics of an iterable of float [0, 1] NCHW batches (or (images, labels) pairs):
     {"mu", "sigma", "count"}, plus "inception_score" (mean, std) when the network gives logits."""
-    from tqdm import tqdm
+    from dyt.progress import Progress
 
     net = net.to(device)
     acc = FeatureStats()
-    bar = tqdm(images_iter, disable=not progress, unit="batch", desc="inception")
-    for batch in bar:
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        out = net(batch.to(device))
-        acc.add(out["pool"], out.get("logits"))
-        bar.set_postfix(images=acc.count, refresh=False)
+    total = len(images_iter) if hasattr(images_iter, "__len__") else None
+    with Progress(total, "inception", "batch", enabled=progress) as bar:  # a bar, or lines off a terminal
+        for batch in images_iter:
+            if isinstance(batch, (tuple, list)):
+                batch = batch[0]
+            out = net(batch.to(device))
+            acc.add(out["pool"], out.get("logits"))
+            bar.update(1)
+            bar.set_postfix({"images": acc.count})
     mu, sigma = acc.mean_cov()
     result = {"mu": mu, "sigma": sigma, "count": acc.count}
     logits = acc.logits()

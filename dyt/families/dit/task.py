@@ -28,6 +28,7 @@ from dyt.data.vae import decode, load_vae
 from dyt.data.vision import build_vision_datasets
 from dyt.errors import ConfigError
 from dyt.families.dit.gaussian_diffusion import GaussianDiffusion
+from dyt.families.dit.grid import image_grid
 from dyt.tasks.base import Task
 
 SAMPLERS = ("ddpm", "ddim")
@@ -146,7 +147,7 @@ class DiffusionTask(Task):
             model.train(was_training)
 
     def visualize(self, model: nn.Module) -> dict[str, np.ndarray]:
-        """A fixed-seed grid, a row per class (the first grid_classes), as one HxWx3 uint8 image."""
+        """A fixed-seed grid, a row per class (the first grid_classes, labelled), as one HxWx3 uint8 image."""
         per_class = int(self.dc.grid_per_class)
         if per_class <= 0:
             return {}
@@ -154,7 +155,7 @@ class DiffusionTask(Task):
         labels = torch.arange(classes).repeat_interleave(per_class)
         g = torch.Generator().manual_seed(int(self.cfg.seed))
         images = self.generate(model, labels, g, steps=self.dc.grid_steps)
-        return {"grid": image_grid(images, per_class)}
+        return {"grid": image_grid(images, per_class, labels=labels.tolist())}
 
 
 class NoisedSamples(Dataset):
@@ -184,13 +185,3 @@ class NoisedSamples(Dataset):
 
     def label_range(self):  # for dyt.data.vision.check_labels-style checks on the wrapped dataset
         return getattr(self.ds, "label_range", lambda: None)()
-
-
-def image_grid(images: torch.Tensor, per_row: int, pad: int = 2) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] -> one HxWx3 uint8 grid of `per_row` images per row (grey replicated to RGB)."""
-    from torchvision.utils import make_grid
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    grid = make_grid(images[:, :3].float(), nrow=per_row, padding=pad, pad_value=1.0)
-    return (grid.permute(1, 2, 0).clamp(0, 1).mul(255).round().to(torch.uint8)).numpy()
-

@@ -43,8 +43,9 @@ def build_vit(model_cfg, norm_cfg, data_cfg) -> nn.Module:
     """A timm VisionTransformer at the data's resolution; ``global_pool='avg'`` as in the paper (LN and DyT)."""
     patch = model_cfg.patch_size or data_cfg.patch_size
     if data_cfg.image_size % patch:
-        raise ConfigError(f"image_size {data_cfg.image_size} is not a multiple of patch_size {patch}; "
-                          "set model.patch_size or data.image_size")
+        fits = -(-data_cfg.image_size // patch) * patch  # the next multiple up
+        raise ConfigError(f"image_size {data_cfg.image_size} is not a multiple of patch_size {patch}; add "
+                          f"data.image_size={fits} (images are resized) or a model.patch_size that divides it")
     pool = {"global_pool": model_cfg.global_pool} if model_cfg.global_pool is not None else {}
     model = _create(model_cfg, data_cfg, img_size=data_cfg.image_size, patch_size=patch, **pool)
     return apply_norm(model, model_cfg, norm_cfg)
@@ -53,7 +54,8 @@ def build_vit(model_cfg, norm_cfg, data_cfg) -> nn.Module:
 def build_convnext(model_cfg, norm_cfg, data_cfg) -> nn.Module:
     """A timm ConvNeXt; its channels-first LayerNorm2d (stem, downsample) become channels-first DyT."""
     if data_cfg.image_size < 32:  # stem /4 then three /2 downsamples
-        raise ConfigError(f"ConvNeXt needs data.image_size >= 32 (total stride 32), got {data_cfg.image_size}")
+        raise ConfigError(f"ConvNeXt needs data.image_size >= 32 (total stride 32), got {data_cfg.image_size}; add "
+                          "data.image_size=32 (images are resized)")
     return apply_norm(_create(model_cfg, data_cfg), model_cfg, norm_cfg)
 
 
