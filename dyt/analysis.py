@@ -1,56 +1,93 @@
 """The paper's analysis of what normalization layers do, as data (`scripts/figures.py` draws the figures).
 
-- `InputStdProbe`: the std of each element-wise norm layer's input during training, logged as ``std/<module path>``
-  beside ``alpha/<module path>`` (Fig. 8: alpha tracks 1/std of its input).
+- `InputStdProbe`: the std of each norm layer's input during training, logged as ``std/<module path>`` (every
+  norm kind alike, so LayerNorm and DyT runs pay the same cost); `alpha_metrics`: each element-wise norm's
+  ``alpha/<module path>``. Fig. 8: alpha tracks 1/std of its input.
 - `record_norm_io`: sampled (input, output, channel) points of every norm layer on one forward (Figs. 2-4: trained
   LayerNorms map inputs to outputs along tanh-like S-curves).
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from dyt import distributed as D
 from dyt.nn import ElementwiseNorm, is_norm
-from dyt.nn.convert import is_channels_first, norm_family
+from dyt.nn.convert import NORM_FAMILIES, is_channels_first, norm_family
 from dyt.parallel import clean_name
 
 
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(module path without wrapper parts, layer) of every norm site, in module order: LayerNorm, RMSNorm and
+    BatchNorm2d (also channels-first and timm's / Hugging Face's classes) and every element-wise norm (DyT and its
+    kinds). The one site list of the ``std/...`` metrics and the S-curve figures."""
+    return [(clean_name(name), m) for name, m in model.named_modules()
+            if isinstance(m, ElementwiseNorm) or is_norm(m, NORM_FAMILIES)]
+
+
 def elementwise_norms(model: nn.Module) -> list[tuple[str, ElementwiseNorm]]:
-    """(module path without wrapper parts, layer) of every element-wise norm (DyT and its kinds, each with an
-    ``alpha``): the layers named by the ``alpha/...`` and ``std/...`` metrics."""
-    return [(clean_name(name), m) for name, m in model.named_modules() if isinstance(m, ElementwiseNorm)]
+    """The norm sites with an ``alpha`` (DyT and its kinds): the layers named by the ``alpha/...`` metrics."""
+    return [(name, m) for name, m in norm_layers(model) if isinstance(m, ElementwiseNorm)]
+
+
+@torch.no_grad()
+def input_std(x: torch.Tensor) -> torch.Tensor:
+    """The std of all of x's elements, a 0-d tensor on x's device, without a copy of x: ONE fused reduction in x's
+    own dtype (`torch.std` is a Welford reduction that accumulates bf16/fp16 in fp32 on CUDA, in double on CPU;
+    `x.float().std()` would copy x to fp32, and `x.sum(dtype=torch.float32)` copies it too on CPU). Autocast is off
+    so that nothing casts x first. The result is rounded to x's dtype: relative error <= 2^-8 (0.4%) in bf16,
+    2^-11 in fp16, none in fp32 (tests/test_analysis.py checks it)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.std(x.detach())
 
 
 class InputStdProbe:
-    """While open (and `enabled`), records the std of each element-wise norm layer's input in the FIRST forward
-    only; `metrics()` then gives ``{"std/<module path>": value}``.
+    """While open (and `enabled`), records the std of each norm layer's input (`norm_layers`, whatever the kind) in
+    the FIRST forward only; `metrics()` then gives ``{"std/<module path>": value, "train/probe_ms": ...}``.
 
     For one training step that is logged: forward pre-hooks are added on entry and removed on exit, so other steps
     pay nothing and no extra forward runs. "First forward only" keeps the first micro-batch's value under gradient
-    accumulation and when activation checkpointing re-runs a block's forward in the backward. Hooks sit on the inner
-    modules, so a DDP- or FSDP2-wrapped model works; a torch.compile'd one does not call hooks added after it was
-    compiled (the caller disables the probe there).
+    accumulation and when activation checkpointing re-runs a block's forward in the backward. Each value stays on
+    the device (`input_std`: no copy of the input, no host sync in the hook) until `metrics()` reads them all at
+    once. ``train/probe_ms`` is the time the reductions took on this step (CUDA events on the GPU, so no sync
+    either; host time on CPU): the cost sits inside `train/throughput`, the same for every norm kind. Hooks sit on
+    the inner modules, so a DDP- or FSDP2-wrapped model works; a torch.compile'd one does not call hooks added after
+    it was compiled (the caller disables the probe there).
     """
 
     def __init__(self, model: nn.Module, enabled: bool = True):
         self.model, self.enabled = model, enabled
         self.stds: dict[str, torch.Tensor] = {}
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # (start, end) per reduction on a GPU
+        self._host_s = 0.0  # reductions on CPU
         self._handles: list = []
 
     def _hook(self, name: str):
         def record(module: nn.Module, args: tuple) -> None:
-            if name not in self.stds:
-                self.stds[name] = args[0].detach().float().std()
+            if name in self.stds:
+                return
+            x = args[0]
+            if x.is_cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.stds[name] = input_std(x)
+                end.record()
+                self._events.append((start, end))
+            else:
+                t = time.perf_counter()
+                self.stds[name] = input_std(x)
+                self._host_s += time.perf_counter() - t
         return record
 
     def __enter__(self) -> InputStdProbe:
         if self.enabled:
-            self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in elementwise_norms(self.model)]
+            self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in norm_layers(self.model)]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -59,15 +96,43 @@ class InputStdProbe:
         self._handles = []
 
     def metrics(self) -> dict[str, float]:
-        """The recorded stds, averaged over ranks (every rank calls this on the same steps). Each rank's value comes
-        from its own micro-batch: the mean is a less noisy estimate than rank 0's alone, for one all-reduce of a few
-        floats per logged step. Every rank records the same layers in the same order (same model, same forward)."""
+        """The recorded stds, averaged over ranks (every rank calls this on the same steps), and this rank's
+        ``train/probe_ms``. Each rank's value comes from its own micro-batch: the mean is a less noisy estimate than
+        rank 0's alone, for one all-reduce of a few floats per logged step. Every rank records the same layers in
+        the same order (same model, same forward). One host sync, here."""
         if not self.stds:
             return {}
         names = list(self.stds)
         world = torch_dist.get_world_size() if torch_dist.is_initialized() else 1
-        means = D.all_reduce_sum(torch.stack([self.stds[n] for n in names])) / world
-        return {f"std/{n}": v for n, v in zip(names, means.tolist())}
+        means = D.all_reduce_sum(torch.stack([self.stds[n].float() for n in names])) / world
+        out = {f"std/{n}": v for n, v in zip(names, means.tolist())}
+        if self._events:
+            self._events[-1][1].synchronize()  # done already (tolist() waited for the stream); elapsed_time needs it
+        out["train/probe_ms"] = self._host_s * 1e3 + sum(start.elapsed_time(end) for start, end in self._events)
+        return out
+
+
+@torch.no_grad()
+def alpha_metrics(model: nn.Module) -> dict[str, float]:
+    """Every element-wise norm layer's (DyT's) alpha as ``alpha/<module path>`` (Fig. 8 tracks these), read with ONE
+    all-reduce however many layers (every rank calls this), or none where no alpha is sharded.
+
+    Under FSDP2 an alpha is a DTensor whose single element lives on one rank of each shard group (a replica of it
+    in each HSDP replica group); elsewhere every rank holds all of it. Each rank sends, per alpha, the sum and the
+    count of the elements it holds: sum over ranks / count over ranks is the value, whatever the placement."""
+    layers = elementwise_norms(model)
+    if not layers:
+        return {}
+    alphas = [m.alpha for _, m in layers]
+    if any(isinstance(a, DTensor) for a in alphas):
+        local = [a.to_local() if isinstance(a, DTensor) else a for a in alphas]
+        sums = torch.stack([t.detach().float().sum() for t in local])
+        counts = torch.tensor([float(t.numel()) for t in local], device=sums.device)
+        sums, counts = D.all_reduce_sum(torch.stack([sums, counts]))
+        values = sums / counts
+    else:
+        values = torch.cat([a.detach().float().reshape(1) for a in alphas])
+    return {f"alpha/{name}": v for (name, _), v in zip(layers, values.tolist())}
 
 
 # --- input/output of the norm layers (Figs. 2-4) ------------------------------------------------------------
@@ -78,18 +143,16 @@ class NormIO(NamedTuple):
     channel: torch.Tensor
 
 
-def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every LayerNorm / RMSNorm (also channels-first) and element-wise norm layer, in module order."""
-    return [(clean_name(name), m) for name, m in model.named_modules()
-            if isinstance(m, ElementwiseNorm) or is_norm(m)]
-
-
 def normalized(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's output BEFORE its learnable affine (what the paper plots), in fp32, channels last."""
     x = x.float()
     if isinstance(module, ElementwiseNorm):
         y = module.squash(x)  # element-wise: the layout does not matter
         return y.permute(0, 2, 3, 1) if is_channels_first(module) else y
+    if norm_family(module) == "batchnorm":  # per channel: by its running statistics in eval, else the batch's
+        by_batch = module.training or module.running_mean is None
+        stats = (None, None) if by_batch else (module.running_mean, module.running_var)  # never updated here
+        return F.batch_norm(x, *stats, training=by_batch, eps=module.eps).permute(0, 2, 3, 1)
     if is_channels_first(module):
         x = x.permute(0, 2, 3, 1)
     if norm_family(module) == "rmsnorm":

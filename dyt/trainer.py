@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from dyt import distributed as D
-from dyt.analysis import InputStdProbe, elementwise_norms
+from dyt.analysis import InputStdProbe, alpha_metrics
 from dyt.checkpoint import Checkpointer
 from dyt.errors import ConfigError
 from dyt.eval import evaluate
@@ -42,12 +42,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def alpha_metrics(model: nn.Module) -> dict[str, float]:
-    """Every element-wise norm layer's (DyT's) alpha as ``alpha/<module path>`` (the paper's Fig. 8 tracks these).
-    Under FSDP each is gathered (a collective: every rank calls this)."""
-    return {f"alpha/{name}": D.scalar(m.alpha) for name, m in elementwise_norms(model)}
 
 
 class Trainer:
@@ -284,8 +278,9 @@ class Trainer:
         try:
             while self.step < self.max_steps:
                 t0 = time.perf_counter()
-                # A logged step records each DyT layer's input std (Fig. 8). A compiled model ignores hooks added
-                # after compilation: no std/ metrics under trainer.compile.
+                # A logged step records each norm layer's input std (Fig. 8), whatever the norm kind: the same cost
+                # for LN and DyT runs (train/probe_ms). A compiled model ignores hooks added after compilation: no
+                # std/ metrics under trainer.compile.
                 with InputStdProbe(self.model, self._log_step(self.step + 1) and not tc.get("compile")) as probe:
                     units = self._train_step(batches)
                 win.update(steps=win["steps"] + 1, units=win["units"] + units)

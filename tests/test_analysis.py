@@ -1,20 +1,24 @@
-"""The paper's analysis: each DyT layer's input std logged beside its alpha (Fig. 8), the norm layers' sampled
-input/output points (Figs. 2-4), and scripts/figures.py on real tiny runs."""
+"""The paper's analysis: each norm layer's input std (every kind) and each DyT layer's alpha (Fig. 8), at no copy
+of the activations and one collective for the alphas; the norm layers' sampled input/output points (Figs. 2-4),
+and scripts/figures.py on real tiny runs."""
 import importlib.util
 import json
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY, compose
-from dyt.analysis import InputStdProbe, elementwise_norms, norm_layers, record_norm_io
+from conftest import ROOT, TINY, compose, script
+from dyt.analysis import InputStdProbe, alpha_metrics, elementwise_norms, norm_layers, record_norm_io
 from dyt.logging import read_jsonl
 from dyt.families import build_model
-from dyt.nn import DynamicTanh, ElementwiseNorm
+from dyt.nn import NORM_KINDS, DynamicTanh, ElementwiseNorm, build_norm
 from dyt.run import train
 from dyt.trainer import Trainer
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 _spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts/figures.py")
 figures = importlib.util.module_from_spec(_spec)
@@ -54,14 +58,19 @@ def train_events(run_dir):
 
 
 # --- std/ beside alpha/ ---------------------------------------------------------------------------------------
-def test_std_logged_for_the_alpha_layers_on_log_steps_only(runs):
-    events = train_events(runs / "dyt")
-    assert [e["step"] for e in events] == [3, 4]
-    for e in events:
-        alphas = {k.removeprefix("alpha/") for k in e if k.startswith("alpha/")}
-        stds = {k.removeprefix("std/") for k in e if k.startswith("std/")}
-        assert alphas == stds and "fc_norm" in stds and all(e[f"std/{n}"] > 0 for n in stds)
-    assert not any(k.startswith(("std/", "alpha/")) for e in train_events(runs / "layernorm") for k in e)
+def test_std_logged_for_every_norm_site_on_log_steps_only(runs):
+    """DyT and LayerNorm runs log the input std of the same sites (and pay the same probe); alpha only with DyT."""
+    events = {norm: train_events(runs / norm) for norm in ("dyt", "layernorm")}
+    sites = {}
+    for norm, logged in events.items():
+        assert [e["step"] for e in logged] == [3, 4]
+        for e in logged:
+            alphas = {k.removeprefix("alpha/") for k in e if k.startswith("alpha/")}
+            stds = {k.removeprefix("std/") for k in e if k.startswith("std/")}
+            assert alphas == (stds if norm == "dyt" else set()) and all(e[f"std/{n}"] > 0 for n in stds)
+            sites[norm] = stds
+    assert sites["dyt"] == sites["layernorm"] and "fc_norm" in sites["dyt"] and len(sites["dyt"]) == 5
+    assert all(e["train/probe_ms"] > 0 for logged in events.values() for e in logged)
 
 
 @pytest.mark.parametrize("extra", [[], ["trainer.grad_accum=2", "trainer.activation_checkpointing=full"]])
@@ -86,12 +95,127 @@ def test_probe_records_the_first_forward_once_then_removes_its_hooks():
     with InputStdProbe(model) as probe:
         model(x)
         model(10 * torch.randn(5, 4))  # a later micro-batch / a checkpointed recompute: not recorded
-    assert probe.metrics() == pytest.approx({"std/0": x.std().item(), "std/1.1": torch.tanh(0.5 * x).std().item()})
+    metrics = probe.metrics()
+    assert metrics.pop("train/probe_ms") > 0
+    assert metrics == pytest.approx({"std/0": x.std().item(), "std/1.1": torch.tanh(0.5 * x).std().item()})
     assert all(not m._forward_pre_hooks for m in model.modules())
     with InputStdProbe(model, enabled=False) as off:
         assert all(not m._forward_pre_hooks for m in model.modules())
         model(x)
     assert off.metrics() == {}
+
+
+def every_kind(dtype=torch.float32) -> nn.Module:
+    """Every norm kind of dyt/nn/norms.py on tokens, then BatchNorm2d and channels-first LayerNorm on an image."""
+    kinds = [k for k in NORM_KINDS if k != "identity"]
+    tokens = nn.Sequential(*[nn.Sequential(nn.Linear(16, 16), build_norm(k, 16)) for k in kinds])
+    image = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.Conv2d(16, 16, 3), build_norm(
+        "layernorm", 16, channels_last=False), nn.Conv2d(16, 16, 3), build_norm("dyt", 16, channels_last=False))
+
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.image = tokens, image
+
+        def forward(self, x):
+            return self.tokens(x[0]).sum() + self.image(x[1]).sum()
+    return Both().to(dtype)
+
+
+def every_kind_inputs(dtype=torch.float32):
+    torch.manual_seed(0)
+    return torch.randn(4, 32, 16, dtype=dtype) * 3 + 1, torch.randn(2, 3, 12, 12, dtype=dtype)
+
+
+#: the probe's std: one reduction in the input's dtype, rounded to it (dyt.analysis.input_std)
+STD_REL_TOL = {torch.float32: 1e-6, torch.bfloat16: 2**-8}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_probe_gives_every_norm_kind_its_input_std(dtype):
+    """LayerNorm, RMSNorm, BatchNorm, channels-first and every element-wise kind: std/<site> is its input's std,
+    within the stated rounding of the input's dtype."""
+    model, x = every_kind(dtype), every_kind_inputs(dtype)
+    layers = norm_layers(model)
+    inputs = first_inputs(layers, lambda: model(x))
+    with InputStdProbe(model) as probe:
+        model(x)
+    got = probe.metrics()
+    reference = {f"std/{n}": t.float().std().item() for n, t in inputs.items()}
+    assert {k: v for k, v in got.items() if k.startswith("std/")} == pytest.approx(reference, rel=STD_REL_TOL[dtype],
+                                                                                   abs=0)
+    assert set(got) - set(reference) == {"train/probe_ms"} and got["train/probe_ms"] > 0
+    assert {type(m).__name__ for _, m in layers} == {"LayerNorm", "RMSNorm", "BatchNorm2d", "LayerNorm2d",
+                                                     "DynamicTanh", "DynamicSquash", "Derf", "DyISRU"}
+
+
+class OpOutputs(TorchDispatchMode):
+    """How many times each (op, elements of each NEW tensor it returned) ran while open; views of an input (same
+    storage) allocate nothing and are not listed."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {storage(t) for t in tree_leaves((args, kwargs)) if torch.is_tensor(t)}
+        self.ops[str(func), tuple(t.numel() for t in tree_leaves(out) if torch.is_tensor(t) and
+                                  (storage(t) is None or storage(t) not in given))] += 1
+        return out
+
+
+def storage(t: torch.Tensor) -> int | None:
+    """Where t's storage is; None for a tensor without one (a collective's output under a fake process group)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None
+
+
+def test_probe_copies_no_activation():
+    """The ops the probe adds to a bf16 forward (probed minus plain) create only one-element tensors: no fp32 (or
+    any) copy of a norm's input, which at LLaMA 7B and micro-batch 16 would be 1 GiB per site."""
+    model, x = every_kind(torch.bfloat16), every_kind_inputs(torch.bfloat16)
+    with torch.no_grad(), OpOutputs() as plain:
+        model(x)
+    with torch.no_grad(), OpOutputs() as probed, InputStdProbe(model) as probe:
+        model(x)
+    added = probed.ops - plain.ops
+    assert all(numels in ((), (1,)) for _, numels in added), added  # scalars only...
+    assert len(probe.stds) == len(norm_layers(model)) == 11
+    assert sum(n for (_, numels), n in added.items() if numels) == 11  # ...one per site
+
+
+def test_alphas_are_read_in_one_collective_under_fsdp():
+    """FSDP2 shards each one-element alpha (it lives on rank 0 of 2): all of them come in one all-reduce, not one
+    gather each (a fake 2-rank process group in this process: rank 0's view, collectives counted, not run)."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    model = nn.Sequential(*[DynamicTanh(8, alpha_init=a) for a in (0.3, 0.7, 1.5)], nn.LayerNorm(8))
+    torch.distributed.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        for m in model:
+            fully_shard(m)
+        assert type(model[0].alpha).__name__ == "DTensor"
+        with OpOutputs() as ops:
+            alphas = alpha_metrics(model)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert alphas == pytest.approx({"alpha/0": 0.3, "alpha/1": 0.7, "alpha/2": 1.5})
+    assert sum(n for (op, _), n in ops.ops.items() if "c10d" in op) == 1
+    assert alpha_metrics(nn.Sequential(DynamicTanh(8, alpha_init=0.3), DynamicTanh(8, learn_alpha=False))) == \
+        pytest.approx({"alpha/0": 0.3, "alpha/1": 0.5})  # no process group: read locally
+
+
+def test_probe_benchmark_runs(capsys):
+    """scripts/bench/std_probe.py end to end on a tiny model: both norms, and the probe allocates one fp32 scalar
+    per site (its timings are measured by the script, never asserted)."""
+    assert script("scripts/bench/std_probe.py").main(
+        ["--models", "vit_pico", "--steps", "1", "--no-write", "data.image_size=32"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| vit_pico |")]
+    assert [r[2] for r in rows] == ["layernorm", "dyt"]
+    assert all(r[8] == f"{4 * int(r[3]):,} B" for r in rows)
 
 
 # --- record_norm_io --------------------------------------------------------------------------------------------
@@ -108,6 +232,23 @@ def test_layernorm_points_are_its_output_before_the_affine():
     sampled = record_norm_io(ln, lambda: ln(x), max_points=20, seed=1)[""]
     assert len(sampled.input) == 20 and torch.equal(sampled.input, record_norm_io(ln, lambda: ln(x), 20, 1)[""].input)
     check_points(sampled, x.reshape(-1, 6), ref.reshape(-1, 6))
+
+
+def test_batchnorm_points_are_normalized_by_its_statistics():
+    """Table 15's BatchNorm sites: running statistics in eval, the batch's in training (running ones untouched)."""
+    bn = nn.BatchNorm2d(3, momentum=0.0)  # its own training forward leaves the running statistics as they are
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0]))
+    x = torch.randn(2, 3, 4, 5)
+    batch = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    for training, (mean, var) in ((False, (bn.running_mean, bn.running_var)), (True, batch)):
+        bn.train(training)
+        io = record_norm_io(bn, lambda: bn(x), max_points=120)[""]
+        expected = ((x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + bn.eps)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(io.output, expected.flatten())
+        torch.testing.assert_close(io.input, x.permute(0, 2, 3, 1).flatten())
+    assert bn.running_mean.tolist() == [0.5, -1.0, 2.0]  # the figure's pass changed nothing
 
 
 def check_points(io, rows: torch.Tensor, expected: torch.Tensor) -> None:
