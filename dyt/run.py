@@ -4,7 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from dyt.families import get_family
-from dyt.rundir import RunLock, check_config_change, describe_changes, differences, read_summary
+from dyt.files import warn
+from dyt.logging import read_jsonl
+from dyt.rundir import (CHECKPOINT_NAME, RunDir, RunLock, check_config_change, describe_changes, differences,
+                        list_checkpoints, read_summary)
 from dyt.trainer import Trainer
 from dyt.validate import validate
 
@@ -26,6 +29,29 @@ def _skip_line(run_dir, summary: dict, cfg) -> str:
             "these settings beside it add run_name=<a new name>, in its place trainer.resume=never")
 
 
+def _finished_on_record(run_dir, summary: dict, cfg) -> bool:
+    """Whether the run's own records agree that it finished where summary.json says: a completed run's newest
+    checkpoint is at that step (the trainer checkpoints its last step; with none kept, metrics.jsonl logged it),
+    a diverged run logged the step. Otherwise the summary is not trusted and the run resumes, saying why. A run
+    completed before a larger trainer.max_steps trains on to it."""
+    rd, step, status = RunDir(run_dir), summary.get("step"), summary.get("status")
+    found = list_checkpoints(rd.checkpoints_dir)
+    newest = int(CHECKPOINT_NAME.match(found[-1].name).group(1)) if found else None
+    logged = any(e.get("step") == step for e in read_jsonl(rd.metrics))
+    target = cfg.trainer.get("max_steps")
+    if status == "completed" and newest is not None and newest != step:
+        why = f"its newest checkpoint is at step {newest}"
+    elif not logged and (status != "completed" or newest is None):
+        why = f"metrics.jsonl has no event at step {step}"
+    elif status == "completed" and isinstance(step, int) and target is not None and target > step:
+        print(f"[dyt] {run_dir} completed at step {step}; training on to trainer.max_steps={target}", flush=True)
+        return False
+    else:
+        return True
+    warn(f"{rd.summary} says {status} at step {step}, but {why}: not trusted; resuming the run")
+    return False
+
+
 def train(cfg, run_dir: str | Path) -> dict:
     """Train the run in `run_dir` to completion (resuming it if it has checkpoints); returns its summary.
 
@@ -35,7 +61,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     validate(cfg)  # every bad value, mandatory key or model/data mismatch: one ConfigError before anything runs
     with RunLock(run_dir):  # one process per run directory (rank 0 holds it); a second one stops with one line
         summary = read_summary(run_dir) if cfg.trainer.resume == "auto" else None  # None: absent or damaged
-        if summary is not None and summary.get("status") in FINISHED:
+        if summary is not None and summary.get("status") in FINISHED and _finished_on_record(run_dir, summary, cfg):
             print(_skip_line(run_dir, summary, cfg), flush=True)
             return summary
         check_config_change(run_dir, cfg, get_family(cfg.model.family).resume_keys)  # resuming with another definition of the run: one line, before building

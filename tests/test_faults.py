@@ -226,6 +226,30 @@ def test_records_up_to_the_checkpoint_are_never_lost(tmp_path, full, loss, capsy
     assert_equal_to_full(s, full, path)
 
 
+@pytest.mark.parametrize("summary,message", [
+    ({"status": "completed", "step": 6}, "says completed at step 6, but its newest checkpoint is at step 12"),
+    ({"status": "diverged", "step": 99}, "says diverged at step 99, but metrics.jsonl has no event at step 99"),
+])
+def test_a_summary_the_records_contradict_is_not_trusted(tmp_path, full, summary, message, capsys):
+    """summary.json alone never makes a run finished: a 'completed' at another step than its newest checkpoint, or
+    a 'diverged' at a step it never logged, is said and the run resumes (was: skipped forever at that step)."""
+    d = tmp_path / "r"
+    shutil.copytree(full[0], d)
+    (d / "summary.json").write_text(json.dumps(summary))
+    s = train(compose(ARGS), d)
+    assert [w for w in warnings(capsys.readouterr().err) if "not trusted" in w] == [
+        f"[dyt] warning: {d}/summary.json {message}: not trusted; resuming the run"]
+    assert s["status"] == "completed" and s["step"] == 12 and s["val/loss"] == full[1]["val/loss"]
+
+
+def test_a_completed_run_trains_on_to_a_larger_max_steps(tmp_path, full, capsys):
+    d = tmp_path / "r"
+    shutil.copytree(full[0], d)
+    s = train(compose([*ARGS, "trainer.max_steps=15"]), d)
+    assert f"[dyt] {d} completed at step 12; training on to trainer.max_steps=15" in capsys.readouterr().out
+    assert s["status"] == "completed" and s["step"] == 15
+
+
 def test_cut_last_line_is_dropped_quietly(tmp_path):
     """What a killed append leaves (no newline, the start of an event) is normal, not damage."""
     events, damaged = scan_jsonl(b'{"step": 3, "split": "train"}\n{"step": 6, "spl')
