@@ -23,7 +23,7 @@ from dyt import distributed as D
 from dyt.errors import ConfigError
 from dyt.eval import evaluate_run, run_config
 from dyt.families import families, get_family
-from dyt.files import write_json
+from dyt.files import fix_hint, os_error, write_json
 from dyt.rundir import RunDir, read_eval
 
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                 owners = ", ".join(f.name for f in families().values() if ev in f.evals)
                 raise ConfigError(f"{ev.name} applies to {owners} runs; {run_dir} is a {family.name} run")
         D.init_distributed(cfg.trainer.device)  # under torchrun: one process group for every evaluation below
-        metrics = evaluate_run(run_dir, args.overrides, args.checkpoint)
+        metrics = evaluate_run(run_dir, args.overrides, args.checkpoint, save=False)
         for ev in asked:
             metrics.update(ev.run(run_dir, args, args.overrides, args.checkpoint))
     except ConfigError as e:
@@ -63,12 +63,19 @@ def main(argv=None) -> int:
         return 2
     finally:
         D.shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
-        # FIDs of the same checkpoint measured by earlier calls (raw, then EMA weights) are kept
-        same = previous.get("checkpoint") == metrics.get("checkpoint")
-        write_json(RunDir(run_dir).eval, {**(previous if same else {}), **metrics})
-    for k, v in metrics.items():
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    for k, v in metrics.items():  # printed first: a run directory that cannot be written loses nothing computed
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    # FIDs of the same checkpoint measured by earlier calls (raw, then EMA weights) are kept
+    same = previous.get("checkpoint") == metrics.get("checkpoint")
+    path = RunDir(run_dir).eval
+    try:
+        write_json(path, {**(previous if same else {}), **metrics})
+    except OSError as e:
+        print(f"error: could not save the metrics above to {path}: {os_error(e)}; {fix_hint(e, 'run it again')}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

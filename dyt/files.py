@@ -10,6 +10,7 @@ its records and its checkpoints (stdlib only).
 from __future__ import annotations
 
 import json
+import errno
 import os
 import shutil
 import sys
@@ -26,6 +27,15 @@ def warn(message: str) -> None:
 def os_error(e: OSError) -> str:
     """``[Errno 28] No space left on device`` (without the file name, which the caller's message gives)."""
     return f"[Errno {e.errno}] {e.strerror}" if e.errno is not None and e.strerror else f"{type(e).__name__}: {e}"
+
+
+def fix_hint(e: OSError, then: str = "run the same command to resume") -> str:
+    """What to do about a failed write: free space for a full disk, permissions for a read-only place."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space and {then}"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make it writable (or choose another hydra.run.dir) and {then}"
+    return f"fix the cause and {then}"
 
 
 def fsync_dir(path: Path) -> None:

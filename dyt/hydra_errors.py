@@ -1,4 +1,4 @@
-"""Hydra's own errors as one line and exit code 2, like every other bad input (README, exit codes).
+"""Hydra's own errors (and a run directory it cannot write) as one line and exit code 2, like every other bad input (README, exit codes).
 
 Hydra prints a composition error (a misspelt key, an unknown config option) in several lines, suggests
 ``+key=value`` for a typo (which would add the typo as a new key) and exits 1. `one_line` turns such an exception
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 from pathlib import Path
 
-INTERNAL = ("schema_", "_")  # config names that are building blocks, not choices
+INTERNAL = ("schema_", "_")
+WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)  # config names that are building blocks, not choices
 
 
 def _choices(names) -> list[str]:
@@ -40,6 +42,10 @@ def one_line(exc: BaseException) -> str | None:
     """The message for a Hydra composition / override error, or None for anything else."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+    if isinstance(exc, OSError) and exc.filename and exc.errno in WRITE_ERRORS:
+        # Hydra making the run directory or its .hydra/ files, train.log: a place that cannot be written
+        from dyt.files import fix_hint, os_error
+        return f"cannot write {exc.filename}: {os_error(exc)}; {fix_hint(exc, 'run the same command')}"
     if isinstance(exc, MissingConfigException):
         missing = exc.missing_cfg_file or ""
         group, _, name = missing.rpartition("/")

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dyt.errors import ConfigError
-from dyt.files import os_error, set_aside, temporary, warn, write_json, write_text_atomic
+from dyt.files import fix_hint, os_error, set_aside, temporary, warn, write_json, write_text_atomic
 from dyt.rundir import RunDir, check_config_change, describe_changes, read_config, read_summary
 
 _DECODER = json.JSONDecoder()
@@ -161,8 +161,7 @@ class RunLogger:
             with self.rd.metrics.open("a") as f:
                 os.fsync(f.fileno())
         except OSError as e:
-            raise ConfigError(f"could not sync {self.rd.metrics}: {os_error(e)}; free space and run the same "
-                              f"command to resume") from e
+            raise ConfigError(f"could not sync {self.rd.metrics}: {os_error(e)}; {fix_hint(e)}") from e
 
     @staticmethod
     def _keep_aside_if_damaged(path: Path, unreadable: bool, what: str, consequence: str) -> None:
@@ -213,8 +212,7 @@ class RunLogger:
             with self.rd.metrics.open("a") as f:
                 f.write(json.dumps(event) + "\n")
         except OSError as e:  # a line cut short by a full disk is dropped on resume, like a killed write
-            raise ConfigError(f"could not append to {self.rd.metrics}: {os_error(e)}; free space and run the same "
-                              f"command to resume") from e
+            raise ConfigError(f"could not append to {self.rd.metrics}: {os_error(e)}; {fix_hint(e)}") from e
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

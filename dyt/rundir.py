@@ -29,7 +29,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dyt.errors import ConfigError
-from dyt.files import os_error, read_json_object, warn
+from dyt.files import fix_hint, os_error, read_json_object, warn
 
 # A checkpoint: a single file step_N.pt, or a sharded (DCP) directory step_N.
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)(\.pt)?$")
@@ -207,8 +207,17 @@ class RunLock:
         if not self.enabled or self._fd is not None:
             return self
         self._created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only parent or run directory: before any work is done
+            raise ConfigError(f"cannot write into run directory {self.run_dir}: {os_error(e)}; "
+                              f"{fix_hint(e, 'run the same command')}") from e
+        checkpoints = self.run_dir / RunDir.CHECKPOINTS
+        if checkpoints.exists() and not checkpoints.is_dir():
+            os.close(fd)
+            raise ConfigError(f"{checkpoints} is a file, not the run's checkpoints folder: move it away and run the "
+                              "same command")
         deadline = None
         while True:
             try:

@@ -600,3 +600,40 @@ def test_latest_checkpoint_api(tmp_path, full):
     state, path = load_latest(d / "checkpoints")
     assert path.name == "step_00000012.pt" and state["step"] == 12
     assert load_latest(tmp_path / "nothing") is None
+
+
+# --- places that cannot be written: one line, before any work is lost -------------------------------------
+def test_unwritable_places_are_one_line(tmp_path, full, monkeypatch, capsys):
+    from conftest import run_script, script
+    from dyt.files import fix_hint
+    from dyt.rundir import RunLock
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = run_script(["python", str(ROOT / "train.py"), f"hydra.run.dir={blocker}/r"], cwd=tmp_path, check=False)
+    assert out.returncode == 2 and out.stderr.strip() == (f"error: cannot write {blocker}/r: [Errno 20] Not a "
+                                                          "directory; fix the cause and run the same command")
+    # `checkpoints` a plain file: refused when the run starts, not at its first checkpoint
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "checkpoints").write_text("")
+    with pytest.raises(ConfigError, match=r"/r/checkpoints is a file, not the run's checkpoints folder"):
+        train(compose(ARGS), d)
+    # a read-only run directory (root ignores modes here, so the kernel's answer is simulated)
+    def refuse(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro/.lock"))
+    monkeypatch.setattr("dyt.rundir.os.open", refuse)
+    with pytest.raises(ConfigError, match=r"cannot write into run directory .*/ro: \[Errno 13\] Permission denied; "
+                                          r"make it writable \(or choose another hydra.run.dir\)"):
+        RunLock(tmp_path / "ro").acquire()
+    monkeypatch.undo()
+    assert fix_hint(OSError(errno.EROFS, "Read-only file system")).startswith("make it writable")
+    assert fix_hint(OSError(errno.ENOSPC, "No space left on device")).startswith("free space")
+    # eval.py prints what it computed, then says it could not save it
+    run = tmp_path / "done"
+    shutil.copytree(full[0], run)
+    (run / "eval.json").mkdir()  # cannot be replaced by a file, whoever runs this
+    capsys.readouterr()
+    assert script("eval.py").main([str(run)]) == 2
+    captured = capsys.readouterr()
+    assert "val/loss: " in captured.out and "val/top1: " in captured.out
+    assert captured.err.startswith(f"error: could not save the metrics above to {run}/eval.json: [Errno 21]")

@@ -25,7 +25,7 @@ from dyt import distributed as D
 from dyt.checkpoint.contents import TENSOR_STATES, CorruptCheckpoint, check_model_match, first_line
 from dyt.checkpoint.directory import prune_checkpoints
 from dyt.errors import ConfigError
-from dyt.files import fsync_dir, os_error, write_durably
+from dyt.files import fix_hint, fsync_dir, os_error, write_durably
 from dyt.parallel import clean_name
 
 EXTRA = "extra.pt"  # in a DCP directory: what is not a model / optimizer / EMA tensor
@@ -55,8 +55,9 @@ class PendingSave:
         self.written, self.extra, self.final, self.keep, self.is_main = written, extra, final, keep, is_main
 
     def _fail(self, e: BaseException) -> str:
-        return f"could not write checkpoint {self.final}: " \
-               f"{os_error(e) if isinstance(e, OSError) else first_line(e)}; free space and run the same command to resume"
+        if isinstance(e, OSError):
+            return f"could not write checkpoint {self.final}: {os_error(e)}; {fix_hint(e)}"
+        return f"could not write checkpoint {self.final}: {first_line(e)}; fix the cause and run the same command to resume"
 
     def wait(self) -> None:
         """The shards of this rank written (async_save's future); no collective."""

@@ -16,7 +16,7 @@ import torch
 
 from dyt.checkpoint.contents import CorruptCheckpoint, first_line
 from dyt.errors import ConfigError
-from dyt.files import fsync_dir, os_error, warn, write_durably
+from dyt.files import fix_hint, fsync_dir, os_error, warn, write_durably
 
 _CHUNK = 1 << 20
 
@@ -77,9 +77,11 @@ def write_checkpoint_file(state: dict, path: Path) -> Path:
         fsync_dir(path.parent)
     except OSError as e:
         for p in (tmp, digest_tmp):
-            p.unlink(missing_ok=True)
-        raise ConfigError(f"could not write checkpoint {path}: {os_error(e)}; free space and run the same command "
-                          f"to resume") from e
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:  # the folder itself is the problem (a file, read-only): nothing was written there
+                pass
+        raise ConfigError(f"could not write checkpoint {path}: {os_error(e)}; {fix_hint(e)}") from e
     return path
 
 
