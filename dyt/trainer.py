@@ -26,6 +26,7 @@ import torch.nn as nn
 from dyt import distributed as D
 from dyt.analysis import InputStdProbe, alpha_metrics
 from dyt.checkpoint import Checkpointer
+from dyt.environment import environment
 from dyt.errors import ConfigError
 from dyt.eval import evaluate
 from dyt.families import build_task, get_family
@@ -198,7 +199,8 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
         summary = {"status": "running", "step": self.step, "reason": None, "model": self.cfg.model.name,
                    "norm": self.cfg.norm.name, "data": self.cfg.data.name, "params": self.n_params,
-                   "max_steps": self.max_steps, "world_size": self.dist.world_size, **self.last_train}
+                   "max_steps": self.max_steps, "world_size": self.dist.world_size, **self.last_train,
+                   "env": environment(self.device)}  # what decides the exact numbers beyond the config
         start = time.time()
         try:
             summary.update(self._loop(summary))

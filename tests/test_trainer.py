@@ -28,6 +28,9 @@ def test_run_records(tmp_path):
     d = tmp_path / "r"
     assert s["status"] == "completed" and s["step"] == 12 and s["reason"] is None
     assert json.loads((d / "summary.json").read_text())["val/top1"] == s["val/top1"]
+    # what decides the exact numbers beyond the config (README: reproducibility across machines)
+    assert s["env"]["torch"] == torch.__version__ and s["env"]["threads"] == torch.get_num_threads()
+    assert s["env"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "deterministic" in s["env"]
     events = read_jsonl(d / "metrics.jsonl")
     train_ev = [e for e in events if e["split"] == "train"]
     val_ev = [e for e in events if e["split"] == "val"]
