@@ -371,3 +371,20 @@ def test_sweep_plot_names_every_run_also_one_without_a_training_curve(tmp_path, 
     plot_sweep(load_run_dirs([tmp_path / "sweep"]), tmp_path / "sweep.png")
     assert sorted(t.get_text() for t in saved[0].legends[0].get_texts()) == ["vit_pico-dyt-digits-s0",
                                                                             "vit_pico-layernorm-digits-s0"]
+
+
+def test_bars_show_differences_to_the_baseline_from_zero(runs_dir, tmp_path, monkeypatch):
+    """Our numbers and the paper's are on different data: each panel shows DyT - LayerNorm for both, from zero
+    (no per-panel truncation that makes 0.2 points look like 2x), every bar labelled."""
+    import matplotlib.figure
+    from dyt.paper.plots import plot_bars
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    rep = build_report(load_run_dirs([runs_dir]), ["table1"])
+    plot_bars(rep.tables[0], tmp_path / "t1.png")
+    vit_b = figures[0].axes[0]
+    assert vit_b.get_title() == "ViT-B" and [t.get_text() for t in vit_b.get_xticklabels()] == ["DyT - LayerNorm"]
+    # paper 82.5 - 82.3 = 0.2; ours: the mean of the DyT runs minus that of the LN runs, raw and EMA
+    assert [round(p.get_height(), 6) for p in vit_b.patches] == [0.2, 1.75, 1.0]
+    assert vit_b.get_ylim()[0] <= 0 and [t.get_text() for t in vit_b.texts] == ["+0.2", "+1.75", "+1"]
+    assert "difference to LayerNorm" in figures[0]._suptitle.get_text()

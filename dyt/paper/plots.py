@@ -41,7 +41,9 @@ def plot_table(tr: TableReport, out: Path) -> list[Path]:
 
 
 def plot_bars(tr: TableReport, path: Path) -> Path | None:
-    """One panel per (row, metric): the paper's bar and ours (and our EMA's) per column."""
+    """One panel per (row, metric). With a reference column (LN, RMSNorm, BatchNorm...), each other column's
+    difference to it, the paper's next to ours (our Fashion-MNIST numbers and the paper's ImageNet ones are never
+    on one absolute axis); without one, absolute values from zero. Every bar is labelled with its value."""
     t = tr.table
     panels = [(row, m) for row in t.rows for m in t.metrics_of(row)
               if any(isinstance(c.paper.get(m.name), (int, float)) for c in row.cells.values())
@@ -51,35 +53,50 @@ def plot_bars(tr: TableReport, path: Path) -> Path | None:
     plt, fig, axes = _subplots(len(panels))
     for ax, (row, m) in zip(axes, panels):
         cols = [c for c in t.columns if c in row.cells]
+        ref = t.reference if t.reference in cols else None
+        shown = [c for c in cols if c != ref] if ref else cols
         series = [("paper", PAPER_COLOUR, [row.cells[c].paper.get(m.name) for c in cols])]
         series += [(f"ours {k}", f"C{i}", [_ours(tr.result(row.label, c), k) for c in cols])
                    for i, k in enumerate(shown_metrics(tr, m))]
+        if ref:  # differences to the reference column of the same source
+            i_ref = cols.index(ref)
+            series = [(name, colour, [_delta(vals[cols.index(c)], vals[i_ref]) for c in shown])
+                      for name, colour, vals in series]
         width = 0.8 / len(series)
-        numbers = [v for _, _, vals in series for v in vals if isinstance(v, (int, float))]
         for j, (name, colour, vals) in enumerate(series):
             for i, v in enumerate(vals):
                 x = i + (j - (len(series) - 1) / 2) * width
                 if isinstance(v, (int, float)):
-                    ax.bar(x, v, width, color=colour, label=name)
-                elif v:  # "diverged" (the paper's mark, or how all our runs of the cell ended)
+                    bar = ax.bar(x, v, width, color=colour, label=name)
+                    ax.bar_label(bar, [f"{v:+.3g}" if ref else f"{v:.3g}"], fontsize=6, padding=1)
+                elif v:  # "diverged" (the paper's mark, or how all our runs of the cell ended), "no baseline"
                     ax.text(x, 0.5, v, rotation=90, ha="center", va="center", fontsize=7, color=colour if j else "k",
                             transform=ax.get_xaxis_transform())
-        if numbers:
-            lo, hi = min(numbers), max(numbers)
-            pad = max((hi - lo) * 0.3, abs(hi) * 0.01, 1e-3)
-            ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlim(-0.6, len(cols) - 0.4)  # room for a text-only (diverged) first column
-        ax.set_xticks(range(len(cols)), [t.columns[c] for c in cols], fontsize=8)
+        ax.axhline(0, color="k", lw=0.6)  # zero always on the axis: bar lengths compare
+        ax.margins(y=0.15)
+        if not any(isinstance(v, (int, float)) and v for _, _, vals in series for v in vals):
+            ax.set_ylim(-1, 1)  # only zero differences: a readable axis around them
+        ax.set_xlim(-0.6, len(shown) - 0.4)  # room for a text-only (diverged) first column
+        ax.set_xticks(range(len(shown)), [t.columns[c] + (f" - {t.columns[ref]}" if ref else "") for c in shown],
+                      fontsize=8)
         ax.set_title(f"{row.label}" + (f" (paper: {row.paper_ref})" if row.paper_ref else ""), fontsize=9)
-        ax.set_ylabel(m.label, fontsize=8)
+        ax.set_ylabel(f"{m.label}, difference" if ref else m.label, fontsize=8)
         by_label = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per series
         if by_label:
             ax.legend(by_label.values(), by_label.keys(), fontsize=6, loc="best")
-    fig.suptitle(f"{t.id}: {t.title}", fontsize=10)
+    fig.suptitle(f"{t.id}: {t.title}" + (f" (difference to {t.columns[t.reference]}; ours and the paper's each on "
+                                         "its own data)" if t.reference in t.columns else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _delta(v, ref):
+    """v - ref when both are numbers; otherwise what to write instead (v's own mark, or that the baseline is missing)."""
+    if isinstance(v, (int, float)) and isinstance(ref, (int, float)):
+        return round(v - ref, 9)  # 84.4 - 84.4 is 0, not 1e-14
+    return "no baseline" if isinstance(v, (int, float)) else v
 
 
 def _ours(res: CellResult, key: str):
