@@ -65,6 +65,7 @@ class RunDir:
     lm_eval = property(lambda self: self.path / self.LM_EVAL)
     fid_grid = property(lambda self: self.path / self.FID_GRID)
     checkpoints_dir = property(lambda self: self.path / self.CHECKPOINTS)
+    hydra_config = property(lambda self: self.path / ".hydra" / "config.yaml")  # the composed config, as Hydra wrote it
     samples = property(lambda self: self.path / self.SAMPLES)
     log = property(lambda self: self.path / self.LOG)
     lock_file = property(lambda self: self.path / self.LOCK)
@@ -83,9 +84,11 @@ class RunDir:
         return any((self.path / name).exists() for name in self.RECORDS)
 
     def find_runs(self) -> list["RunDir"]:
-        """Every run directory at or under this path (a summary.json beside a config.yaml), in path order."""
+        """Every run directory at or under this path (a summary.json beside a config.yaml, or beside Hydra's
+        .hydra/config.yaml: a sweep point that failed before it started), in path order."""
         found = [self.summary] if self.summary.exists() else sorted(self.path.rglob(self.SUMMARY))
-        return [RunDir(s.parent) for s in found if (s.parent / self.CONFIG).exists()]
+        return [RunDir(s.parent) for s in found
+                if (s.parent / self.CONFIG).exists() or RunDir(s.parent).hydra_config.exists()]
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:

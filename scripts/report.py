@@ -46,6 +46,12 @@ def first_line(e: Exception) -> str:
 def tables_report(args, runs: list[Run], table_ids) -> int:
     out = args.out or DEFAULT_OUT
     report = build_report(runs, table_ids)
+    if table_ids is None:  # every table: only those our runs fill (not a file of "missing" per paper table)
+        report.tables = [tr for tr in report.tables if tr.runs]
+        if not report.tables:
+            print(f"none of the {len(runs)} runs matches a cell of the paper's tables: showing them side by side "
+                  "(--sweep)")
+            return sweep_report(args, runs)
     for tr in report.tables:
         if tr.runs:
             print(markdown(tr) + "\n")
@@ -72,7 +78,7 @@ def sweep_report(args, runs: list[Run]) -> int:
         if args.no_plots:
             print(f"wrote {md_path}")
         else:
-            plot_sweep(runs, png)
+            plot_sweep(runs, png, source=", ".join(p.name for p in args.paths))
             print(f"wrote {md_path} and {png}")
     return 0
 

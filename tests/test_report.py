@@ -388,3 +388,44 @@ def test_bars_show_differences_to_the_baseline_from_zero(runs_dir, tmp_path, mon
     assert [round(p.get_height(), 6) for p in vit_b.patches] == [0.2, 1.75, 1.0]
     assert vit_b.get_ylim()[0] <= 0 and [t.get_text() for t in vit_b.texts] == ["+0.2", "+1.75", "+1"]
     assert "difference to LayerNorm" in figures[0]._suptitle.get_text()
+
+
+def test_sweep_plot_tells_cells_by_colour_and_norms_by_line_style(tmp_path, monkeypatch):
+    """A model x norm sweep: one colour per model (cell), one line style per norm, a title saying so; a point that
+    failed before writing its config still lands in its own norm (from its name), not in a '?' column."""
+    from matplotlib.figure import Figure
+    for model in ("vit_pico", "vit_tiny"):
+        for norm in ("layernorm", "dyt"):
+            write_run(tmp_path / "sweep", f"{model}-{norm}-digits-s0", table=None, model=vit(model), norm=norm,
+                      metrics=top1(90.0, 90.5))
+    failed = tmp_path / "sweep/vit_pico-rmsnorm-digits-s0"  # a point refused before it started: Hydra's config only
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra/config.yaml").write_text(yaml.safe_dump({"model": {"name": "vit_pico"},
+                                                               "norm": {"name": "rmsnorm"}, "data": {"name": "digits"}}))
+    (failed / "summary.json").write_text(json.dumps({"status": "failed", "step": 0, "reason": "bad", "config_error": True}))
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    runs = load_run_dirs([tmp_path / "sweep"])
+    plot_sweep(runs, tmp_path / "sweep.png", source="sweep")
+    lines = {ln.get_label(): ln for ln in saved[0].axes[1].get_lines()}
+    assert lines["vit_pico-layernorm-digits-s0"].get_color() == lines["vit_pico-dyt-digits-s0"].get_color()
+    assert lines["vit_pico-dyt-digits-s0"].get_color() != lines["vit_tiny-dyt-digits-s0"].get_color()
+    assert lines["vit_pico-layernorm-digits-s0"].get_linestyle() == lines["vit_tiny-layernorm-digits-s0"].get_linestyle()
+    assert lines["vit_pico-layernorm-digits-s0"].get_linestyle() != lines["vit_pico-dyt-digits-s0"].get_linestyle()
+    assert saved[0]._suptitle.get_text().startswith("sweep: 5 runs, 2 cell(s) x norms layernorm, rmsnorm, dyt")
+    md = sweep_markdown(runs)
+    assert md.splitlines()[0] == "| run (norm = *) | metric | layernorm | rmsnorm | dyt | paper |"
+    row = next(ln for ln in md.splitlines() if ln.startswith("| vit_pico-*-digits-s0 | best val/top1 |"))
+    assert "failed" in row.split("|")[4]  # in its own norm's column, under its cell's metric
+
+
+def test_report_on_an_ad_hoc_sweep_shows_it_side_by_side(tmp_path, capsys):
+    """Runs that fill no paper table: no table files of 'missing' cells, the sweep view instead."""
+    for norm in ("layernorm", "dyt"):
+        write_run(tmp_path / "sweep", f"vit_pico-{norm}-digits-s0", table=None, model=vit("vit_pico"), norm=norm,
+                  metrics=top1(90.0, 90.5))
+    assert report_script.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("none of the 2 runs matches a cell of the paper's tables: showing them side by side")
+    assert "| vit_pico-*-digits-s0 | best val/top1 |" in out
+    assert not list((tmp_path / "out").glob("table*"))

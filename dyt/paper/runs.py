@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+import yaml
+
 from dyt.logging import read_jsonl
 from dyt.rundir import RunDir, read_config, read_summary
 
@@ -69,7 +71,7 @@ def load_run_dir(run_dir: Path) -> Optional[Run]:
     summary = read_summary(run_dir)
     if summary is None:
         return None
-    config = read_config(run_dir) or {}
+    config = read_config(run_dir) or _hydra_config(run_dir)
     for name in EVAL_FILES:  # metrics the training did not measure (FID, zero-shot); summary.json stays first
         try:
             extra = json.loads((run_dir / name).read_text())
@@ -79,6 +81,15 @@ def load_run_dir(run_dir: Path) -> Optional[Run]:
             if "/" in k and _number(v):
                 summary.setdefault(k, v)
     return Run(run_dir.name, str(run_dir), config, summary, _events_curve(run_dir))
+
+
+def _hydra_config(run_dir: Path) -> dict:
+    """What Hydra composed for a point that failed before writing config.yaml (its norm, model...); {} if none."""
+    try:
+        loaded = yaml.safe_load(RunDir(run_dir).hydra_config.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def load_run_dirs(paths: Iterable[Path]) -> list[Run]:
