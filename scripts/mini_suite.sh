@@ -6,6 +6,7 @@
 #   JOBS=1 scripts/mini_suite.sh           # one run at a time (a 1-core machine)
 #   OUT=/tmp/repro scripts/mini_suite.sh   # write the tables and figures elsewhere
 #
+# Needs Debian's Fashion-MNIST (apt-get install dataset-fashion-mnist); it stops at once, saying so, without it.
 #   T1      mini_vit (layernorm, dyt) and mini_convnext (layernorm, dyt): Fashion-MNIST
 #   T8      mini_vit: dyt vs dyt_hardtanh / dyt_sigmoid / dyt_identity, alpha learnable
 #   T9      mini_vit_fixed_alpha: the same functions with alpha fixed at 1
@@ -19,6 +20,14 @@ OUT=${OUT:-docs/reproduction}
 JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=1  # one thread per run: JOBS runs share JOBS cores without oversubscription
 mkdir -p multirun
+
+# 4 of the 7 sweeps train on Fashion-MNIST: say so first, in one line, rather than after the first sweeps failed.
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
+  echo "mini-suite: needs Fashion-MNIST in $FMNIST: sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu)," \
+       "or put the four idx .gz files there (its T1/T8/T9 sweeps train on it)" >&2
+  exit 2
+fi
 
 # The sweeps, longest first; JOBS of them run at once (xargs -P), each logging to multirun/mini_logs/<name>.log.
 # LLaMA widths: heads that divide the width, embedding init 1/sqrt(width) (see configs/model/llama_tiny.yaml).
