@@ -1,6 +1,7 @@
 """Run-level glue shared by train.py and the tests: skip finished runs, train, always clean up."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dyt.families import get_family
@@ -70,7 +71,9 @@ def train(cfg, run_dir: str | Path) -> dict:
             summary = trainer.fit()
         finally:
             trainer.close()
-    print(f"[dyt] {summary['status']} at step {summary['step']}: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k.startswith(("val/", "val_ema/", "best/")) and not k.endswith("time_s") and isinstance(v, float)),
-          flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # once per run, not once per rank
+        shown = {k: v for k, v in summary.items() if k.startswith(("val/", "val_ema/", "best/"))
+                 and not k.endswith("time_s") and isinstance(v, float)}
+        print(f"[dyt] {summary['status']} at step {summary['step']}: "
+              + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
     return summary

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 import dyt.families  # noqa: E402,F401 - registers the built-in families (load_run asks the registry)
 from dyt.analysis import record_norm_io  # noqa: E402
 from dyt.errors import ConfigError  # noqa: E402
@@ -183,7 +184,8 @@ def functions(args) -> Path:
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.axvline(0, color="grey", linewidth=0.5)
         ax.set_xlabel("x")
-    return save(fig, Path(args.out) if args.out else Path("figures") / "functions.png")
+    return save(fig, Path(args.out) if args.out else
+                ROOT / "docs" / "reproduction" / "functions.png")  # the copy the docs show
 
 
 def main(argv=None) -> int:
