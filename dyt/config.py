@@ -15,8 +15,8 @@ from typing import Any, ClassVar, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from dyt.ranges import (ANY_INT, COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONNEG, OPT_POSITIVE, POSITIVE,
-                        PROB, Num, NumList, ranged, ranged_list)
+from dyt.ranges import (COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONNEG, OPT_POSITIVE, POSITIVE,
+                        PROB, SEED, Num, NumList, ranged, ranged_list)
 
 
 @dataclass
@@ -199,7 +199,7 @@ class TrainConfig:
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
-    seed: int = ranged(0, ANY_INT)  # any integer (negative seeds are fine: every use reduces them)
+    seed: int = ranged(0, SEED)  # |seed| <= 2^62 (negative seeds are fine: every use reduces them)
     run_name: str = MISSING
     sweep_name: str = "sweep"
     table: Optional[str] = None  # the paper table a run reproduces (tags the wandb run)

@@ -72,7 +72,7 @@ def integer(lo=None, **kw) -> Num:
     return Num(lo=lo, integer=True, **kw)
 
 
-ANY_INT = integer()
+SEED = integer(-(2**62), hi=2**62)  # torch's generators take 64 bits; seed + rank and the seed mixes stay inside
 COUNT = integer(1)  # sizes, steps, intervals: >= 1
 OPT_COUNT = integer(1, optional=True)
 NONNEG_INT = integer(0)
