@@ -33,6 +33,8 @@ def fix_hint(e: OSError, then: str = "run the same command to resume") -> str:
     """What to do about a failed write: free space for a full disk, permissions for a read-only place."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"free space and {then}"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"use a shorter run_name / sweep_name (or fewer overrides) and {then}"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"make it writable (or choose another hydra.run.dir) and {then}"
     return f"fix the cause and {then}"

@@ -13,8 +13,10 @@ import difflib
 import errno
 from pathlib import Path
 
-INTERNAL = ("schema_", "_")
-WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)  # config names that are building blocks, not choices
+INTERNAL = ("schema_", "_")  # config names that are building blocks, not choices
+# a place Hydra (or the run) cannot write: said in one line, not as a traceback
+WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST,
+                errno.ENAMETOOLONG)
 
 
 def _choices(names) -> list[str]:

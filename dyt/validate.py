@@ -145,6 +145,21 @@ def _pairing(cfg) -> Optional[str]:
             f"{_choice(cfg, 'data')} is {KIND_WORDS[have][0]}")
 
 
+NAMED_KEYS = ("run_name", "sweep_name", "model.name", "norm.name", "data.name")  # they name run directories
+
+
+def _name_checks(cfg, problems: list[str]) -> None:
+    """Names that become folder names stay one folder inside runs/ / multirun/: no '/', no '..', not too long."""
+    for key in NAMED_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(value, str):
+            continue
+        if "/" in value or "\\" in value or value in (".", "..") or value.startswith(".."):
+            problems.append(f"{key}={value}: a name, not a path (it becomes a folder inside runs/ or multirun/)")
+        elif len(value.encode()) > 120:
+            problems.append(f"{key}: {len(value.encode())} bytes long; at most 120 (it becomes a folder name)")
+
+
 def _cross_checks(cfg, problems: list[str]) -> None:
     """Constraints between keys (each reported only when its keys passed their own ranges): the shared ones, then
     the family's own (``Family.check``)."""
@@ -264,6 +279,7 @@ def validate(cfg) -> None:
         resolve_data(cfg, problems)
     skip = {"data.num_classes"} if any(p.startswith(("data.num_classes", "data.root")) for p in problems) else set()
     problems += _missing(cfg, skip)
+    _name_checks(cfg, problems)
     n_range = len(problems)
     _check_node(cfg, "", problems)
     if not pairing and len(problems) == n_range:
