@@ -178,3 +178,13 @@ def test_off_a_terminal_training_prints_progress_lines_into_train_log(tmp_path):
     assert lines[-1].startswith("[train] 30/30 step (100%)") and "| loss " in lines[-1] and "| samples/s " in lines[-1]
     log = (tmp_path / "r/train.log").read_text().splitlines()
     assert [ln for ln in log if ln.startswith("[train]")] == lines
+
+
+def test_a_sweep_inside_torchrun_is_refused_at_once(tmp_path):
+    """torchrun ... train.py -m: every rank would run the whole sweep (it hung, or 82 lines of traceback)."""
+    for rank, expected in (("0", "error: -m (a sweep) inside torchrun: run the sweep without torchrun and give each "
+                                 "point its processes with launcher.nproc=N"), ("1", "")):
+        out = run_script(["python", str(ROOT / "train.py"), "-m", "norm=layernorm,dyt"], cwd=tmp_path, check=False,
+                         env={"RANK": rank, "WORLD_SIZE": "2"})
+        assert out.returncode == 2 and out.stderr.strip().startswith(expected) and (rank == "0" or not out.stderr)
+    assert not (tmp_path / "multirun").exists()
