@@ -52,10 +52,10 @@ def test_dit_run_records_and_sample_grids(dyt_run):
         assert e["train/loss"] == pytest.approx(e["train/mse"] + e["train/vb"], rel=1e-5)
     assert {"val/loss", "val/mse", "val/vb", "val_ema/loss"} <= set(val_ev[-1]) and [e["step"] for e in val_ev] == [6, 12]
     assert s["best/val/loss"] == min(e["val/loss"] for e in val_ev)
-    # a grid per evaluation: 3 classes x 2 samples of 8x8 (padding 2), RGB
+    # a grid per evaluation: 3 classes x 2 samples of 8x8 drawn at 64x64 (padding 2), a label column, RGB
     grids = sorted((d / "samples").glob("grid_step*.png"))
     assert [g.name for g in grids] == ["grid_step00000006.png", "grid_step00000012.png"]
-    assert np.asarray(Image.open(grids[-1])).shape == (3 * 10 + 2, 2 * 10 + 2, 3)
+    assert np.asarray(Image.open(grids[-1])).shape == (3 * 66 + 2, 56 + 2 * 66 + 2, 3)
 
 
 def test_dit_loss_falls_for_ln_and_dyt(tmp_path):
@@ -190,7 +190,8 @@ def test_latent_dit_end_to_end(tmp_path):
                        "model.diffusion.grid_per_class=2", "trainer.device=cpu"]), tmp_path / "run")
     assert s["status"] == "completed" and np.isfinite(s["val/loss"])
     grid = np.asarray(Image.open(tmp_path / "run/samples/grid_step00000004.png"))
-    assert grid.shape == (2 * 18 + 2, 2 * 18 + 2, 3)  # decoded 16x16 RGB images (VAE factor 2), padding 2
+    # decoded 16x16 RGB images (VAE factor 2) drawn at 64x64, padding 2, a class label column
+    assert grid.shape == (2 * 66 + 2, 56 + 2 * 66 + 2, 3)
 
 
 @pytest.mark.slow
