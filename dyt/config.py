@@ -172,7 +172,7 @@ class TrainerConfig:
 @dataclass
 class LoggerConfig:
     name: str = "none"
-    mode: str = "disabled"  # wandb mode: online | offline | disabled
+    mode: str = "disabled"  # wandb mode: online | offline | disabled (dyt.validate checks it)
     project: str = "dyt"
     entity: Optional[str] = None
     group: Optional[str] = None  # default: <model>-<data> so LN and DyT runs of one cell share a group

@@ -168,6 +168,7 @@ def _cross_checks(cfg, problems: list[str]) -> None:
         problems.append("trainer.max_steps=null and trainer.epochs=null: set one of them (the run's length)")
     _parallel_checks(t, problems)
     _progress_check(t, problems)
+    _logger_check(cfg.get("logger"), problems)
     _norm_check(cfg.norm.get("name"), m, problems)
     family: Family = get_family(m.family)
     if family.check is not None:
@@ -180,6 +181,14 @@ def _norm_check(name: str, m, problems: list[str]) -> None:
     if name not in NORM_KINDS and name != native:
         kinds = sorted(NORM_KINDS) + ([native] if native and native not in NORM_KINDS else [])
         problems.append(f"norm={name}: unknown norm for {m.get('name')}; choose one of: {', '.join(kinds)}")
+
+
+LOGGER_MODES = ("online", "offline", "disabled")  # wandb's
+
+
+def _logger_check(lg, problems: list[str]) -> None:
+    if lg is not None and lg.get("mode", "disabled") not in LOGGER_MODES:
+        problems.append(f"logger.mode={lg.get('mode')}: unknown; choose one of: {', '.join(LOGGER_MODES)}")
 
 
 def _progress_check(t, problems: list[str]) -> None:

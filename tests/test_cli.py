@@ -107,6 +107,17 @@ def test_eval_script(single_run, tmp_path):
     assert json.loads((single_run / "eval.json").read_text())["step"] == 12
 
 
+@pytest.mark.parametrize("override,message", [
+    ("model=llama_tiny", "override 'model=llama_tiny': model is a section of the run's config; evaluation uses the "
+                         "run's own model"),  # was an AttributeError traceback
+    ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0: must be an integer >= 1"),  # was accepted
+])
+def test_eval_overrides_are_checked(single_run, override, message, capsys):
+    assert script("eval.py").main([str(single_run), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err, err
+
+
 def test_torchrun_two_processes_match_single_process(single_run, tmp_path):
     """With random augmentation drawn in data workers: each sample's draws are its own, so 2 ranks (gloo) see
     exactly the batches of one process (and never share draws, or the sums would differ)."""

@@ -291,3 +291,9 @@ def test_train_script_reports_one_line(tmp_path, args, message):
                      check=False)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "run/summary.json").exists() and not (tmp_path / "run/checkpoints").exists()
+
+
+def test_logger_mode_is_one_of_wandbs():
+    from dyt.validate import validate
+    with pytest.raises(ConfigError, match=r"logger.mode=bogus: unknown; choose one of: online, offline, disabled"):
+        validate(compose(["logger=wandb", "logger.mode=bogus"]))  # was a wandb traceback at the run's start

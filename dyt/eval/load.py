@@ -15,11 +15,15 @@ from omegaconf.errors import OmegaConfBaseException
 from dyt import distributed as D
 from dyt.checkpoint import load_checkpoint, load_model_state
 from dyt.checkpoint.dcp import dcp_contents, restore_model_shards
+from dyt.config import LoggerConfig, NormConfig, OptimConfig, TrainerConfig
 from dyt.errors import ConfigError
 from dyt.family import Family, get_family
 from dyt.parallel import wrap_model
 from dyt.precision import amp_dtype
+from dyt.ranges import Num, rules
 from dyt.rundir import RunDir
+
+SHARED = {"trainer": TrainerConfig, "optim": OptimConfig, "norm": NormConfig, "logger": LoggerConfig}  # checked overrides
 
 WEIGHTS = ("model", "ema")  # the raw weights and their EMA, as a checkpoint holds them
 IN_SHARDS = None  # the value of a weights entry that stays in the DCP directory (read shard by shard, `model`)
@@ -45,10 +49,18 @@ def run_config(run_dir: str | Path, overrides: list[str] = ()) -> DictConfig:
             raise ConfigError(f"override {o!r} is not key=value (e.g. trainer.device=cpu)")
     OmegaConf.set_struct(cfg, True)  # a misspelt key is an error, not a new key nobody reads
     for o in overrides:
+        key = o.split("=", 1)[0]
+        if isinstance(OmegaConf.select(cfg, key, default=None), DictConfig):  # model=llama_tiny on a ViT run
+            raise ConfigError(f"override {o!r}: {key} is a section of the run's config; evaluation uses the run's "
+                              f"own {key} (override one of its settings, {key}.<name>=...)")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
         except OmegaConfBaseException as e:
             raise ConfigError(f"override {o!r} does not apply to this run's config ({_first_line(e)})") from e
+        section, _, name = key.partition(".")
+        rule = rules(SHARED[section]).get(name) if section in SHARED else None
+        if isinstance(rule, Num) and not rule.accepts(OmegaConf.select(cfg, key)):  # e.g. eval_batch_size=0
+            raise ConfigError(f"{o}: must be {rule.describe()}")
     OmegaConf.set_struct(cfg, False)  # readers use .get() for keys that older runs' configs lack
     return cfg
 
