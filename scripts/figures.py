@@ -188,6 +188,17 @@ def functions(args) -> Path:
                 ROOT / "docs" / "reproduction" / "functions.png")  # the copy the docs show
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (nan, inf and 0 draw nothing meaningful)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return v
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -207,7 +218,7 @@ def main(argv=None) -> int:
     s.add_argument("--out", default=None)
     s.set_defaults(make=alpha_std)
     s = sub.add_parser("functions", help="tanh, hardtanh, sigmoid, identity of alpha*x (Fig. 7)")
-    s.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    s.add_argument("--alphas", type=positive_float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     s.add_argument("--out", default=None)
     s.set_defaults(make=functions)
     args = p.parse_args(argv)

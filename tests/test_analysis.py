@@ -300,6 +300,10 @@ def test_scurves_and_alpha_std_figures(runs, tmp_path, capsys):
     assert figures.main(["alpha-std", str(runs / "dyt"), "--layers", "all"]) == 0
     assert is_png(runs / "dyt/figures/alpha_std.png")
     assert figures.main(["functions", "--out", str(tmp_path / "f.png")]) == 0 and is_png(tmp_path / "f.png")
+    for bad in ("nan", "inf", "0"):  # were accepted (a blank or broken curve)
+        with pytest.raises(SystemExit) as e:
+            figures.main(["functions", "--alphas", bad, "--out", str(tmp_path / "g.png")])
+        assert e.value.code == 2 and "must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_figures_errors_name_what_is_missing(runs, tmp_path, capsys):
