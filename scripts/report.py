@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dyt.files import os_error  # noqa: E402
 from dyt.paper import TABLES  # noqa: E402
 from dyt.paper.output import log_to_wandb, write_report  # noqa: E402
 from dyt.paper.render import markdown  # noqa: E402
@@ -121,7 +122,10 @@ def main(argv=None) -> int:
     if not runs:
         where = ", ".join([*map(str, args.paths), *([f"wandb {args.wandb}"] if args.wandb else [])])
         return fail(f"no run (summary.json + config.yaml) found in {where}")
-    return sweep_report(args, runs) if args.sweep else tables_report(args, runs, table_ids)
+    try:
+        return sweep_report(args, runs) if args.sweep else tables_report(args, runs, table_ids)
+    except OSError as e:  # --out somewhere that cannot be written
+        return fail(f"could not write {e.filename or args.out}: {os_error(e)}")
 
 
 if __name__ == "__main__":

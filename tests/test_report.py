@@ -429,3 +429,14 @@ def test_report_on_an_ad_hoc_sweep_shows_it_side_by_side(tmp_path, capsys):
     assert out.startswith("none of the 2 runs matches a cell of the paper's tables: showing them side by side")
     assert "| vit_pico-*-digits-s0 | best val/top1 |" in out
     assert not list((tmp_path / "out").glob("table*"))
+
+
+def test_report_survives_a_damaged_run_and_an_unwritable_out(tmp_path, capsys):
+    for norm in ("layernorm", "dyt"):
+        write_run(tmp_path / "sweep", f"vit_pico-{norm}-digits-s0", table=None, model=vit("vit_pico"), norm=norm,
+                  metrics=top1(90.0, 90.5))
+    (tmp_path / "sweep/vit_pico-dyt-digits-s0/config.yaml").write_bytes(b"\x00\xff\xfe binary \x00")
+    assert report_script.main(["--sweep", str(tmp_path / "sweep")]) == 0  # the other run is still shown
+    assert "| vit_pico-*-digits-s0 | best val/top1 | 90.00 |" in capsys.readouterr().out
+    assert report_script.main(["--sweep", str(tmp_path / "sweep"), "--out", "/proc/x/cmp"]) == 2
+    assert capsys.readouterr().err.startswith("error: could not write /proc/x")
