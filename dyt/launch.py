@@ -36,7 +36,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from dyt.config import register_resolvers
 from dyt.errors import ConfigError
-from dyt.run import FINISHED, train
+from dyt.run import FINISHED, finished, train
 from dyt.rundir import RunDir, read_summary
 from dyt.slurm import slurm_env
 from dyt.validate import validate
@@ -101,14 +101,13 @@ def quote(value: str) -> str:
 def spawn(cfg, hc, script: str) -> dict:
     """Run this job as `launcher.nproc` local workers (torch elastic, as torchrun --standalone); rank 0's summary."""
     validate(cfg)  # a bad config: one line and exit 2 from this process, before any worker starts
+    nproc, tc = cfg.launcher.nproc, cfg.trainer
+    if tc.batch_size % (nproc * tc.grad_accum):  # the workers' own check, made before they start
+        raise ConfigError(f"trainer.batch_size={tc.batch_size} is not divisible by launcher.nproc x trainer.grad_accum "
+                          f"= {nproc} x {tc.grad_accum}")
     run_dir = os.path.abspath(hc.runtime.output_dir)
-    if cfg.trainer.resume == "auto":
-        summary = read_summary(run_dir)
-        if summary is not None and summary.get("status") in FINISHED:
-            print(f"[dyt] {run_dir} already {summary['status']}; skipping (trainer.resume=never to train again)",
-                  flush=True)
-            return summary
-    nproc = cfg.launcher.nproc
+    if (summary := finished(run_dir, cfg)) is not None:
+        return summary
     print(f"[dyt] launching {nproc} worker processes for {run_dir}", flush=True)
     start = time.time()
     stopped, failed = _elastic_launch(nproc, worker_argv(hc, script, run_dir))

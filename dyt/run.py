@@ -53,6 +53,16 @@ def _finished_on_record(run_dir, summary: dict, cfg) -> bool:
     return False
 
 
+def finished(run_dir, cfg) -> dict | None:
+    """The summary of a run that is done (and not to be trained again: trainer.resume=auto, its records agree),
+    said in one line; None when it is to be trained (or resumed)."""
+    summary = read_summary(run_dir) if cfg.trainer.resume == "auto" else None  # None: absent or damaged
+    if summary is not None and summary.get("status") in FINISHED and _finished_on_record(run_dir, summary, cfg):
+        print(_skip_line(run_dir, summary, cfg), flush=True)
+        return summary
+    return None
+
+
 def train(cfg, run_dir: str | Path) -> dict:
     """Train the run in `run_dir` to completion (resuming it if it has checkpoints); returns its summary.
 
@@ -61,9 +71,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     """
     validate(cfg)  # every bad value, mandatory key or model/data mismatch: one ConfigError before anything runs
     with RunLock(run_dir):  # one process per run directory (rank 0 holds it); a second one stops with one line
-        summary = read_summary(run_dir) if cfg.trainer.resume == "auto" else None  # None: absent or damaged
-        if summary is not None and summary.get("status") in FINISHED and _finished_on_record(run_dir, summary, cfg):
-            print(_skip_line(run_dir, summary, cfg), flush=True)
+        if (summary := finished(run_dir, cfg)) is not None:
             return summary
         check_config_change(run_dir, cfg, get_family(cfg.model.family).resume_keys)  # resuming with another definition of the run: one line, before building
         trainer = Trainer(cfg, run_dir)

@@ -239,12 +239,13 @@ def test_the_reported_failure_is_the_cause_not_the_agents_sigterm():
     assert launch.reported_failure(killed) == (0, killed[0])
 
 
-def test_worker_config_error_is_one_line_exit_2(tmp_path):
+def test_worker_group_config_error_is_one_line_before_any_worker_starts(tmp_path):
     out = run_script(["python", str(ROOT / "train.py"), "launcher.nproc=2", *tiny(trainer__batch_size=63),
                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1] == \
-        "error: trainer.batch_size=63 is not divisible by world_size x grad_accum = 2 x 1"
+    assert out.stderr.strip().splitlines() == [
+        "error: trainer.batch_size=63 is not divisible by launcher.nproc x trainer.grad_accum = 2 x 1"]
+    assert "launching" not in out.stdout  # refused by the launching process (was: after the workers started)
 
 
 # --- preemption ------------------------------------------------------------------------------------------------
