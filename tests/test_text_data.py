@@ -71,6 +71,19 @@ def test_local_folder_with_local_tokenizer(local_corpus):
     assert len(train.shards[0]) < sum(len(d.encode()) for d in docs[:60]) / 2  # BPE merges: far fewer than bytes
 
 
+def test_local_files_that_are_not_text_are_said(tmp_path, capsys):
+    """{"text": 7} in a .jsonl is one line naming the file and row (was a 42-line traceback in the tokenizer);
+    invalid UTF-8 in a .txt still trains, with a warning naming the file (was silent U+FFFD)."""
+    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"text": 7}\n')
+    over = [f"data.root={tmp_path}", "data.tokenizer=bytes", "data.seq_len=16"]
+    with pytest.raises(ConfigError, match=r"a.jsonl: row 2 of column 'text' is int '7', not text"):
+        T.build_text_datasets(data_cfg("data=text_local", *over))
+    (tmp_path / "a.jsonl").unlink()
+    (tmp_path / "b.txt").write_bytes(("word " * 400).encode() + b"\xff\xfe broken " + ("more " * 400).encode())
+    T.build_text_datasets(data_cfg("data=text_local", *over))
+    assert f"[dyt] warning: {tmp_path}/b.txt is not valid UTF-8 (first bad byte at offset 2000)" in capsys.readouterr().err
+
+
 def test_missing_local_folder_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="data.root"):
         T.build_text_datasets(data_cfg("data=text_local", f"data.root={tmp_path}/nope"))

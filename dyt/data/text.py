@@ -81,7 +81,14 @@ def _read_files(files: list[Path], column: str) -> Iterator[str]:
     """The documents of `files`, file by file in the given order (a part of them reads the same documents)."""
     for p in files:
         if p.suffix == ".txt":
-            yield p.read_text(encoding="utf-8", errors="replace")
+            raw = p.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # trained on anyway, but never silently
+                text = raw.decode("utf-8", errors="replace")
+                warn(f"{p} is not valid UTF-8 (first bad byte at offset {e.start}): undecodable bytes are read as "
+                     "U+FFFD; re-encode it as UTF-8 to train on its real text")
+            yield text
             continue
         import datasets
         kind, paths = {".jsonl": "json"}.get(p.suffix, p.suffix[1:]), [str(p)]
@@ -91,7 +98,11 @@ def _read_files(files: list[Path], column: str) -> Iterator[str]:
             raise ConfigError(_unreadable(kind, paths, e)) from None
         if column not in ds.column_names:
             raise ConfigError(f"{p} has no column {column!r} (columns: {ds.column_names}); set data.text_column")
-        yield from ds[column]
+        for n, doc in enumerate(ds[column], 1):
+            if not isinstance(doc, str):  # {"text": 7}: one line here, not a traceback in the tokenizer
+                raise ConfigError(f"{p}: row {n} of column {column!r} is {type(doc).__name__} {str(doc)[:40]!r}, not "
+                                  "text; fix the file or set data.text_column")
+            yield doc
 
 
 def _unreadable(kind: str, paths: list[str], e: Exception) -> str:
