@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from dyt.ranges import (COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONNEG, OPT_POSITIVE, POSITIVE,
-                        PROB, SEED, Num, NumList, ranged, ranged_list)
+                        PROB, SEED, MAX_STEPS, OPT_STEPS, Num, NumList, ranged, ranged_list)
 
 
 @dataclass
@@ -122,17 +122,17 @@ class OptimConfig:
     betas: List[float] = ranged_list(lambda: [0.9, 0.999], NumList(FRACTION, 2))
     eps: float = ranged(1e-8, POSITIVE)
     momentum: float = ranged(0.9, FRACTION)  # sgd only
-    warmup_steps: int = ranged(0, NONNEG_INT)
+    warmup_steps: int = ranged(0, Num(0, MAX_STEPS, integer=True))
     warmup_epochs: Optional[float] = ranged(None, OPT_NONNEG)  # when set, replaces warmup_steps
     warmup_shape: str = "linear"  # linear: lr * x | quadratic: lr * (1 - (1 - x)^2), x = step / warmup (LLaMA code)
     min_lr_ratio: float = ranged(0.0, PROB)  # cosine decays to lr * min_lr_ratio
-    cosine_steps: Optional[int] = ranged(None, OPT_COUNT)  # the cosine ends here (null: at max_steps); LLaMA code: 1M
+    cosine_steps: Optional[int] = ranged(None, OPT_STEPS)  # the cosine ends here (null: at max_steps); LLaMA code: 1M
     clip_grad: Optional[float] = ranged(None, OPT_POSITIVE)  # max global grad norm (null = off)
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = ranged(300, OPT_COUNT)  # optimizer steps; when null, `epochs` decides
+    max_steps: Optional[int] = ranged(300, OPT_STEPS)  # optimizer steps; when null, `epochs` decides
     epochs: Optional[float] = ranged(None, Num(0, lo_open=True, optional=True))
     batch_size: int = ranged(64, COUNT)  # GLOBAL batch (all ranks, all accumulation micro-steps)
     grad_accum: int = ranged(1, COUNT)

@@ -75,6 +75,9 @@ def integer(lo=None, **kw) -> Num:
 SEED = integer(-(2**62), hi=2**62)  # torch's generators take 64 bits; seed + rank and the seed mixes stay inside
 COUNT = integer(1)  # sizes, steps, intervals: >= 1
 OPT_COUNT = integer(1, optional=True)
+MAX_STEPS = 10**9  # no real run takes more optimizer steps (Table 4: 47,684); more is a typo that would train forever
+STEPS = integer(1, hi=MAX_STEPS)
+OPT_STEPS = integer(1, hi=MAX_STEPS, optional=True)
 NONNEG_INT = integer(0)
 POSITIVE = Num(0, lo_open=True)  # eps, alpha0, std: > 0
 OPT_POSITIVE = Num(0, lo_open=True, optional=True)

@@ -36,6 +36,7 @@ from dyt.parallel import wrap_model
 from dyt.plan import check_model_fits
 from dyt.precision import amp_dtype, autocast
 from dyt.progress import Progress
+from dyt.ranges import MAX_STEPS
 from dyt.rundir import RunDir
 
 
@@ -121,7 +122,11 @@ class Trainer:
             return int(self.tc.max_steps)
         if self.tc.epochs is None:
             raise ConfigError("set trainer.max_steps or trainer.epochs")
-        return max(1, round(self.tc.epochs * self.steps_per_epoch))
+        steps = max(1, round(self.tc.epochs * self.steps_per_epoch))
+        if steps > MAX_STEPS:  # a typo (epochs=1e12) would train forever
+            raise ConfigError(f"trainer.epochs={self.tc.epochs} is {steps:.3g} steps of {self.steps_per_epoch} per epoch, "
+                              f"more than {MAX_STEPS:.0e}; is it a typo?")
+        return steps
 
     def _every(self, steps: int, epochs: float | None) -> int:
         """An interval in optimizer steps, given in steps or (when set) in epochs."""

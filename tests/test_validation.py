@@ -297,3 +297,14 @@ def test_logger_mode_is_one_of_wandbs():
     from dyt.validate import validate
     with pytest.raises(ConfigError, match=r"logger.mode=bogus: unknown; choose one of: online, offline, disabled"):
         validate(compose(["logger=wandb", "logger.mode=bogus"]))  # was a wandb traceback at the run's start
+
+
+def test_step_counts_are_bounded(tmp_path):
+    """A run of 1e23 steps (or epochs) is a typo that would train forever: refused with one line."""
+    from dyt.run import train
+    from dyt.validate import validate
+    with pytest.raises(ConfigError, match=r"trainer.max_steps=100000000000000000000000: must be an integer in \[1, 1e\+09\]"):
+        validate(compose(["trainer.max_steps=100000000000000000000000"]))
+    with pytest.raises(ConfigError, match=r"trainer.epochs=1000000000000.0 is 2.2e\+13 steps of 22 per epoch, more "
+                                          r"than 1e\+09; is it a typo\?"):
+        train(compose(["trainer.epochs=1e12", "trainer.max_steps=null"]), tmp_path / "r")
