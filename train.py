@@ -51,7 +51,8 @@ def main(cfg: DictConfig) -> float | None:
         # here, or in a worker group of launcher.nproc processes started for this job (dyt/launch.py)
         summary = launch.run(cfg, hc, script=os.path.abspath(__file__))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        if (launch.worker_rank() or 0) == 0:  # under torchrun: one line for the job, not one per rank
+            print(f"error: {e}", file=sys.stderr, flush=True)
         launch.record_worker_error(e)  # a worker: the line for the process that started it
         in_sweep = hc.mode == RunMode.MULTIRUN
         record_config_error(hc.runtime.output_dir, e, in_sweep)

@@ -21,12 +21,18 @@ from dyt.files import write_json
 from dyt.rundir import RunDir, RunDirInUse, read_summary
 
 
+IN_USE: list[str] = []  # this process's sweep points that another process held (SweepReport lists them)
+
+
 def record_config_error(run_dir: Path, error: Exception, in_sweep: bool) -> None:
     """A sweep point that could not start: summary.json says so (a re-run retries it). A single run: its empty
     directory goes away. A directory that holds a run (or is another process's) is left as it is."""
     rd = RunDir(run_dir)
     previous = read_summary(rd.path)
-    if isinstance(error, RunDirInUse) or (previous is not None and not previous.get("config_error")):
+    if isinstance(error, RunDirInUse):
+        IN_USE.append(rd.path.name)
+        return
+    if previous is not None and not previous.get("config_error"):
         return
     message = str(error)
     if in_sweep:
@@ -44,7 +50,8 @@ def exit_code(summary: dict) -> int:
 
 
 class SweepReport(Callback):
-    """At the end of a `-m` sweep: one line per point that failed or diverged, exit 1 if any failed.
+    """At the end of a `-m` sweep: one line per point that failed, diverged or was held by another process (a
+    second sweep on the same folder), exit 1 if any failed or was held.
 
     Points are found on disk (summary.json written since the sweep started), so it works with any launcher.
     """
@@ -62,9 +69,13 @@ class SweepReport(Callback):
                 points.append((rd.path.name, s or {"status": "failed", "reason": f"unreadable {rd.summary.name}"}))
         failed = [(n, s) for n, s in points if s.get("status") == "failed"]
         diverged = [(n, s) for n, s in points if s.get("status") == "diverged"]
+        in_use = [(n, {"status": "in use", "reason": "another process held it; re-run this sweep when it is done"})
+                  for n in IN_USE]  # not trained here: the sweep is not done (two sweeps on one folder)
+        failed += in_use
         if not (failed or diverged):
             return
-        print(f"[dyt] sweep {sweep_dir}: {len(points)} points, {len(failed)} failed, {len(diverged)} diverged",
+        print(f"[dyt] sweep {sweep_dir}: {len(points)} points, {len(failed) - len(in_use)} failed, "
+              f"{len(diverged)} diverged" + (f", {len(in_use)} in use by another process" if in_use else ""),
               file=sys.stderr)
         for name, s in failed + diverged:
             print(f"[dyt]   {s['status']}: {name}: {s.get('reason')}", file=sys.stderr)

@@ -423,6 +423,24 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
+def test_a_sweep_whose_point_another_process_holds_is_not_done(tmp_path):
+    """Two sweeps on one folder: each refuses the point the other holds; the refusing one must not exit 0 as if
+    the sweep were done (was: both exited 0)."""
+    from conftest import run_script
+    holder = hold_lock(tmp_path / "m/dyt")
+    try:
+        out = run_script(["python", str(ROOT / "train.py"), "-m", "norm=layernorm,dyt", *TINY,
+                          f"hydra.sweep.dir={tmp_path}/m", "hydra.sweep.subdir=${norm.name}"], cwd=tmp_path,
+                         check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "1 in use by another process" in out.stderr
+    assert "[dyt]   in use: dyt: another process held it; re-run this sweep when it is done" in out.stderr
+    assert read_summary(tmp_path / "m/layernorm")["status"] == "completed"
+
+
 def test_second_process_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
     d = tmp_path / "r"
     holder = hold_lock(d)
