@@ -191,9 +191,10 @@ def test_mini_t12_picks_the_best_alpha_per_width(runs_dir):
         assert flagged == [best]
     md = markdown(tr)
     # 7 points, 8 runs, 1 diverged point; the width's RMSNorm run beside the best
-    assert "| 64, n_layers 2 |  | 2 / 1 | 2.38 | 3.00 | 7 (8) | 1 |" in md
-    assert "| 64, n_layers 4 |  | 0.5 / 0.5 | 0.5000 |  | 1 (1) | 0 |" in md
-    assert "| 128 |  | 0.5 / 0.5 | 2.38 | 2.75 | 7 (8) | 1 |" in md
+    no_paper = "- (not a width of the paper's)"  # the toy widths: said, not an empty cell
+    assert f"| 64, n_layers 2 | {no_paper} | 2 / 1 | 2.38 | 3.00 | 7 (8) | 1 |" in md
+    assert f"| 64, n_layers 4 | {no_paper} | 0.5 / 0.5 | 0.5000 |  | 1 (1) | 0 |" in md
+    assert f"| 128 | {no_paper} | 0.5 / 0.5 | 2.38 | 2.75 | 7 (8) | 1 |" in md
     assert "**2.38**" in md and "diverged @5" in md
 
 
@@ -440,3 +441,15 @@ def test_report_survives_a_damaged_run_and_an_unwritable_out(tmp_path, capsys):
     assert "| vit_pico-*-digits-s0 | best val/top1 | 90.00 |" in capsys.readouterr().out
     assert report_script.main(["--sweep", str(tmp_path / "sweep"), "--out", "/proc/x/cmp"]) == 2
     assert capsys.readouterr().err.startswith("error: could not write /proc/x")
+
+
+def test_a_tied_alpha_sweep_is_one_row_not_a_diagonal(tmp_path):
+    """alpha_attn = alpha_ffn in every point (the mini-suite's sweep): one row by alpha0, not a 5x5 square with
+    only its diagonal filled."""
+    from dyt.paper.render import _grid_points
+    from dyt.paper.report import GridGroup
+    from dyt.paper.runs import Run
+    runs = {(a, a): [Run(f"r{a}", "", {}, {"status": "completed", "best/val/loss": 3.0 - a})] for a in (0.5, 1.0, 2.0)}
+    lines = _grid_points(GridGroup("64", 64, None, runs), TABLES["mini_t12"].metrics[0],
+                         ("model.alpha_attn", "model.alpha_ffn"))
+    assert lines[2:] == ["| alpha0 | 0.5 | 1 | 2 |", "|---|---|---|---|", "| val/loss | 2.50 | 2.00 | **1.00** |"]

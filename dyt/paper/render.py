@@ -135,7 +135,7 @@ def _grid_markdown(tr: TableReport) -> list[str]:
             *base, "grid points (runs)", "diverged points"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for g in tr.groups:
-        paper = _alpha(g.cell.best_alpha) if g.cell else ""
+        paper = _alpha(g.cell.best_alpha) if g.cell else "- (not a width of the paper's)"
         baseline = [ours_or_failures(g.baseline, metric.name)] if t.grid.baseline else []
         if not g.points:
             cmd = g.cell.command if g.cell else t.grid.command
@@ -162,10 +162,21 @@ def ours_or_failures(runs: list, metric: str) -> str:
 
 
 def _grid_points(g: GridGroup, metric: Metric, axes: tuple[str, str]) -> list[str]:
-    """The grid of one group: mean metric per (attention, other) alpha0, the best in bold."""
+    """The grid of one group: mean metric per (attention, other) alpha0, the best in bold; a sweep that tied the
+    two alpha0 (every point on the diagonal) as one row, not a mostly empty square."""
     rows = sorted({p[0] for p in g.points}, key=_sort_key)
     cols = sorted({p[1] for p in g.points}, key=_sort_key)
     best = g.best(metric)
+    if len(rows) > 1 and all(a == c for a, c in g.points):
+        def text(p):
+            runs = g.points[p]
+            v = g.value(p, metric.name) if runs else None
+            shown = fmt(v) if v is not None else failures_text(runs)
+            return f"**{shown}**" if p == best else shown
+        points = sorted(g.points, key=lambda p: _sort_key(p[0]))
+        return [f"{g.label}: {metric.name} by alpha0, {axes[0]} = {axes[1]} (tied in this sweep), mean over seeds:",
+                "", "| alpha0 | " + " | ".join(_alpha((p[0],)) for p in points) + " |",
+                "|---" * (len(points) + 1) + "|", f"| {metric.name} | " + " | ".join(map(text, points)) + " |"]
     lines = [f"{g.label}: {metric.name} over {axes[0]} (rows) x {axes[1]} (columns), mean over seeds:", "",
              "| " + " | ".join([f"{axes[0]} \\ {axes[1]}", *(_alpha((c,)) for c in cols)]) + " |",
              "|---" * (len(cols) + 1) + "|"]
@@ -217,7 +228,7 @@ def _cell_rows(tr: TableReport) -> list[dict]:
 def _grid_rows(tr: TableReport) -> list[dict]:
     t, metric, out = tr.table, tr.table.metrics[0], []
     for g in tr.groups:
-        paper = _alpha(g.cell.best_alpha) if g.cell else ""
+        paper = _alpha(g.cell.best_alpha) if g.cell else "- (not a width of the paper's)"
         best = g.best(metric)
         base = {"table": t.id, "group": g.label, "metric": metric.name, "paper_best": paper,
                 "baseline": _blank(mean_value(g.baseline, metric.name)[0])}
