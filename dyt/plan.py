@@ -3,14 +3,21 @@
 Nothing is allocated: the model is built on the meta device and every number is arithmetic on its shapes.
 Bytes per GPU are the sum of:
 
-* Model states, per parameter (Rajbhandari et al. 2020, "ZeRO", Sec. 3.1: mixed-precision Adam = 2 + 2 + 12 bytes):
-  bf16/fp16/auto -- params 2, grads 2, fp32 master 4, AdamW's two fp32 moments 8 (= 16 B); fp32 -- params 4,
-  grads 4, moments 8 (= 16 B); + an fp32 EMA copy (4 B) when ``trainer.ema_decay``. FSDP2 with params bf16 and
-  reductions fp32 keeps the same 16 B as fp32 sharded params + fp32 grads + moments: the total is the same.
-  DDP holds all of it on every GPU; FSDP divides it by the world size; HSDP by the GPUs of one node.
-* FSDP/HSDP working set ("gathered"): the all-gathered compute-dtype params of two units (the running one and the
-  prefetched one) + one unit's unsharded gradient in fp32 (the reduce dtype); a unit is a block, or the root
-  (embeddings, final norm, head), whichever is largest.
+* Model states, per parameter, as the trainer holds them at every precision: fp32 parameters 4, fp32 gradients 4,
+  the optimizer's fp32 state (AdamW's two moments 8, SGD's momentum 4), + an fp32 EMA copy 4 when
+  ``trainer.ema_decay``. bf16 is autocast under DDP (the parameters stay fp32) and FSDP2's MixedPrecisionPolicy
+  under FSDP/HSDP (fp32 sharded parameters, all-gathered as bf16 copies; gradients reduced into fp32 sharded
+  gradients, ``FSDPParam.to_sharded_dtensor`` / ``foreach_reduce``): no separate fp32 master copy exists. ZeRO's
+  2 + 2 + 12 (Rajbhandari et al. 2020, Sec. 3.1) gives the same 16 B for AdamW, split differently.
+  DDP holds all of it on every GPU, + its gradient buckets (one more fp32 copy of the gradients: ``DDP_BUCKET_BYTES``,
+  dyt.parallel builds DDP without ``gradient_as_bucket_view``); FSDP divides it by the world size; HSDP by the
+  GPUs of one shard group (``trainer.hsdp_shard_size``, default one node).
+  Gradient accumulation adds nothing: DDP accumulates into its full gradients; FSDP reduce-scatters every
+  micro-batch into the fp32 sharded gradients, HSDP too and all-reduces across replicas on the last one only.
+* FSDP/HSDP working set ("gathered"), per unit (a block, or the root: embeddings, final norm, head, whichever is
+  largest): the all-gathered compute-dtype params of two units (the running one and the prefetched one) + in
+  backward one unit's unsharded gradient in the compute dtype and its copy in the reduce dtype
+  (``trainer.reduce_dtype``, fp32 unless set) that feeds the reduce-scatter.
 * Activations, after Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
   Sec. 4: per layer ``s*b*h*(34 + 5*a*s/h)`` bytes in 16-bit with dropout and without flash attention (s sequence,
   b micro-batch, h width, a heads). Itemised in elements of the activation dtype (2 B in bf16, 4 B in fp32)::
@@ -56,6 +63,13 @@ GIB = 2**30
 STRATEGIES = tuple(sorted(PARALLEL, key=("ddp", "hsdp", "fsdp").index))
 AC_ORDER = tuple(sorted(AC_MODES, key=("none", "selective", "full").index))
 LAUNCHER_KEYS = ("nodes", "gpus_per_node", "nproc")
+# DDP's reducer copies the fp32 gradients into its buckets (dyt.parallel builds DDP without gradient_as_bucket_view)
+DDP_BUCKET_BYTES = 4
+
+
+def micro_batch_size(global_batch: int, world: int, accum: int) -> int:
+    """Samples per rank per micro-batch (rounded up when the global batch does not divide)."""
+    return -(-global_batch // (world * accum))
 
 
 def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, *, act_bytes: int = 2, glu: bool = False,
@@ -79,10 +93,13 @@ def activation_bytes(shape: Shape, micro_batch: int, act_bytes: int, ac: str, ac
     return blocks + s * b * (h * shape.head_elems * act_bytes + shape.head_bytes_per_token)
 
 
-def state_bytes_per_param(precision: str, ema: bool) -> dict[str, int]:
-    low = precision in ("bf16", "fp16", "auto")  # auto = bf16 on a GPU
-    return {"params": 2 if low else 4, "grads": 2 if low else 4, "optimizer": 8, "master": 4 if low else 0,
-            "ema": 4 if ema else 0}
+OPTIMIZER_BYTES = {"adamw": 8, "sgd": 4}  # fp32 state per parameter: AdamW's two moments, SGD's momentum
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "auto": 2, "fp32": 4}  # auto = bf16 on a GPU
+
+
+def state_bytes_per_param(optimizer: str = "adamw", ema: bool = False) -> dict[str, int]:
+    """Bytes per parameter of the model states (see the module doc): fp32 params and grads at every precision."""
+    return {"params": 4, "grads": 4, "optimizer": OPTIMIZER_BYTES.get(optimizer, 8), "ema": 4 if ema else 0}
 
 
 def count_params(model: nn.Module) -> int:
@@ -99,12 +116,14 @@ def largest_unit(model: nn.Module, blocks: list[nn.Module] | None) -> int:
 
 
 def memory(n_params: int, unit: int, per_param: dict, strategy: str, nodes: int, gpus_per_node: int,
-           activations: float | None) -> dict:
-    """Bytes per GPU of each component under ``strategy`` (ddp | fsdp | hsdp)."""
-    shards = {"ddp": 1, "fsdp": nodes * gpus_per_node, "hsdp": gpus_per_node}[strategy]
+           activations: float | None, compute_bytes: int = 2, reduce_bytes: int = 4, shard_group: int = 0) -> dict:
+    """Bytes per GPU of each component under ``strategy`` (ddp | fsdp | hsdp); `shard_group`: HSDP's shard group
+    size (default one node)."""
+    world = nodes * gpus_per_node
+    shards = {"ddp": 1, "fsdp": world, "hsdp": shard_group or gpus_per_node}[strategy]
     out = {k: n_params * v / shards for k, v in per_param.items()}
-    compute = per_param["params"]
-    out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else unit * (2 * compute + 4)
+    out["buckets"] = float(n_params * DDP_BUCKET_BYTES) if strategy == "ddp" and world > 1 else 0.0
+    out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else unit * (3 * compute_bytes + reduce_bytes)
     out["activations"] = activations
     out["total"] = sum(v for v in out.values() if v is not None)
     return out
@@ -124,12 +143,15 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     n = count_params(model)
     shape = spec.shape(model, cfg) if spec.shape is not None else None
     ac_every = int(tc.get("ac_every", None) or 2)
-    per_param = state_bytes_per_param(str(tc.precision), bool(tc.ema_decay))
+    per_param = state_bytes_per_param(str(cfg.optim.name), bool(tc.ema_decay))
+    compute = DTYPE_BYTES.get(str(tc.precision), 4)
+    reduce = 4 if compute == 4 else DTYPE_BYTES.get(str(tc.get("reduce_dtype", None) or "fp32"), 4)
     unit = largest_unit(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
     usable = gpu_mem_gib * GIB * (1 - margin)
     out = {"model": cfg.model.name, "family": family, "norm": cfg.norm.name, "params": n,
            "nodes": nodes, "gpus_per_node": gpus_per_node, "world": world, "grad_accum": accum,
            "global_batch": int(tc.batch_size), "precision": str(tc.precision), "ac_every": ac_every,
+           "compute_bytes": compute, "reduce_bytes": reduce, "shard_group": int(tc.get("hsdp_shard_size") or 0),
            "gpu_mem_gib": gpu_mem_gib, "margin": margin, "usable": usable, "largest_unit": unit,
            "configured": _configured(tc), "notes": []}
     if shape is not None and shape.tokens:
@@ -160,13 +182,14 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
 
 
 def _rows(out, n, unit, per_param, shape, accum) -> tuple[list[dict], int]:
-    micro = -(-out["global_batch"] // (out["world"] * accum))
-    act_bytes = per_param["params"]  # activations in the compute dtype: 2 (bf16) or 4 (fp32)
+    micro = micro_batch_size(out["global_batch"], out["world"], accum)
+    act_bytes = out["compute_bytes"]  # activations in the compute dtype: 2 (bf16) or 4 (fp32)
     rows = []
     for ac in AC_ORDER:
         act = activation_bytes(shape, micro, act_bytes, ac, out["ac_every"]) if shape else None
         for strategy in STRATEGIES:
-            mem = memory(n, unit, per_param, strategy, out["nodes"], out["gpus_per_node"], act)
+            mem = memory(n, unit, per_param, strategy, out["nodes"], out["gpus_per_node"], act,
+                         out["compute_bytes"], out["reduce_bytes"], out["shard_group"])
             rows.append({"strategy": strategy, "ac": ac, **mem, "fits": mem["total"] <= out["usable"]})
     return rows, micro
 
@@ -228,7 +251,7 @@ def _count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-COLUMNS = ("strategy", "AC", "params", "grads", "optim", "master", "EMA", "gathered", "activ.", "total", "fits")
+COLUMNS = ("strategy", "AC", "params", "grads", "optim", "EMA", "buckets", "gathered", "activ.", "total", "fits")
 
 
 def format_plan(p: dict, markdown: bool = False) -> str:
@@ -250,7 +273,7 @@ def format_plan(p: dict, markdown: bool = False) -> str:
     par, ac = p["configured"]
     mark = "\\*" if markdown else "*"
     rows = [[r["strategy"].upper() + (mark if (r["strategy"], r["ac"]) == (par, ac) else ""), r["ac"],
-             *(_gib(r[k]) for k in ("params", "grads", "optimizer", "master", "ema", "gathered", "activations",
+             *(_gib(r[k]) for k in ("params", "grads", "optimizer", "ema", "buckets", "gathered", "activations",
                                     "total")), "yes" if r["fits"] else "no"] for r in p["rows"]]
     if markdown:
         table = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in
@@ -325,7 +348,7 @@ def training_bytes(cfg) -> tuple[int, int]:
     with torch.device("meta"):
         model = build_model(cfg)
     n = count_params(model)
-    per_param = state_bytes_per_param(str(cfg.trainer.precision), bool(cfg.trainer.get("ema_decay")))
+    per_param = state_bytes_per_param(str(cfg.optim.name), bool(cfg.trainer.get("ema_decay")))
     return n, n * sum(per_param.values())
 
 
