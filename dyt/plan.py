@@ -14,10 +14,10 @@ Bytes per GPU are the sum of:
   GPUs of one shard group (``trainer.hsdp_shard_size``, default one node).
   Gradient accumulation adds nothing: DDP accumulates into its full gradients; FSDP reduce-scatters every
   micro-batch into the fp32 sharded gradients, HSDP too and all-reduces across replicas on the last one only.
-* FSDP/HSDP working set ("gathered"), per unit (a block, or the root: embeddings, final norm, head, whichever is
-  largest): the all-gathered compute-dtype params of two units (the running one and the prefetched one) + in
-  backward one unit's unsharded gradient in the compute dtype and its copy in the reduce dtype
-  (``trainer.reduce_dtype``, fp32 unless set) that feeds the reduce-scatter.
+* FSDP/HSDP working set ("gathered"), at the backward peak: the root unit's all-gathered compute-dtype params
+  (embeddings, final norm, head: FSDP2 does not reshard the root after forward) + of the largest block, two
+  all-gathered copies (the running one and the prefetched one) and its gradient in the reduce dtype
+  (``trainer.reduce_dtype``, fp32 unless set: the reduce-scatter's input, ``foreach_reduce``).
 * Activations, after Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
   Sec. 4: per layer ``s*b*h*(34 + 5*a*s/h)`` bytes in 16-bit with dropout and without flash attention (s sequence,
   b micro-batch, h width, a heads). Itemised in elements of the activation dtype (2 B in bf16, 4 B in fp32)::
@@ -35,9 +35,13 @@ Bytes per GPU are the sum of:
   Outside the blocks: LLaMA's final-norm and head inputs (2 sbh elements) and the fp32 log-softmax output plus its
   gradient at the start of backward (8 bytes x s x b x vocab); ViT's pooled head is negligible; DiT's final adaLN
   layer 3 sbh elements.
-  Checkpointing: none stores every layer; full stores each block's input (Korthikanti: 2sbh per layer in 16-bit)
-  + one layer's activations recomputed in backward; selective checkpoints every k-th block (k =
-  ``trainer.ac_every``, else 2; as torchtitan's ``ac_freq`` and the released LLaMA code's selective_checkpointing).
+  Checkpointing: none stores every layer; full stores each block's input (Korthikanti: 2sbh per layer in 16-bit);
+  selective checkpoints one block in every k (k = ``trainer.ac_every``, else 2; the blocks of
+  ``dyt.parallel.checkpointed_blocks``, as the released LLaMA code's selective_checkpointing). The peak is the
+  stored activations + the larger of the head's (end of the forward) and a block's backward: the gradients of its
+  MLP's hidden tensors (3 f per token for SwiGLU, 2 f for GeLU) and, for a checkpointed block, its recomputed
+  activations less the plain blocks above the last checkpointed one (freed by then). The traced step
+  (dyt/memtrace.py) peaks so.
   Not counted: CUDA context / allocator fragmentation (the ``margin``, 10% of the GPU), DDP's gradient buckets
   (none with ``gradient_as_bucket_view=True``), autocast's weight cache, temporaries of one kernel.
 A strategy is cheaper than another when it recomputes less (FLOPs that cannot overlap), then when it communicates
@@ -52,7 +56,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from dyt.parallel import AC_MODES, PARALLEL
+from dyt.parallel import AC_MODES, PARALLEL, checkpointed_blocks
 from dyt.errors import ConfigError
 from dyt.families import build_model, compose, get_family
 from dyt.family import Shape
@@ -83,14 +87,21 @@ def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, *, act_bytes:
 
 
 def activation_bytes(shape: Shape, micro_batch: int, act_bytes: int, ac: str, ac_every: int = 2) -> float:
-    """Activations of one micro-batch under checkpointing ``ac`` (none | selective | full)."""
+    """Activations of one micro-batch at their peak under checkpointing ``ac`` (none | selective | full): what the
+    blocks store, + the larger of the head's (held at the end of the forward) and a block's backward (its
+    gradients, and its recomputed activations once the blocks above it have freed theirs)."""
     s, b, h = shape.seq, micro_batch, shape.hidden
     layer = layer_activation_bytes(s, b, h, shape.heads, shape.ffn, act_bytes=act_bytes, glu=shape.glu,
                                    adaln=shape.adaln, kv_ratio=shape.kv_ratio)
     block_input = s * b * h * act_bytes
-    n_ckpt = {"none": 0, "selective": shape.layers // max(1, ac_every), "full": shape.layers}[ac]
-    blocks = (shape.layers - n_ckpt) * layer + n_ckpt * block_input + (layer if n_ckpt else 0)
-    return blocks + s * b * (h * shape.head_elems * act_bytes + shape.head_bytes_per_token)
+    recompute = checkpointed_blocks(shape.layers, ac, ac_every)  # the trainer's own choice of blocks
+    stored = sum(block_input if r else layer for r in recompute)
+    # backward reaches the last checkpointed block after the plain blocks above it have freed theirs
+    above = recompute[::-1].index(True) if any(recompute) else 0
+    head = s * b * (h * shape.head_elems * act_bytes + shape.head_bytes_per_token)
+    # a block's backward: the gradients of its MLP's hidden tensors (SwiGLU: of w1 out, w3 out and their product)
+    grads = (3 if shape.glu else 2) * shape.ffn * s * b * act_bytes
+    return stored + max(head, grads + (max(0, layer - above * layer) if any(recompute) else 0))
 
 
 OPTIMIZER_BYTES = {"adamw": 8, "sgd": 4}  # fp32 state per parameter: AdamW's two moments, SGD's momentum
@@ -106,16 +117,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
 
 
-def largest_unit(model: nn.Module, blocks: list[nn.Module] | None) -> int:
-    """Params of the largest FSDP unit: one block, or the root (everything outside the blocks)."""
+def fsdp_units(model: nn.Module, blocks: list[nn.Module] | None) -> tuple[int, int]:
+    """Params of the FSDP units: (the root = everything outside the blocks, the largest block)."""
     total = count_params(model)
     if not blocks:
-        return total
+        return total, 0
     sizes = [count_params(blk) for blk in blocks]
-    return max(max(sizes), total - sum(sizes))
+    return total - sum(sizes), max(sizes)
 
 
-def memory(n_params: int, unit: int, per_param: dict, strategy: str, nodes: int, gpus_per_node: int,
+def memory(n_params: int, units: tuple[int, int], per_param: dict, strategy: str, nodes: int, gpus_per_node: int,
            activations: float | None, compute_bytes: int = 2, reduce_bytes: int = 4, shard_group: int = 0) -> dict:
     """Bytes per GPU of each component under ``strategy`` (ddp | fsdp | hsdp); `shard_group`: HSDP's shard group
     size (default one node)."""
@@ -123,7 +134,9 @@ def memory(n_params: int, unit: int, per_param: dict, strategy: str, nodes: int,
     shards = {"ddp": 1, "fsdp": world, "hsdp": shard_group or gpus_per_node}[strategy]
     out = {k: n_params * v / shards for k, v in per_param.items()}
     out["buckets"] = float(n_params * DDP_BUCKET_BYTES) if strategy == "ddp" and world > 1 else 0.0
-    out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else unit * (3 * compute_bytes + reduce_bytes)
+    root, block = units
+    out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else \
+        root * compute_bytes + block * (2 * compute_bytes + reduce_bytes)
     out["activations"] = activations
     out["total"] = sum(v for v in out.values() if v is not None)
     return out
@@ -146,13 +159,13 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     per_param = state_bytes_per_param(str(cfg.optim.name), bool(tc.ema_decay))
     compute = DTYPE_BYTES.get(str(tc.precision), 4)
     reduce = 4 if compute == 4 else DTYPE_BYTES.get(str(tc.get("reduce_dtype", None) or "fp32"), 4)
-    unit = largest_unit(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
+    units = fsdp_units(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
     usable = gpu_mem_gib * GIB * (1 - margin)
     out = {"model": cfg.model.name, "family": family, "norm": cfg.norm.name, "params": n,
            "nodes": nodes, "gpus_per_node": gpus_per_node, "world": world, "grad_accum": accum,
            "global_batch": int(tc.batch_size), "precision": str(tc.precision), "ac_every": ac_every,
            "compute_bytes": compute, "reduce_bytes": reduce, "shard_group": int(tc.get("hsdp_shard_size") or 0),
-           "gpu_mem_gib": gpu_mem_gib, "margin": margin, "usable": usable, "largest_unit": unit,
+           "gpu_mem_gib": gpu_mem_gib, "margin": margin, "usable": usable, "largest_unit": max(units), "units": units,
            "configured": _configured(tc), "notes": []}
     if shape is not None and shape.tokens:
         out["non_embedding_params"] = n - shape.embedding_params
@@ -164,7 +177,7 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
         out.update(seq=shape.seq, hidden=shape.hidden, heads=shape.heads, layers=shape.layers, ffn=shape.ffn)
     else:
         out["notes"].append(f"no activation model for family {family!r}: model states only")
-    rows, micro = _rows(out, n, unit, per_param, shape, accum)
+    rows, micro = _rows(out, n, units, per_param, shape, accum)
     out["micro_batch"], out["rows"] = micro, rows
     if out["global_batch"] % (world * accum):
         out["notes"].append(f"trainer.batch_size {out['global_batch']} is not a multiple of world x grad_accum = "
@@ -173,7 +186,7 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     if out["cheapest"] is None:  # the smallest grad_accum that fits, halving the micro-batch each time
         ga = accum * 2
         while out["global_batch"] >= world * ga:
-            alt_rows, alt_micro = _rows(out, n, unit, per_param, shape, ga)
+            alt_rows, alt_micro = _rows(out, n, units, per_param, shape, ga)
             if (best := _cheapest(alt_rows)) is not None:
                 out["suggestion"] = {"grad_accum": ga, "micro_batch": alt_micro, **best}
                 break
@@ -181,14 +194,14 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     return out
 
 
-def _rows(out, n, unit, per_param, shape, accum) -> tuple[list[dict], int]:
+def _rows(out, n, units, per_param, shape, accum) -> tuple[list[dict], int]:
     micro = micro_batch_size(out["global_batch"], out["world"], accum)
     act_bytes = out["compute_bytes"]  # activations in the compute dtype: 2 (bf16) or 4 (fp32)
     rows = []
     for ac in AC_ORDER:
         act = activation_bytes(shape, micro, act_bytes, ac, out["ac_every"]) if shape else None
         for strategy in STRATEGIES:
-            mem = memory(n, unit, per_param, strategy, out["nodes"], out["gpus_per_node"], act,
+            mem = memory(n, units, per_param, strategy, out["nodes"], out["gpus_per_node"], act,
                          out["compute_bytes"], out["reduce_bytes"], out["shard_group"])
             rows.append({"strategy": strategy, "ac": ac, **mem, "fits": mem["total"] <= out["usable"]})
     return rows, micro

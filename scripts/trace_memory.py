@@ -39,9 +39,10 @@ def compare(overrides: list[str], par: str, ac: str, accum: int, traced: dict | 
 
 
 def table(rows: list[dict], markdown: bool) -> str:
-    head = ("model", "GPUs", "parallel", "AC", "accum", "micro", "traced GiB", "plan GiB", "plan/traced")
+    unit, name = (GIB, "GiB") if max(r["traced"]["peak"] for r in rows) >= GIB else (2**20, "MiB")
+    head = ("model", "GPUs", "parallel", "AC", "accum", "micro", f"traced {name}", f"plan {name}", "plan/traced")
     body = [(r["model"], str(r["world"]), r["parallel"].upper(), r["ac"], str(r["grad_accum"]), str(r["micro_batch"]),
-             f"{r['traced']['peak'] / GIB:.1f}", f"{r['plan'] / GIB:.1f}", f"{r['plan'] / r['traced']['peak']:.2f}")
+             f"{r['traced']['peak'] / unit:.1f}", f"{r['plan'] / unit:.1f}", f"{r['plan'] / r['traced']['peak']:.2f}")
             for r in rows]
     if markdown:
         return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * 6,

@@ -171,10 +171,15 @@ T14 = _tuned_table("table14", "alpha0 tuning for DyT", "DyT, alpha0 = 1.0",
 
 # alpha0 grids: the paper gives the best (attention, other = FFN and final) alpha0 of each model / width.
 _T11_CMD = "python train.py -m experiment=table11_alpha model=<llama model>"
+# A size's released sharding and checkpointing (table4_<size>.yaml) where the recipe's (HSDP, every other block)
+# does not fit an 80 GB GPU: scripts/plan.py, tests/test_plan.py.
+SHARDING = {"7b": (), "13b": (), "34b": ("trainer.parallel=fsdp",),
+            "70b": ("trainer.parallel=fsdp", "trainer.activation_checkpointing=full")}
 T11 = Table("table11", "LLaMA alpha0 per model size (best attention / other alpha0, by val loss)", (VAL_LOSS,),
             {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
             grid=Grid("model.name", {"table": "table11"}, _T11_CMD, "model"), rows=tuple(
-    Row(size, {"best": Cell(overrides=("experiment=table11_alpha", f"model=llama_{size.lower()}"), sweep=True,
+    Row(size, {"best": Cell(overrides=("experiment=table11_alpha", f"model=llama_{size.lower()}", *SHARDING[size.lower()]),
+                            sweep=True,
                             match={"table": "table11", "model.name": f"llama_{size.lower()}"}, best_alpha=best,
                             launcher=LLAMA[size.lower()])})
     for size, best in (("7B", (0.8, 0.2)), ("13B", (0.6, 0.15)), ("34B", (0.2, 0.05)), ("70B", (0.2, 0.05)))))
@@ -183,10 +188,12 @@ _T12_CMD = "python train.py -m experiment=table12_alpha model=<llama model of th
 T12 = Table("table12", "LLaMA alpha0 by width (best attention / other alpha0, by val loss; depth 8..64 agrees)",
             (VAL_LOSS,), {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
             grid=Grid("model.dim", {"table": "table12"}, _T12_CMD, "width", "model.n_layers"), rows=tuple(
-    Row(str(width), {"best": Cell(overrides=("experiment=table12_alpha", f"model={model}"), sweep=True,
-                                  match={"table": "table12", "model.dim": width}, best_alpha=best)})
-    for width, model, best in ((1024, "llama_350m", (1.0, 1.0)), (2048, "llama_1b", (1.0, 0.5)),
-                               (4096, "llama_7b", (0.8, 0.2)), (8192, "llama_34b", (0.2, 0.05)))))
+    Row(str(width), {"best": Cell(overrides=("experiment=table12_alpha", f"model={model}", *sharding), sweep=True,
+                                  match={"table": "table12", "model.dim": width}, best_alpha=best,
+                                  launcher="slurm_8x8")})  # 64 GPUs: the paper gives no job size for these sweeps
+    for width, model, best, sharding in (
+        (1024, "llama_350m", (1.0, 1.0), ()), (2048, "llama_1b", (1.0, 0.5), ()), (4096, "llama_7b", (0.8, 0.2), ()),
+        (8192, "llama_34b", (0.2, 0.05), ("trainer.parallel=fsdp", "trainer.activation_checkpointing=full")))))
 
 T15 = Table("table15", "DyT replacing BatchNorm in CNNs (ImageNet-1K top-1)", (TOP1,),
             {"batchnorm": "BatchNorm", "dyt": "DyT"}, reference="batchnorm", rows=(
