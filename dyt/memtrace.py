@@ -96,6 +96,7 @@ def trace_step(cfg, nodes: int = 1, gpus_per_node: int = 1) -> dict:
             vocab = par.model.vocab_size if hasattr(par.model, "vocab_size") else 2
             with tracker:
                 for i in range(accum):
+                    tracker.reset_mod_stats()  # per-module stats of one forward at a time; the peak is kept
                     batch = torch.randint(0, vocab, (micro, int(cfg.data.seq_len) + 1))
                     with par.grad_sync(i == accum - 1), autocast(CPU, par.autocast_dtype):
                         loss = task.loss(par.net, batch)
