@@ -67,6 +67,11 @@ GIB = 2**30
 STRATEGIES = tuple(sorted(PARALLEL, key=("ddp", "hsdp", "fsdp").index))
 AC_ORDER = tuple(sorted(AC_MODES, key=("none", "selective", "full").index))
 LAUNCHER_KEYS = ("nodes", "gpus_per_node", "nproc")
+# Throughput model for the cost estimate: model FLOPs utilisation. fms-fsdp (the released LLaMA code's base) publishes
+# 3760 / 1700 / 772 / 380 tokens/s per A100 for LLaMA 2 7B / 13B / 34B / 70B on 128 GPUs; with our FLOPs per token
+# (dyt/families/llama/model.py flops_per_token) that is 55% / 48% / 54% / 54% of the A100's 312 TFLOP/s.
+MFU = 0.5
+COST_GPUS = ("A100", "H100")  # dense bf16 peaks from dyt.families.llama.task.PEAK_BF16
 # DDP's reducer copies the fp32 gradients into its buckets (dyt.parallel builds DDP without gradient_as_bucket_view)
 DDP_BUCKET_BYTES = 4
 
@@ -143,7 +148,7 @@ def memory(n_params: int, units: tuple[int, int], per_param: dict, strategy: str
 
 
 def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0, margin: float = 0.1,
-         model: nn.Module | None = None) -> dict:
+         model: nn.Module | None = None, mfu: float = MFU) -> dict:
     """The memory plan of a composed config on ``nodes`` x ``gpus_per_node`` GPUs (every size in bytes)."""
     if nodes < 1 or gpus_per_node < 1:
         raise ConfigError(f"launcher.nodes={nodes} and GPUs per node={gpus_per_node} must be >= 1")
@@ -158,7 +163,7 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     ac_every = int(tc.get("ac_every", None) or 2)
     per_param = state_bytes_per_param(str(cfg.optim.name), bool(tc.ema_decay))
     compute = DTYPE_BYTES.get(str(tc.precision), 4)
-    reduce = 4 if compute == 4 else DTYPE_BYTES.get(str(tc.get("reduce_dtype", None) or "fp32"), 4)
+    reduce = DTYPE_BYTES.get(str(tc.get("reduce_dtype", None) or "fp32"), 4)  # trainer.reduce_dtype
     units = fsdp_units(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
     usable = gpu_mem_gib * GIB * (1 - margin)
     out = {"model": cfg.model.name, "family": family, "norm": cfg.norm.name, "params": n,
@@ -171,6 +176,8 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
         out["non_embedding_params"] = n - shape.embedding_params
         out["seq_len"] = shape.seq
         out["tokens_per_step"] = out["global_batch"] * out["seq_len"]
+        if hasattr(model, "flops_per_token") and tc.get("max_steps"):
+            out["cost"] = cost(model.flops_per_token(shape.seq), int(tc.max_steps) * out["tokens_per_step"], world, mfu)
     else:
         out["images_per_step"] = out["global_batch"]
     if shape:
@@ -192,6 +199,16 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
                 break
             ga *= 2
     return out
+
+
+def cost(flops_per_token: float, tokens: int, world: int, mfu: float = MFU) -> dict:
+    """An estimate of a run's cost: GPU-hours and wall-clock hours on `world` GPUs of each kind in COST_GPUS, for
+    training FLOPs = FLOPs per token x tokens at model FLOPs utilisation `mfu`."""
+    from dyt.families.llama.task import PEAK_BF16  # the GPUs' dense bf16 peaks, as the trainer's MFU uses
+    flops = flops_per_token * tokens
+    gpu_hours = {gpu: flops / (mfu * PEAK_BF16[gpu]) / 3600 for gpu in COST_GPUS}
+    return {"flops_per_token": flops_per_token, "tokens": tokens, "flops": flops, "mfu": mfu,
+            "gpu_hours": gpu_hours, "wall_hours": {g: h / world for g, h in gpu_hours.items()}}
 
 
 def _rows(out, n, units, per_param, shape, accum) -> tuple[list[dict], int]:
@@ -306,6 +323,11 @@ def format_plan(p: dict, markdown: bool = False) -> str:
         if s := p.get("suggestion"):
             tail.append(f"fits with trainer.grad_accum={s['grad_accum']} (micro-batch {s['micro_batch']}): "
                         f"{s['strategy'].upper()} + AC {s['ac']} ({_gib(s['total'])} GiB)")
+    if c := p.get("cost"):
+        tail.append(f"cost (estimate): {c['tokens'] / 1e9:.0f}B tokens x {c['flops_per_token'] / 1e9:.1f} GFLOP/token = "
+                    f"{c['flops']:.2e} FLOP; at {c['mfu']:.0%} MFU " + ", ".join(
+                        f"{g}: {c['gpu_hours'][g]:,.0f} GPU-hours ({c['wall_hours'][g]:,.1f} h on {p['world']} GPUs)"
+                        for g in COST_GPUS))
     tail += [f"note: {n}" for n in p["notes"]]
     return "\n".join([bullet + x for x in lines] + [""] + table + [""] + [bullet + x for x in tail])
 
