@@ -22,7 +22,6 @@ Language models only (a batch is a ``(micro-batch, seq_len + 1)`` token tensor).
 from __future__ import annotations
 
 import contextlib
-import gc
 from unittest import mock
 
 import torch
@@ -102,10 +101,6 @@ def trace_step(cfg, nodes: int = 1, gpus_per_node: int = 1) -> dict:
                     with par.grad_sync(i == accum - 1), autocast(CPU, par.autocast_dtype):
                         loss = task.loss(par.net, batch)
                     (loss / accum).backward()
-                    # Fake tensors can sit in reference cycles (the fake mode's bookkeeping) that only the cyclic
-                    # collector frees: without a collection here, when it runs decides the peak (seen: a 70B step
-                    # at 258 GiB, a dead fp32 copy of every parameter, or at its real peak).
-                    gc.collect()
                 if cfg.optim.get("clip_grad"):
                     nn.utils.clip_grad_norm_(par.model.parameters(), cfg.optim.clip_grad)
                 optimizer.step()
