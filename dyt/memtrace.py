@@ -11,8 +11,8 @@ device. Fake tensors live on the CPU device here; the trackers count CPU tensors
 
 What is traced and what is not:
 
-* the optimizer state exists before the traced step (created by one step on zero gradients), so the peak is a
-  steady-state step's, not the first step's;
+* the optimizer state exists before the traced step (created by one untracked step on zero gradients, which also
+  warms fake tensors' dispatch cache), so the peak is a steady-state step's, not the first step's;
 * DDP is traced as what it runs per rank -- the full replica under autocast -- without DDP's C++ reducer (it cannot
   take fake tensors): its gradient buckets, one more copy of the gradients (``dyt.plan.DDP_BUCKET_BYTES``), are added;
 * no ``torch.compile`` (fusion lowers the real peak a little), no CUDA context or allocator fragmentation (the
@@ -89,7 +89,7 @@ def trace_step(cfg, nodes: int = 1, gpus_per_node: int = 1) -> dict:
                 par = parallel.wrap_model(task.build_model, dist, tc, amp_dtype(tc.precision, CPU), cfg.seed,
                                           get_family(cfg.model.family).blocks)
             optimizer = build_optimizer(par.model, cfg.optim)
-            _create_optimizer_state(par.model, optimizer)
+            _warm_up(par.model, optimizer, cfg.optim.get("clip_grad"))
             tracker = (FSDPMemTracker(par.model, optimizer) if par.sharded else MemTracker())
             if not par.sharded:
                 tracker.track_external(par.model, optimizer)
@@ -124,9 +124,14 @@ def _replica(build, tc, blocks) -> parallel.Parallel:
     return parallel.Parallel(model, model, False, amp_dtype(tc.precision, CPU), device=CPU)
 
 
-def _create_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """One step on zero gradients: the optimizer's state as every later step finds it."""
+def _warm_up(model: nn.Module, optimizer: torch.optim.Optimizer, clip: float | None) -> None:
+    """Clipping and one optimizer step on zero gradients, untracked: the optimizer's state as every later step finds
+    it, and fake tensors' dispatch cache filled. A foreach op's first fake dispatch can run its decomposition, whose
+    full-size intermediates the tracker would count: at 70B, 257 GiB (4 bytes x every parameter) in the first
+    traced step's gradient clipping, and nothing in the next one."""
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
+    if clip:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
