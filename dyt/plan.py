@@ -42,8 +42,8 @@ Bytes per GPU are the sum of:
   MLP's hidden tensors (3 f per token for SwiGLU, 2 f for GeLU) and, for a checkpointed block, its recomputed
   activations less the plain blocks above the last checkpointed one (freed by then). The traced step
   (dyt/memtrace.py) peaks so.
-  Not counted: CUDA context / allocator fragmentation (the ``margin``, 10% of the GPU), DDP's gradient buckets
-  (none with ``gradient_as_bucket_view=True``), autocast's weight cache, temporaries of one kernel.
+  Not counted: CUDA context / allocator fragmentation (the ``margin``, 10% of the GPU); under bf16 DDP autocast's
+  weight cache and per-op casts (docs/PLAN.md: the traced step); temporaries of one kernel.
 A strategy is cheaper than another when it recomputes less (FLOPs that cannot overlap), then when it communicates
 less (DDP < HSDP < FSDP: intra-node sharding before sharding across nodes).
 """
