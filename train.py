@@ -5,7 +5,7 @@
     python train.py -m norm=layernorm,rmsnorm,dyt     # a sweep; re-running it resumes / skips finished runs
     torchrun --nproc_per_node=2 train.py ...          # DDP
     python train.py -m norm=rmsnorm,dyt launcher.nproc=8  # an 8-process group per run (dyt/launch.py)
-    python train.py -m ... launcher=slurm_table4          # SLURM: one 8 nodes x 8 GPUs job per run (submitit)
+    python train.py -m ... launcher=slurm_64x8            # SLURM: one 64 nodes x 8 GPUs job per run (submitit)
 
 Exit codes: 0 completed or diverged; 2 a bad config (one line on stderr); 128 + N stopped by signal N after
 checkpointing (the same command resumes); 1 a sweep with failed points (listed at its end).

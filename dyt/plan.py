@@ -3,14 +3,21 @@
 Nothing is allocated: the model is built on the meta device and every number is arithmetic on its shapes.
 Bytes per GPU are the sum of:
 
-* Model states, per parameter (Rajbhandari et al. 2020, "ZeRO", Sec. 3.1: mixed-precision Adam = 2 + 2 + 12 bytes):
-  bf16/fp16/auto -- params 2, grads 2, fp32 master 4, AdamW's two fp32 moments 8 (= 16 B); fp32 -- params 4,
-  grads 4, moments 8 (= 16 B); + an fp32 EMA copy (4 B) when ``trainer.ema_decay``. FSDP2 with params bf16 and
-  reductions fp32 keeps the same 16 B as fp32 sharded params + fp32 grads + moments: the total is the same.
-  DDP holds all of it on every GPU; FSDP divides it by the world size; HSDP by the GPUs of one node.
-* FSDP/HSDP working set ("gathered"): the all-gathered compute-dtype params of two units (the running one and the
-  prefetched one) + one unit's unsharded gradient in fp32 (the reduce dtype); a unit is a block, or the root
-  (embeddings, final norm, head), whichever is largest.
+* Model states, per parameter, as the trainer holds them at every precision: fp32 parameters 4, fp32 gradients 4,
+  the optimizer's fp32 state (AdamW's two moments 8, SGD's momentum 4), + an fp32 EMA copy 4 when
+  ``trainer.ema_decay``. bf16 is autocast under DDP (the parameters stay fp32) and FSDP2's MixedPrecisionPolicy
+  under FSDP/HSDP (fp32 sharded parameters, all-gathered as bf16 copies; gradients reduced into fp32 sharded
+  gradients, ``FSDPParam.to_sharded_dtensor`` / ``foreach_reduce``): no separate fp32 master copy exists. ZeRO's
+  2 + 2 + 12 (Rajbhandari et al. 2020, Sec. 3.1) gives the same 16 B for AdamW, split differently.
+  DDP holds all of it on every GPU, + its gradient buckets (one more fp32 copy of the gradients: ``DDP_BUCKET_BYTES``,
+  dyt.parallel builds DDP without ``gradient_as_bucket_view``); FSDP divides it by the world size; HSDP by the
+  GPUs of one shard group (``trainer.hsdp_shard_size``, default one node).
+  Gradient accumulation adds nothing: DDP accumulates into its full gradients; FSDP reduce-scatters every
+  micro-batch into the fp32 sharded gradients, HSDP too and all-reduces across replicas on the last one only.
+* FSDP/HSDP working set ("gathered"), at the backward peak: the root unit's all-gathered compute-dtype params
+  (embeddings, final norm, head: FSDP2 does not reshard the root after forward) + of the largest block, two
+  all-gathered copies (the running one and the prefetched one) and its gradient in the reduce dtype
+  (``trainer.reduce_dtype``, fp32 unless set: the reduce-scatter's input, ``foreach_reduce``).
 * Activations, after Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
   Sec. 4: per layer ``s*b*h*(34 + 5*a*s/h)`` bytes in 16-bit with dropout and without flash attention (s sequence,
   b micro-batch, h width, a heads). Itemised in elements of the activation dtype (2 B in bf16, 4 B in fp32)::
@@ -28,11 +35,15 @@ Bytes per GPU are the sum of:
   Outside the blocks: LLaMA's final-norm and head inputs (2 sbh elements) and the fp32 log-softmax output plus its
   gradient at the start of backward (8 bytes x s x b x vocab); ViT's pooled head is negligible; DiT's final adaLN
   layer 3 sbh elements.
-  Checkpointing: none stores every layer; full stores each block's input (Korthikanti: 2sbh per layer in 16-bit)
-  + one layer's activations recomputed in backward; selective checkpoints every k-th block (k =
-  ``trainer.ac_every``, else 2; as torchtitan's ``ac_freq`` and the released LLaMA code's selective_checkpointing).
-  Not counted: CUDA context / allocator fragmentation (the ``margin``, 10% of the GPU), DDP's gradient buckets
-  (none with ``gradient_as_bucket_view=True``), autocast's weight cache, temporaries of one kernel.
+  Checkpointing: none stores every layer; full stores each block's input (Korthikanti: 2sbh per layer in 16-bit);
+  selective checkpoints one block in every k (k = ``trainer.ac_every``, else 2; the blocks of
+  ``dyt.parallel.checkpointed_blocks``, as the released LLaMA code's selective_checkpointing). The peak is the
+  stored activations + the larger of the head's (end of the forward) and a block's backward: the gradients of its
+  MLP's hidden tensors (3 f per token for SwiGLU, 2 f for GeLU) and, for a checkpointed block, its recomputed
+  activations less the plain blocks above the last checkpointed one (freed by then). The traced step
+  (dyt/memtrace.py) peaks so.
+  Not counted: CUDA context / allocator fragmentation (the ``margin``, 10% of the GPU); under bf16 DDP autocast's
+  weight cache and per-op casts (docs/PLAN.md: the traced step); temporaries of one kernel.
 A strategy is cheaper than another when it recomputes less (FLOPs that cannot overlap), then when it communicates
 less (DDP < HSDP < FSDP: intra-node sharding before sharding across nodes).
 """
@@ -45,7 +56,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from dyt.parallel import AC_MODES, PARALLEL
+from dyt.parallel import AC_MODES, PARALLEL, checkpointed_blocks
 from dyt.errors import ConfigError
 from dyt.families import build_model, compose, get_family
 from dyt.family import Shape
@@ -56,6 +67,18 @@ GIB = 2**30
 STRATEGIES = tuple(sorted(PARALLEL, key=("ddp", "hsdp", "fsdp").index))
 AC_ORDER = tuple(sorted(AC_MODES, key=("none", "selective", "full").index))
 LAUNCHER_KEYS = ("nodes", "gpus_per_node", "nproc")
+# Throughput model for the cost estimate: model FLOPs utilisation. fms-fsdp (the released LLaMA code's base) publishes
+# 3760 / 1700 / 772 / 380 tokens/s per A100 for LLaMA 2 7B / 13B / 34B / 70B on 128 GPUs; with our FLOPs per token
+# (dyt/families/llama/model.py flops_per_token) that is 55% / 48% / 54% / 54% of the A100's 312 TFLOP/s.
+MFU = 0.5
+COST_GPUS = ("A100", "H100")  # dense bf16 peaks from dyt.families.llama.task.PEAK_BF16
+# DDP's reducer copies the fp32 gradients into its buckets (dyt.parallel builds DDP without gradient_as_bucket_view)
+DDP_BUCKET_BYTES = 4
+
+
+def micro_batch_size(global_batch: int, world: int, accum: int) -> int:
+    """Samples per rank per micro-batch (rounded up when the global batch does not divide)."""
+    return -(-global_batch // (world * accum))
 
 
 def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, *, act_bytes: int = 2, glu: bool = False,
@@ -69,49 +92,63 @@ def layer_activation_bytes(s: int, b: int, h: int, a: int, f: int, *, act_bytes:
 
 
 def activation_bytes(shape: Shape, micro_batch: int, act_bytes: int, ac: str, ac_every: int = 2) -> float:
-    """Activations of one micro-batch under checkpointing ``ac`` (none | selective | full)."""
+    """Activations of one micro-batch at their peak under checkpointing ``ac`` (none | selective | full): what the
+    blocks store, + the larger of the head's (held at the end of the forward) and a block's backward (its
+    gradients, and its recomputed activations once the blocks above it have freed theirs)."""
     s, b, h = shape.seq, micro_batch, shape.hidden
     layer = layer_activation_bytes(s, b, h, shape.heads, shape.ffn, act_bytes=act_bytes, glu=shape.glu,
                                    adaln=shape.adaln, kv_ratio=shape.kv_ratio)
     block_input = s * b * h * act_bytes
-    n_ckpt = {"none": 0, "selective": shape.layers // max(1, ac_every), "full": shape.layers}[ac]
-    blocks = (shape.layers - n_ckpt) * layer + n_ckpt * block_input + (layer if n_ckpt else 0)
-    return blocks + s * b * (h * shape.head_elems * act_bytes + shape.head_bytes_per_token)
+    recompute = checkpointed_blocks(shape.layers, ac, ac_every)  # the trainer's own choice of blocks
+    stored = sum(block_input if r else layer for r in recompute)
+    # backward reaches the last checkpointed block after the plain blocks above it have freed theirs
+    above = recompute[::-1].index(True) if any(recompute) else 0
+    head = s * b * (h * shape.head_elems * act_bytes + shape.head_bytes_per_token)
+    # a block's backward: the gradients of its MLP's hidden tensors (SwiGLU: of w1 out, w3 out and their product)
+    grads = (3 if shape.glu else 2) * shape.ffn * s * b * act_bytes
+    return stored + max(head, grads + (max(0, layer - above * layer) if any(recompute) else 0))
 
 
-def state_bytes_per_param(precision: str, ema: bool) -> dict[str, int]:
-    low = precision in ("bf16", "fp16", "auto")  # auto = bf16 on a GPU
-    return {"params": 2 if low else 4, "grads": 2 if low else 4, "optimizer": 8, "master": 4 if low else 0,
-            "ema": 4 if ema else 0}
+OPTIMIZER_BYTES = {"adamw": 8, "sgd": 4}  # fp32 state per parameter: AdamW's two moments, SGD's momentum
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "auto": 2, "fp32": 4}  # auto = bf16 on a GPU
+
+
+def state_bytes_per_param(optimizer: str = "adamw", ema: bool = False) -> dict[str, int]:
+    """Bytes per parameter of the model states (see the module doc): fp32 params and grads at every precision."""
+    return {"params": 4, "grads": 4, "optimizer": OPTIMIZER_BYTES.get(optimizer, 8), "ema": 4 if ema else 0}
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
 
 
-def largest_unit(model: nn.Module, blocks: list[nn.Module] | None) -> int:
-    """Params of the largest FSDP unit: one block, or the root (everything outside the blocks)."""
+def fsdp_units(model: nn.Module, blocks: list[nn.Module] | None) -> tuple[int, int]:
+    """Params of the FSDP units: (the root = everything outside the blocks, the largest block)."""
     total = count_params(model)
     if not blocks:
-        return total
+        return total, 0
     sizes = [count_params(blk) for blk in blocks]
-    return max(max(sizes), total - sum(sizes))
+    return total - sum(sizes), max(sizes)
 
 
-def memory(n_params: int, unit: int, per_param: dict, strategy: str, nodes: int, gpus_per_node: int,
-           activations: float | None) -> dict:
-    """Bytes per GPU of each component under ``strategy`` (ddp | fsdp | hsdp)."""
-    shards = {"ddp": 1, "fsdp": nodes * gpus_per_node, "hsdp": gpus_per_node}[strategy]
+def memory(n_params: int, units: tuple[int, int], per_param: dict, strategy: str, nodes: int, gpus_per_node: int,
+           activations: float | None, compute_bytes: int = 2, reduce_bytes: int = 4, shard_group: int = 0) -> dict:
+    """Bytes per GPU of each component under ``strategy`` (ddp | fsdp | hsdp); `shard_group`: HSDP's shard group
+    size (default one node)."""
+    world = nodes * gpus_per_node
+    shards = {"ddp": 1, "fsdp": world, "hsdp": shard_group or gpus_per_node}[strategy]
     out = {k: n_params * v / shards for k, v in per_param.items()}
-    compute = per_param["params"]
-    out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else unit * (2 * compute + 4)
+    out["buckets"] = float(n_params * DDP_BUCKET_BYTES) if strategy == "ddp" and world > 1 else 0.0
+    root, block = units
+    out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else \
+        root * compute_bytes + block * (2 * compute_bytes + reduce_bytes)
     out["activations"] = activations
     out["total"] = sum(v for v in out.values() if v is not None)
     return out
 
 
 def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0, margin: float = 0.1,
-         model: nn.Module | None = None) -> dict:
+         model: nn.Module | None = None, mfu: float = MFU) -> dict:
     """The memory plan of a composed config on ``nodes`` x ``gpus_per_node`` GPUs (every size in bytes)."""
     if nodes < 1 or gpus_per_node < 1:
         raise ConfigError(f"launcher.nodes={nodes} and GPUs per node={gpus_per_node} must be >= 1")
@@ -124,25 +161,30 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     n = count_params(model)
     shape = spec.shape(model, cfg) if spec.shape is not None else None
     ac_every = int(tc.get("ac_every", None) or 2)
-    per_param = state_bytes_per_param(str(tc.precision), bool(tc.ema_decay))
-    unit = largest_unit(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
+    per_param = state_bytes_per_param(str(cfg.optim.name), bool(tc.ema_decay))
+    compute = DTYPE_BYTES.get(str(tc.precision), 4)
+    reduce = DTYPE_BYTES.get(str(tc.get("reduce_dtype", None) or "fp32"), 4)  # trainer.reduce_dtype
+    units = fsdp_units(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
     usable = gpu_mem_gib * GIB * (1 - margin)
     out = {"model": cfg.model.name, "family": family, "norm": cfg.norm.name, "params": n,
            "nodes": nodes, "gpus_per_node": gpus_per_node, "world": world, "grad_accum": accum,
            "global_batch": int(tc.batch_size), "precision": str(tc.precision), "ac_every": ac_every,
-           "gpu_mem_gib": gpu_mem_gib, "margin": margin, "usable": usable, "largest_unit": unit,
+           "compute_bytes": compute, "reduce_bytes": reduce, "shard_group": int(tc.get("hsdp_shard_size") or 0),
+           "gpu_mem_gib": gpu_mem_gib, "margin": margin, "usable": usable, "largest_unit": max(units), "units": units,
            "configured": _configured(tc), "notes": []}
     if shape is not None and shape.tokens:
         out["non_embedding_params"] = n - shape.embedding_params
         out["seq_len"] = shape.seq
         out["tokens_per_step"] = out["global_batch"] * out["seq_len"]
+        if hasattr(model, "flops_per_token") and tc.get("max_steps"):
+            out["cost"] = cost(model.flops_per_token(shape.seq), int(tc.max_steps) * out["tokens_per_step"], world, mfu)
     else:
         out["images_per_step"] = out["global_batch"]
     if shape:
         out.update(seq=shape.seq, hidden=shape.hidden, heads=shape.heads, layers=shape.layers, ffn=shape.ffn)
     else:
         out["notes"].append(f"no activation model for family {family!r}: model states only")
-    rows, micro = _rows(out, n, unit, per_param, shape, accum)
+    rows, micro = _rows(out, n, units, per_param, shape, accum)
     out["micro_batch"], out["rows"] = micro, rows
     if out["global_batch"] % (world * accum):
         out["notes"].append(f"trainer.batch_size {out['global_batch']} is not a multiple of world x grad_accum = "
@@ -151,7 +193,7 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     if out["cheapest"] is None:  # the smallest grad_accum that fits, halving the micro-batch each time
         ga = accum * 2
         while out["global_batch"] >= world * ga:
-            alt_rows, alt_micro = _rows(out, n, unit, per_param, shape, ga)
+            alt_rows, alt_micro = _rows(out, n, units, per_param, shape, ga)
             if (best := _cheapest(alt_rows)) is not None:
                 out["suggestion"] = {"grad_accum": ga, "micro_batch": alt_micro, **best}
                 break
@@ -159,14 +201,25 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     return out
 
 
-def _rows(out, n, unit, per_param, shape, accum) -> tuple[list[dict], int]:
-    micro = -(-out["global_batch"] // (out["world"] * accum))
-    act_bytes = per_param["params"]  # activations in the compute dtype: 2 (bf16) or 4 (fp32)
+def cost(flops_per_token: float, tokens: int, world: int, mfu: float = MFU) -> dict:
+    """An estimate of a run's cost: GPU-hours and wall-clock hours on `world` GPUs of each kind in COST_GPUS, for
+    training FLOPs = FLOPs per token x tokens at model FLOPs utilisation `mfu`."""
+    from dyt.families.llama.task import PEAK_BF16  # the GPUs' dense bf16 peaks, as the trainer's MFU uses
+    flops = flops_per_token * tokens
+    gpu_hours = {gpu: flops / (mfu * PEAK_BF16[gpu]) / 3600 for gpu in COST_GPUS}
+    return {"flops_per_token": flops_per_token, "tokens": tokens, "flops": flops, "mfu": mfu,
+            "gpu_hours": gpu_hours, "wall_hours": {g: h / world for g, h in gpu_hours.items()}}
+
+
+def _rows(out, n, units, per_param, shape, accum) -> tuple[list[dict], int]:
+    micro = micro_batch_size(out["global_batch"], out["world"], accum)
+    act_bytes = out["compute_bytes"]  # activations in the compute dtype: 2 (bf16) or 4 (fp32)
     rows = []
     for ac in AC_ORDER:
         act = activation_bytes(shape, micro, act_bytes, ac, out["ac_every"]) if shape else None
         for strategy in STRATEGIES:
-            mem = memory(n, unit, per_param, strategy, out["nodes"], out["gpus_per_node"], act)
+            mem = memory(n, units, per_param, strategy, out["nodes"], out["gpus_per_node"], act,
+                         out["compute_bytes"], out["reduce_bytes"], out["shard_group"])
             rows.append({"strategy": strategy, "ac": ac, **mem, "fits": mem["total"] <= out["usable"]})
     return rows, micro
 
@@ -228,7 +281,7 @@ def _count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-COLUMNS = ("strategy", "AC", "params", "grads", "optim", "master", "EMA", "gathered", "activ.", "total", "fits")
+COLUMNS = ("strategy", "AC", "params", "grads", "optim", "EMA", "buckets", "gathered", "activ.", "total", "fits")
 
 
 def format_plan(p: dict, markdown: bool = False) -> str:
@@ -250,7 +303,7 @@ def format_plan(p: dict, markdown: bool = False) -> str:
     par, ac = p["configured"]
     mark = "\\*" if markdown else "*"
     rows = [[r["strategy"].upper() + (mark if (r["strategy"], r["ac"]) == (par, ac) else ""), r["ac"],
-             *(_gib(r[k]) for k in ("params", "grads", "optimizer", "master", "ema", "gathered", "activations",
+             *(_gib(r[k]) for k in ("params", "grads", "optimizer", "ema", "buckets", "gathered", "activations",
                                     "total")), "yes" if r["fits"] else "no"] for r in p["rows"]]
     if markdown:
         table = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in
@@ -270,6 +323,11 @@ def format_plan(p: dict, markdown: bool = False) -> str:
         if s := p.get("suggestion"):
             tail.append(f"fits with trainer.grad_accum={s['grad_accum']} (micro-batch {s['micro_batch']}): "
                         f"{s['strategy'].upper()} + AC {s['ac']} ({_gib(s['total'])} GiB)")
+    if c := p.get("cost"):
+        tail.append(f"cost (estimate): {c['tokens'] / 1e9:.0f}B tokens x {c['flops_per_token'] / 1e9:.1f} GFLOP/token = "
+                    f"{c['flops']:.2e} FLOP; at {c['mfu']:.0%} MFU " + ", ".join(
+                        f"{g}: {c['gpu_hours'][g]:,.0f} GPU-hours ({c['wall_hours'][g]:,.1f} h on {p['world']} GPUs)"
+                        for g in COST_GPUS))
     tail += [f"note: {n}" for n in p["notes"]]
     return "\n".join([bullet + x for x in lines] + [""] + table + [""] + [bullet + x for x in tail])
 
@@ -325,7 +383,7 @@ def training_bytes(cfg) -> tuple[int, int]:
     with torch.device("meta"):
         model = build_model(cfg)
     n = count_params(model)
-    per_param = state_bytes_per_param(str(cfg.trainer.precision), bool(cfg.trainer.get("ema_decay")))
+    per_param = state_bytes_per_param(str(cfg.optim.name), bool(cfg.trainer.get("ema_decay")))
     return n, n * sum(per_param.values())
 
 

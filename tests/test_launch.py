@@ -137,14 +137,15 @@ def _compose_hydra(overrides):
 
 
 def test_table4_7b_slurm_config():
-    """`launcher=slurm_table4`: 8 nodes x 8 GPUs, one task per GPU, requeued on preemption and at the time limit."""
+    """`launcher=slurm_64x8` (the released 7B job): 64 nodes x 8 GPUs, one task per GPU, requeued on preemption and
+    at the time limit."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from omegaconf import OmegaConf
-    cfg = _compose_hydra(["experiment=table4_7b", "norm=dyt", "launcher=slurm_table4", "hydra.launcher.partition=gpu"])
+    cfg = _compose_hydra(["experiment=table4_7b", "norm=dyt", "launcher=slurm_64x8", "hydra.launcher.partition=gpu"])
     p = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert p["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (p["nodes"], p["tasks_per_node"], p["gpus_per_node"]) == (8, 8, 8)
-    assert (cfg.launcher.nodes, cfg.launcher.nproc) == (8, 8) and cfg.model.name == "llama_7b"
+    assert (p["nodes"], p["tasks_per_node"], p["gpus_per_node"]) == (64, 8, 8)
+    assert (cfg.launcher.nodes, cfg.launcher.nproc) == (64, 8) and cfg.model.name == "llama_7b"
     assert p["partition"] == "gpu" and p["timeout_min"] == 2880 and p["cpus_per_task"] == 12
     assert p["signal_delay_s"] >= 120 and p["max_num_timeout"] >= 10  # time to checkpoint; requeued at the limit
     assert p["additional_parameters"] == {"exclusive": True}

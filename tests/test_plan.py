@@ -7,6 +7,8 @@ import torch
 import dyt
 from dyt.plan import (GIB, compose_with_launcher, format_plan, layer_activation_bytes, memory, plan,
                       split_launcher, state_bytes_per_param)
+from dyt.paper.schema import RUNNABLE
+from dyt.paper.tables import PAPER_TABLES
 from conftest import ROOT, compose, run_script
 
 VOCAB = 32000  # configs/data/text_pile.yaml: the LLaMA 2 tokenizer, as the table4_* experiments use
@@ -85,24 +87,30 @@ def test_korthikanti_formula():
 
 
 def test_memory_by_hand_7b():
-    """7B, AdamW, bf16: 2 + 2 + 4 (fp32 master) + 8 (moments) = 16 B/param ~ 108 GB: not on an 80 GB GPU under DDP;
-    FSDP over 64 GPUs: 16 B x N / 64 ~ 1.7 GB of states."""
+    """7B, AdamW: fp32 params 4 + fp32 grads 4 + moments 8 = 16 B/param ~ 108 GB: not on an 80 GB GPU under DDP,
+    which also keeps its buckets (4 B/param); FSDP over 64 GPUs: 16 B x N / 64 ~ 1.7 GB of states."""
     n = llama_params(4096, 32, 32, 32, 11008)
-    per = state_bytes_per_param("bf16", ema=False)
-    assert sum(per.values()) == 16 and per["master"] == 4
-    ddp = memory(n, 0, per, "ddp", 8, 8, 0.0)
-    assert ddp["total"] == 16 * n and 16 * n > 107e9 > 80 * GIB * 0.9
-    fsdp = memory(n, 10**8, per, "fsdp", 8, 8, 0.0)
-    assert fsdp["params"] + fsdp["grads"] + fsdp["optimizer"] + fsdp["master"] == pytest.approx(16 * n / 64)
-    assert fsdp["gathered"] == 10**8 * (2 * 2 + 4)  # two bf16 units + one fp32 gradient
-    assert memory(n, 0, per, "hsdp", 8, 8, 0.0)["total"] == pytest.approx(16 * n / 8)
+    per = state_bytes_per_param("adamw", ema=False)
+    assert per == {"params": 4, "grads": 4, "optimizer": 8, "ema": 0}  # no fp32 master beside fp32 params
+    ddp = memory(n, (0, 0), per, "ddp", 8, 8, 0.0)
+    assert ddp["total"] == 20 * n and ddp["buckets"] == 4 * n and 16 * n > 107e9 > 80 * GIB * 0.9
+    assert memory(n, (0, 0), per, "ddp", 1, 1, 0.0)["total"] == 16 * n  # one process: no DDP, no buckets
+    fsdp = memory(n, (10**8, 2 * 10**8), per, "fsdp", 8, 8, 0.0)
+    assert fsdp["params"] + fsdp["grads"] + fsdp["optimizer"] == pytest.approx(16 * n / 64)
+    # the root gathered in bf16 + two bf16 copies of the largest block + its fp32 reduce-scatter input
+    assert fsdp["gathered"] == 10**8 * 2 + 2 * 10**8 * (2 * 2 + 4)
+    assert memory(n, (10**8, 2 * 10**8), per, "fsdp", 8, 8, 0.0, reduce_bytes=2)["gathered"] == 10**8 * 2 + 2 * 10**8 * 6
+    assert memory(n, (0, 0), per, "hsdp", 8, 8, 0.0)["total"] == pytest.approx(16 * n / 8)
+    assert state_bytes_per_param("sgd")["optimizer"] == 4  # SGD keeps one momentum buffer
 
     p = plan(compose(["experiment=table4_7b"]), 8, 8, gpu_mem_gib=80)
     assert p["micro_batch"] == 1024 // 64 and p["world"] == 64
     rows = {(r["strategy"], r["ac"]): r for r in p["rows"]}
     assert not any(r["fits"] for (s, _), r in rows.items() if s == "ddp")
-    s, b, h = 4096, 16, 4096  # full checkpointing: 32 block inputs + one layer (37.5 sbh) + LM head and loss
-    act = 32 * s * b * h * 2 + s * b * h * (16 + 8 * 11008 / 4096) + s * b * (2 * 2 * h + 8 * VOCAB)
+    s, b, h, f = 4096, 16, 4096, 11008  # full checkpointing: 32 block inputs + the larger of the LM head and loss
+    layer = s * b * h * (16 + 8 * f / h)  # and one block's backward (its recomputed activations + MLP gradients)
+    head = s * b * (2 * 2 * h + 8 * VOCAB)
+    act = 32 * s * b * h * 2 + max(head, layer + 3 * f * s * b * 2)
     assert rows["fsdp", "full"]["activations"] == pytest.approx(act)
     assert rows["fsdp", "full"]["fits"] and not rows["fsdp", "none"]["fits"]
     assert p["cheapest"]["ac"] == "full"
@@ -120,8 +128,7 @@ def test_launcher_args():
     assert (nodes, gpus) == (2, 4) and cfg.model.family == "llama"
     if "launcher" in cfg:  # the launcher group (issue 11) checks the values
         assert (cfg.launcher.nodes, cfg.launcher.get("gpus_per_node", cfg.launcher.get("nproc"))) == (2, 4)
-    if (ROOT / "configs/launcher/slurm_table4.yaml").exists():  # the job size from the config
-        assert compose_with_launcher(["experiment=table4_7b", "launcher=slurm_table4"])[1:] == (8, 8)
+    assert compose_with_launcher(["experiment=table4_7b", "launcher=slurm_64x8"])[1:] == (64, 8)  # from the config
 
 
 def test_cli_prints_table_without_allocating():
@@ -134,3 +141,74 @@ def test_cli_prints_table_without_allocating():
     assert "llama_7b" in out and "6.74B parameters" in out and "64 GPUs" in out and "4.19M tokens/step" in out
     assert "FSDP" in out and "HSDP" in out and "cheapest that fits:" in out
     assert int(out.split("maxrss_kb")[-1]) < 3 * 2**20  # KiB: < 3 GiB
+
+
+# --- the paper's job sizes (issue 18) ---------------------------------------------------------------------
+RELEASED = {  # jiachenzhu/DyT other_tasks/LLaMA/README.md: torchrun nodes x 8, batch per GPU, sharding, checkpointing
+    "table4_7b": ("slurm_64x8", (64, 8), 2, "hsdp", "none"),
+    "table4_13b": ("slurm_64x8", (64, 8), 2, "hsdp", "selective"),
+    "table4_34b": ("slurm_128x8", (128, 8), 1, "fsdp", "selective"),
+    "table4_70b": ("slurm_128x8", (128, 8), 1, "fsdp", "full"),
+}
+
+
+@pytest.mark.parametrize("experiment", list(RELEASED))
+def test_table4_runs_as_released(experiment):
+    """Each Table 4 size on its released job: GPUs, sequences per GPU without accumulation, sharding and
+    checkpointing (selective = every other block, as selective_checkpointing=0.5)."""
+    launcher, size, per_gpu, parallel, ac = RELEASED[experiment]
+    cfg, nodes, gpus = compose_with_launcher([f"experiment={experiment}", f"launcher={launcher}"])
+    p = plan(cfg, nodes, gpus)
+    assert (nodes, gpus) == size and p["micro_batch"] == per_gpu and p["grad_accum"] == 1
+    assert p["configured"] == (parallel, ac) and p["ac_every"] == 2
+    cell = next(c for t in PAPER_TABLES for _, _, c in t.cells() if c.overrides[:1] == (f"experiment={experiment}",))
+    assert cell.launcher == launcher and f"launcher={launcher}" in cell.command and " -m " in cell.command
+
+
+def _paper_runs() -> dict:
+    """Each runnable paper cell's command once: its overrides + its launcher config."""
+    runs = {}
+    for t in PAPER_TABLES:
+        for row, col, cell in t.cells():
+            if cell.status == RUNNABLE:
+                argv = (*cell.overrides, *([f"launcher={cell.launcher}"] if cell.launcher else []))
+                runs.setdefault(argv, f"{t.id}/{row.label}/{col}")
+    return runs
+
+
+PAPER_RUNS = _paper_runs()
+
+
+@pytest.mark.parametrize("argv", list(PAPER_RUNS), ids=list(PAPER_RUNS.values()))
+def test_every_paper_run_fits_its_launcher(argv):
+    """Every paper cell, composed with its launcher config, fits an 80 GB GPU as configured (sharding and
+    checkpointing), per the planner."""
+    cfg, nodes, gpus = compose_with_launcher(list(argv))
+    p = plan(cfg, nodes, gpus)
+    par, ac = p["configured"]
+    row = next(r for r in p["rows"] if (r["strategy"], r["ac"]) == (par if p["world"] > 1 else "ddp", ac))
+    assert row["fits"], f"{' '.join(argv)}: {row['total'] / GIB:.1f} GiB per GPU"
+    assert cfg.trainer.batch_size % (p["world"] * p["grad_accum"]) == 0  # every GPU gets whole samples
+
+
+def test_every_paper_experiment_is_a_cell_with_a_launcher():
+    """Each shipped paper experiment (configs/experiment/table*, derf_*) is run by some cell, and every cell names
+    its job size unless the batch fits one GPU."""
+    shipped = {f.stem for f in (ROOT / "configs/experiment").glob("*.yaml") if f.stem.startswith(("table", "derf_"))}
+    run = {a.split("=", 1)[1] for argv in PAPER_RUNS for a in argv if a.startswith("experiment=")}
+    assert shipped <= run, shipped - run
+    assert all(any(a.startswith("launcher=") for a in argv) for argv in PAPER_RUNS)
+    assert not (ROOT / "configs/launcher/slurm_table4.yaml").exists()  # its 8 x 8 was never the paper's job
+
+
+def test_cost_estimate():
+    """GPU-hours = FLOPs per token (the model's) x tokens / (MFU x peak bf16 FLOP/s), as the plan prints it."""
+    cfg, nodes, gpus = compose_with_launcher(["experiment=table4_7b", "launcher=slurm_64x8"])
+    p = plan(cfg, nodes, gpus, mfu=0.5)
+    c = p["cost"]
+    with torch.device("meta"):
+        fpt = dyt.build_model(cfg).flops_per_token(4096)
+    assert c["tokens"] == 47684 * 1024 * 4096 and c["flops_per_token"] == fpt
+    assert c["gpu_hours"]["A100"] == pytest.approx(fpt * c["tokens"] / (0.5 * 312e12) / 3600)
+    assert c["wall_hours"]["H100"] == pytest.approx(c["gpu_hours"]["H100"] / 512)
+    assert "GPU-hours" in format_plan(p)

@@ -144,9 +144,10 @@ def test_diverged_missing_and_unmatched_runs_are_shown(runs_dir):
     assert (hard["ours"], hard["n"], hard["status"]) == (70.0, 1, "completed, diverged @12")
     assert "70.00 (diverged @12)" in md8
     # a cell without runs says how to run it
-    assert "missing: `python train.py experiment=table1_vit_l norm=layernorm`" in markdown(t1)
+    assert "missing: `python train.py -m experiment=table1_vit_l norm=layernorm launcher=slurm_8x8`" in markdown(t1)
     vit_l = rows_of(t1, row="ViT-L", column="layernorm", metric="val/top1")[0]
-    assert (vit_l["status"], vit_l["note"]) == ("missing", "python train.py experiment=table1_vit_l norm=layernorm")
+    assert (vit_l["status"], vit_l["note"]) == ("missing", "python train.py -m experiment=table1_vit_l norm=layernorm "
+                                                "launcher=slurm_8x8")
     assert [r.name for r in rep.unmatched] == ["vit_pico-dyt-digits-s0"]
 
 

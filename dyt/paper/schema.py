@@ -37,12 +37,15 @@ class Cell:
     sweep: bool = False  # a -m grid (alpha0 tables): the command gets -m
     command_text: str = ""  # the command when it is not train.py (benchmarks)
     best_alpha: Optional[tuple[float, float]] = None  # alpha grids: the paper's best (attention, other)
+    launcher: str = ""  # configs/launcher/<name>: the paper's job size for this cell ("": one process)
 
     @property
     def command(self) -> str:
         if self.command_text or self.status == NOT_IMPLEMENTED:
             return self.command_text
-        return " ".join(["python train.py", *(["-m"] if self.sweep else []), *self.overrides])
+        slurm = self.launcher.startswith("slurm_")  # Hydra's launcher (submitit) takes runs given with -m
+        return " ".join(["python train.py", *(["-m"] if self.sweep or slurm else []), *self.overrides,
+                         *([f"launcher={self.launcher}"] if self.launcher else [])])
 
 
 @dataclass(frozen=True)
@@ -105,16 +108,18 @@ def values_of(metrics: tuple[Metric, ...], value) -> dict[str, Value]:
     return dict(zip((m.name for m in metrics), vals))
 
 
-def run_cell(metrics: tuple[Metric, ...], value, experiment: str, match: Mapping[str, Any], norm: str) -> Cell:
-    """A cell run by `experiment=<experiment> norm=<norm>`, recognised by `match` and its norm."""
+def run_cell(metrics: tuple[Metric, ...], value, experiment: str, match: Mapping[str, Any], norm: str,
+             launcher: str = "") -> Cell:
+    """A cell run by `experiment=<experiment> norm=<norm>` on `launcher`, recognised by `match` and its norm."""
     return Cell(paper=values_of(metrics, value), overrides=(f"experiment={experiment}", f"norm={norm}"),
-                match={**match, "norm.name": norm})
+                match={**match, "norm.name": norm}, launcher=launcher)
 
 
 def run_row(label: str, metrics: tuple[Metric, ...], experiment: str, match: Mapping[str, Any],
-            values: Mapping[str, Any]) -> Row:
+            values: Mapping[str, Any], launcher: str = "") -> Row:
     """A row whose cells differ only by norm= (the column key): paper values by norm name."""
-    return Row(label, {norm: run_cell(metrics, v, experiment, match, norm) for norm, v in values.items()}, metrics)
+    return Row(label, {norm: run_cell(metrics, v, experiment, match, norm, launcher) for norm, v in values.items()},
+               metrics)
 
 
 def not_implemented(reason: str, metrics: tuple[Metric, ...], value: Any = None) -> Cell:

@@ -16,13 +16,18 @@ TRAIN_LOSS = Metric("train/loss", False, label="final train loss")
 VAL_LOSS = Metric("val/loss", False, label="val loss")
 DNA_ACC = Metric("val/top1", True, label="GenomicBenchmarks avg accuracy (%)")
 SECONDS = Metric("time_s", False, label="time (s)")
+# The paper's job sizes (configs/launcher): ImageNet classification 8 nodes x 8 GPUs (DyT README), DiT and the
+# torchvision CNN recipe one node of 8, LLaMA 7B/13B 64 x 8 and 34B/70B 128 x 8 (the released LLaMA commands).
+IMAGENET, NODE, LLAMA = "slurm_8x8", "node8", {"7b": "slurm_64x8", "13b": "slurm_64x8", "34b": "slurm_128x8",
+                                               "70b": "slurm_128x8"}
 
 LN_DYT = {"layernorm": "LayerNorm", "dyt": "DyT"}
 MAE_DINO = "MAE / DINO self-supervised pre-training is not implemented (no masked-image or self-distillation task)"
 WAV2VEC = "wav2vec 2.0 (speech) is not implemented"
 
 T1 = Table("table1", "Supervised classification on ImageNet-1K", (TOP1,), LN_DYT, reference="layernorm", rows=tuple(
-    run_row(label, (TOP1,), f"table1_{model}", {"table": "table1", "model.name": model}, {"layernorm": ln, "dyt": dyt})
+    run_row(label, (TOP1,), f"table1_{model}", {"table": "table1", "model.name": model}, {"layernorm": ln, "dyt": dyt},
+            IMAGENET)
     for label, model, ln, dyt in (("ViT-B", "vit_b", 82.3, 82.5), ("ViT-L", "vit_l", 83.1, 83.6),
                                   ("ConvNeXt-B", "convnext_b", 83.7, 83.7), ("ConvNeXt-L", "convnext_l", 84.3, 84.4))))
 
@@ -38,7 +43,8 @@ T3 = Table("table3", "Diffusion Transformers on ImageNet 256 (FID-50K, lower is 
            reference="layernorm", notes="Runs need `data.root=<imagenet256 latents>`; FID: "
            "`python eval.py <run dir> --fid 50000 --fid-ref VIRTUAL_imagenet256_labeled.npz` (writes eval.json).",
            rows=tuple(
-    run_row(label, (FID,), f"table3_{model}", {"table": "table3", "model.name": model}, {"layernorm": ln, "dyt": dyt})
+    run_row(label, (FID,), f"table3_{model}", {"table": "table3", "model.name": model}, {"layernorm": ln, "dyt": dyt},
+            NODE)
     for label, model, ln, dyt in (("DiT-B/4", "dit_b4", 64.9, 63.9), ("DiT-L/4", "dit_l4", 45.9, 45.7),
                                   ("DiT-XL/2", "dit_xl2", 19.9, 20.8))))
 
@@ -46,7 +52,8 @@ _LLAMA = (ZERO_SHOT, TRAIN_LOSS)
 T4 = Table("table4", "LLaMA pre-training on The Pile (avg zero-shot score over 15 lm-eval tasks / final train loss)",
            _LLAMA, {"rmsnorm": "RMSNorm", "dyt": "DyT"}, reference="rmsnorm",
            notes="Zero-shot score: `python eval.py <run dir> --tasks paper15` (writes eval.json).", rows=tuple(
-    run_row(size, _LLAMA, f"table4_{size.lower()}", {"table": "table4", "model.name": f"llama_{size.lower()}"}, values)
+    run_row(size, _LLAMA, f"table4_{size.lower()}", {"table": "table4", "model.name": f"llama_{size.lower()}"}, values,
+            LLAMA[size.lower()])
     for size, values in (("7B", {"rmsnorm": (0.513, 1.59), "dyt": (0.513, 1.60)}),
                          ("13B", {"rmsnorm": (0.529, 1.53), "dyt": (0.529, 1.54)}),
                          ("34B", {"rmsnorm": (0.536, 1.50), "dyt": (0.536, 1.50)}),
@@ -89,19 +96,20 @@ SQUASH = {"dyt_identity": "identity", "dyt": "tanh", "dyt_hardtanh": "hardtanh",
 # tanh with alpha on ViT-B is exactly Table 1's DyT run (table8_vit_b is table1_vit_b): either table's run counts.
 _T8_VIT_B = Row("ViT-B", {
     norm: run_cell((TOP1,), v, "table8_vit_b", {"table": ("table8", "table1") if norm == "dyt" else "table8",
-                                               "model.name": "vit_b"}, norm)
+                                               "model.name": "vit_b"}, norm, IMAGENET)
     for norm, v in {"dyt_identity": "diverged", "dyt": 82.5, "dyt_hardtanh": 82.2, "dyt_sigmoid": 81.6}.items()},
     (TOP1,))
 T8 = Table("table8", "Squashing functions, with alpha (ImageNet-1K top-1)", (TOP1,), SQUASH, reference="dyt", rows=(
     run_row("ViT-S", (TOP1,), "table8_vit_s", {"table": "table8", "model.name": "vit_s"},
-            {"dyt_identity": "diverged", "dyt": 80.3, "dyt_hardtanh": 79.9, "dyt_sigmoid": 79.6}),
+            {"dyt_identity": "diverged", "dyt": 80.3, "dyt_hardtanh": 79.9, "dyt_sigmoid": 79.6}, IMAGENET),
     _T8_VIT_B,
 ))
 
 
 def _no_alpha(value: float, norm: str) -> Cell:
     return Cell(paper=values_of((TOP1,), value), overrides=("experiment=table9_vit_b", f"norm={norm}"),
-                match={"table": "table9", "model.name": "vit_b", "norm.name": norm, "norm.learn_alpha": False})
+                match={"table": "table9", "model.name": "vit_b", "norm.name": norm, "norm.learn_alpha": False},
+                launcher=IMAGENET)
 
 
 T9 = Table("table9", "ViT-B without alpha (alpha fixed at 1; ImageNet-1K top-1)", (TOP1,),
@@ -110,9 +118,9 @@ T9 = Table("table9", "ViT-B without alpha (alpha fixed at 1; ImageNet-1K top-1)"
     for norm, value in (("dyt", 81.1), ("dyt_hardtanh", 80.7), ("dyt_sigmoid", 80.7))))
 
 TUNED_LR = Cell(paper=values_of((TOP1,), 82.8), overrides=("experiment=table13_vit_b", "norm=dyt"),
-                match={"table": "table13", "model.name": "vit_b", "norm.name": "dyt"})
+                match={"table": "table13", "model.name": "vit_b", "norm.name": "dyt"}, launcher=IMAGENET)
 TUNED_ALPHA = Cell(paper=values_of((TOP1,), 82.6), overrides=("experiment=table14_vit_b", "norm=dyt"),
-                   match={"table": "table14", "model.name": "vit_b", "norm.name": "dyt"})
+                   match={"table": "table14", "model.name": "vit_b", "norm.name": "dyt"}, launcher=IMAGENET)
 
 _OTHER = "{} is not implemented"
 
@@ -163,36 +171,46 @@ T14 = _tuned_table("table14", "alpha0 tuning for DyT", "DyT, alpha0 = 1.0",
 
 # alpha0 grids: the paper gives the best (attention, other = FFN and final) alpha0 of each model / width.
 _T11_CMD = "python train.py -m experiment=table11_alpha model=<llama model>"
+# A size's released sharding and checkpointing (table4_<size>.yaml) where the recipe's (HSDP, every other block)
+# does not fit an 80 GB GPU: scripts/plan.py, tests/test_plan.py.
+SHARDING = {"7b": (), "13b": (), "34b": ("trainer.parallel=fsdp",),
+            "70b": ("trainer.parallel=fsdp", "trainer.activation_checkpointing=full")}
 # The paper picks each best alpha0 by training loss after 30B tokens (experiment=table11_alpha / table12_alpha).
 T11 = Table("table11", "LLaMA alpha0 per model size (best attention / other alpha0, by final train loss)", (TRAIN_LOSS,),
             {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
             grid=Grid("model.name", {"table": "table11"}, _T11_CMD, "model"), rows=tuple(
-    Row(size, {"best": Cell(overrides=("experiment=table11_alpha", f"model=llama_{size.lower()}"), sweep=True,
-                            match={"table": "table11", "model.name": f"llama_{size.lower()}"}, best_alpha=best)})
+    Row(size, {"best": Cell(overrides=("experiment=table11_alpha", f"model=llama_{size.lower()}", *SHARDING[size.lower()]),
+                            sweep=True,
+                            match={"table": "table11", "model.name": f"llama_{size.lower()}"}, best_alpha=best,
+                            launcher=LLAMA[size.lower()])})
     for size, best in (("7B", (0.8, 0.2)), ("13B", (0.6, 0.15)), ("34B", (0.2, 0.05)), ("70B", (0.2, 0.05)))))
 
 _T12_CMD = "python train.py -m experiment=table12_alpha model=<llama model of that width>"
 T12 = Table("table12", "LLaMA alpha0 by width (best attention / other alpha0, by final train loss; depth 8..64 agrees)",
             (TRAIN_LOSS,), {"best": "best alpha0 (attention / other)"}, kind=ALPHA_GRID,
             grid=Grid("model.dim", {"table": "table12"}, _T12_CMD, "width", "model.n_layers"), rows=tuple(
-    Row(str(width), {"best": Cell(overrides=("experiment=table12_alpha", f"model={model}"), sweep=True,
-                                  match={"table": "table12", "model.dim": width}, best_alpha=best)})
-    for width, model, best in ((1024, "llama_350m", (1.0, 1.0)), (2048, "llama_1b", (1.0, 0.5)),
-                               (4096, "llama_7b", (0.8, 0.2)), (8192, "llama_34b", (0.2, 0.05)))))
+    Row(str(width), {"best": Cell(overrides=("experiment=table12_alpha", f"model={model}", *sharding), sweep=True,
+                                  match={"table": "table12", "model.dim": width}, best_alpha=best,
+                                  launcher="slurm_8x8")})  # 64 GPUs: the paper gives no job size for these sweeps
+    for width, model, best, sharding in (
+        (1024, "llama_350m", (1.0, 1.0), ()), (2048, "llama_1b", (1.0, 0.5), ()), (4096, "llama_7b", (0.8, 0.2), ()),
+        (8192, "llama_34b", (0.2, 0.05), ("trainer.parallel=fsdp", "trainer.activation_checkpointing=full")))))
 
 T15 = Table("table15", "DyT replacing BatchNorm in CNNs (ImageNet-1K top-1)", (TOP1,),
             {"batchnorm": "BatchNorm", "dyt": "DyT"}, reference="batchnorm", rows=(
     run_row("ResNet-50", (TOP1,), "table15_resnet50", {"table": "table15", "model.name": "resnet50"},
-            {"batchnorm": 76.2, "dyt": 68.9}),
+            {"batchnorm": 76.2, "dyt": 68.9}, NODE),
     run_row("VGG19", (TOP1,), "table15_vgg19", {"table": "table15", "model.name": "vgg19"},
-            {"batchnorm": 72.7, "dyt": 71.0}),
+            {"batchnorm": 72.7, "dyt": 71.0}, NODE),
 ))
 
 
 def _derf_row(label: str, metric: Metric, model: str, paper_table: str, values: dict) -> Row:
     """LayerNorm and DyT are the paper table's runs (same recipe) or derf-tagged ones; Derf runs from derf_<model>."""
     match = {"table": ("derf", paper_table), "model.name": model}
-    return Row(label, {norm: run_cell((metric,), v, f"derf_{model}", match, norm) for norm, v in values.items()},
+    launcher = NODE if paper_table == "table3" else IMAGENET
+    return Row(label, {norm: run_cell((metric,), v, f"derf_{model}", match, norm, launcher)
+                       for norm, v in values.items()},
                (metric,))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor
 
 from dyt.nn.functional import dyt_forward
@@ -195,6 +196,8 @@ def dyt_fused(x: Tensor, alpha: Tensor, weight: Optional[Tensor], bias: Optional
     """
     if not dtypes_supported(x, alpha, weight, bias):
         return dyt_forward(x, alpha, weight, bias, channels_last)
-    if torch.compiler.is_compiling():
+    # Fake tensors (dyt.memtrace) take the custom op too: its fake implementation gives the output's shape, where
+    # the kernels would read the data.
+    if torch.compiler.is_compiling() or is_fake(x):
         return fused_fwd(x, alpha, weight, bias, channels_last)
     return _EagerDyT.apply(x, alpha, weight, bias, channels_last)
