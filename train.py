@@ -20,7 +20,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 if __name__ == "__main__" and {"--help", "-h"} & set(sys.argv[1:]):
     print(fast_help(CONFIGS))  # before torch and Hydra are imported: instant
     sys.exit(0)
-if __name__ == "__main__" and "RANK" in os.environ and {"-m", "--multirun"} & set(sys.argv[1:]):
+if __name__ == "__main__" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and {"-m", "--multirun"} & set(sys.argv[1:]):
     # every rank would run the whole sweep and its own worker groups: refused before anything starts
     if os.environ["RANK"] == "0":
         print("error: -m (a sweep) inside torchrun: run the sweep without torchrun and give each point its processes "
