@@ -50,8 +50,9 @@ def exit_code(summary: dict) -> int:
 
 
 class SweepReport(Callback):
-    """At the end of a `-m` sweep: one line per point that failed, diverged or was held by another process (a
-    second sweep on the same folder), exit 1 if any failed or was held.
+    """At the end of a `-m` sweep: each point completed in it with its best metric (stdout), one line per point
+    that failed, diverged or was held by another process (a second sweep on the same folder; stderr), exit 1 if any
+    failed or was held.
 
     Points are found on disk (summary.json written since the sweep started), so it works with any launcher.
     """
@@ -72,6 +73,14 @@ class SweepReport(Callback):
         in_use = [(n, {"status": "in use", "reason": "another process held it; re-run this sweep when it is done"})
                   for n in IN_USE]  # not trained here: the sweep is not done (two sweeps on one folder)
         failed += in_use
+        completed = [(n, s) for n, s in points if s.get("status") == "completed"]
+        if completed:  # the results, also where the points ran elsewhere (submitit's processes, a cluster)
+            print(f"[dyt] sweep {sweep_dir}: {len(completed)} point(s) completed", flush=True)
+            for name, s in completed:
+                metric = s.get("metric")
+                value = s.get(f"best/{metric}", s.get(metric)) if metric else None
+                shown = f"best {metric}={value:.4g}" if isinstance(value, (int, float)) else f"step {s.get('step')}"
+                print(f"[dyt]   completed: {name}: {shown}", flush=True)
         if not (failed or diverged):
             return
         print(f"[dyt] sweep {sweep_dir}: {len(points)} points, {len(failed) - len(in_use)} failed, "

@@ -311,6 +311,8 @@ def test_submitit_local_sweep(submitit_sweep):
     assert [p.split("-s0_")[0] for p in points] == ["vit_pico-dyt-digits", "vit_pico-layernorm-digits"]
     for p in points:
         assert summary(sweep / p)["status"] == "completed"
+        # the results in the sweep's own output, though each point ran in a submitit process (was: nothing)
+        assert f"[dyt]   completed: {p}: best val/top1=" in out
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # two submitit jobs
 
 
