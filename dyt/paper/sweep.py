@@ -79,19 +79,18 @@ def plot_sweep(runs: list[Run], path: Path, source: str = "") -> Path:
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.5 + 0.15 * len(runs)), sharex=True)
     cells, norms = sorted({cell_name(r) for r in runs}), _ordered_norms(runs)
     styles = ["-", "--", ":", "-."]
-    metrics = set()
+    metric_of = {c: metrics_of([r for r in runs if cell_name(r) == c])[0] for c in cells}  # each cell's summary metric
     for r in runs:
         colour = f"C{cells.index(cell_name(r)) % 10}"
         style = styles[norms.index(norm_of(r)) % len(styles)]
-        metric = metrics_of([x for x in runs if cell_name(x) == cell_name(r)])[0]
-        metrics.add(metric)
+        metric = metric_of[cell_name(r)]
         train, val = r.load_curve(TRAIN_LOSS), r.load_curve(metric)
         label = r.name if r.status == COMPLETED else f"{r.name} ({r.status})"
         if train:
             train_ax.plot(*zip(*train), color=colour, ls=style, alpha=0.85, label=label)
         if val:  # a single evaluation is a marker at its step, on the training curve's step axis
             val_ax.plot(*zip(*val), color=colour, ls=style, marker="o", ms=4, alpha=0.85, label=label)
-    val_ax.set_ylabel(", ".join(sorted(metrics)))
+    val_ax.set_ylabel(", ".join(sorted(set(metric_of.values()))))
     train_ax.set(xlabel="step", ylabel=TRAIN_LOSS, yscale="log", title="training loss")
     val_ax.set(xlabel="step", title="validation")
     legend: dict[str, object] = {}  # every run once, from whichever panel drew it (a run may have no train curve)
