@@ -72,6 +72,9 @@ class Family:
     check: Optional[Callable[[Any], list[str]]] = None  # constraints between fields of a composed config
     resume_keys: tuple[str, ...] = ()  # key patterns that may change when a run resumes (how samples are drawn)
     evals: tuple[Evaluation, ...] = ()
+    # a pre-training family's weights as a timm ViT's state dict (MAE's encoder, DINO's teacher backbone): what
+    # another run's ``trainer.init_from`` loads from its checkpoints. None: its runs cannot seed a fine-tuning.
+    backbone: Optional[Callable[[Mapping[str, Any]], dict]] = None
 
 
 _FAMILIES: dict[str, Family] = {}
