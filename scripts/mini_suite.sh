@@ -22,7 +22,7 @@ export OMP_NUM_THREADS=1  # one thread per run: JOBS runs share JOBS cores witho
 mkdir -p multirun
 
 # 4 of the 7 sweeps train on Fashion-MNIST: say so first, in one line, rather than after the first sweeps failed.
-FMNIST=/usr/share/datasets/fashion-mnist
+FMNIST=${DYT_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 if [ ! -f "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
   echo "mini-suite: needs Fashion-MNIST in $FMNIST: sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu)," \
        "or put the four idx .gz files there (its T1/T8/T9 sweeps train on it)" >&2

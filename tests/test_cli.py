@@ -153,6 +153,18 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_clone_named_dyt_does_not_shadow_the_installed_package(tmp_path):
+    """A script beside a clone named dyt/ (cwd and sys.path[0] = the folder above it) imports the installed package,
+    not the clone's root as an empty namespace package whose `dyt.eval` is the eval.py script (setuptools' editable
+    import hook lost to that namespace; a plain path entry does not)."""
+    if "site-packages" in str(ROOT) or not list(Path(sys.prefix).glob("lib/python*/site-packages/__editable__.dyt-*")):
+        pytest.skip("dyt is not installed editable from this checkout (scripts/setup.sh does)")
+    (tmp_path / "dyt").symlink_to(ROOT, target_is_directory=True)
+    (tmp_path / "my_experiment.py").write_text("import dyt.families, dyt.eval\nprint(dyt.__file__)\n")
+    out = run_script(["python", "my_experiment.py"], cwd=tmp_path, env={"PYTHONPATH": ""})
+    assert out.stdout.strip().endswith(os.path.join("dyt", "__init__.py")), out.stdout
+
+
 def test_help_is_instant_and_lists_only_choices(tmp_path):
     """--help answers from the configs folder before torch or Hydra is imported; no schema_* / _recipe internals."""
     out = run_script(["python", "-X", "importtime", str(ROOT / "train.py"), "--help"], cwd=tmp_path)
@@ -162,11 +174,12 @@ def test_help_is_instant_and_lists_only_choices(tmp_path):
     assert "schema_" not in out.stdout and "_llama_recipe" not in out.stdout
 
 
-@pytest.mark.skipif(Path("/usr/share/datasets/fashion-mnist").exists(), reason="Debian's Fashion-MNIST is installed")
 def test_missing_dataset_without_network_is_one_line_and_leaves_nothing(tmp_path):
     """Not offline by the HF_* variables, but no network (a proxy that refuses): torchvision's download fails, and the
-    user gets one line naming how to get the data, exit 2, and no run directory (not a traceback and a stale dir)."""
+    user gets one line naming how to get the data, exit 2, and no run directory (not a traceback and a stale dir).
+    DYT_FASHION_MNIST points the machine's copy at an empty folder, so this runs whether or not Debian's is there."""
     env = {k: "" for k in OFFLINE_ENV if k.startswith("HF_")}
+    env["DYT_FASHION_MNIST"] = str(tmp_path / "no_fashion_mnist_here")
     env.update(https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="", DYT_CACHE=str(tmp_path / "cache"))
     out = run_script(["python", str(ROOT / "train.py"), "data=fashion_mnist", f"hydra.run.dir={tmp_path}/r"],

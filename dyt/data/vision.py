@@ -20,7 +20,13 @@ from torch.utils.data import Dataset, TensorDataset
 from dyt.data.hub import hf_offline
 from dyt.errors import ConfigError
 
-DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist puts it
+
+
+def system_fashion_mnist() -> Path:
+    """This machine's shared copy of Fashion-MNIST when data.root is not set: $DYT_FASHION_MNIST (e.g. a cluster's
+    data folder), else Debian's."""
+    return Path(os.environ.get("DYT_FASHION_MNIST") or DEBIAN_FASHION_MNIST)
 ERASE_MODES = ("pixel", "rand", "const")  # timm RandomErasing fills: per-pixel noise, per-channel noise, zeros
 
 
@@ -91,7 +97,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_mnist(cfg):
-    root = Path(cfg.root or DEBIAN_FASHION_MNIST)
+    root = Path(cfg.root) if cfg.root else system_fashion_mnist()
     files = {s: (root / f"{p}-images-idx3-ubyte.gz", root / f"{p}-labels-idx1-ubyte.gz")
              for s, p in (("train", "train"), ("test", "t10k"))}
     if not all(f.exists() for pair in files.values() for f in pair):
@@ -108,7 +114,7 @@ def _fashion_mnist(cfg):
 
 
 FASHION_MNIST_HOWTO = (f"get it with `apt-get install dataset-fashion-mnist` (Debian: files in {DEBIAN_FASHION_MNIST}) "
-                       "or set data.root=<a folder with the four idx .gz files>")
+                       "or set data.root=<a folder with the four idx .gz files> (or DYT_FASHION_MNIST=<that folder>)")
 
 
 def _fashion_mnist_torchvision(cfg):
@@ -120,7 +126,7 @@ def _fashion_mnist_torchvision(cfg):
         try:
             ds = FashionMNIST(str(cache), train=train, download=True)
         except Exception as e:  # no network (the mirrors unreachable), a proxy, a full disk: one line, how to get it
-            raise ConfigError(f"Fashion-MNIST is not in {DEBIAN_FASHION_MNIST} and torchvision could not download it "
+            raise ConfigError(f"Fashion-MNIST is not in {system_fashion_mnist()} and torchvision could not download it "
                               f"({_first_line(e)}); {FASHION_MNIST_HOWTO}") from e
         x = ds.data.float().unsqueeze(1) / 255.0
         out.append(TensorDataset(_normalize(x, cfg), ds.targets.long()))
