@@ -14,7 +14,7 @@ What is traced and what is not:
 * the optimizer state exists before the traced step (created by one untracked step on zero gradients, which also
   warms fake tensors' dispatch cache), so the peak is a steady-state step's, not the first step's;
 * DDP is traced as what it runs per rank -- the full replica under autocast -- without DDP's C++ reducer (it cannot
-  take fake tensors): its gradient buckets, one more copy of the gradients (``dyt.plan.DDP_BUCKET_BYTES``), are added;
+  take fake tensors); its gradients are its buckets (``gradient_as_bucket_view``), so nothing is added;
 * no ``torch.compile`` (fusion lowers the real peak a little), no CUDA context or allocator fragmentation (the
   planner's margin), no EMA (the Table 4 recipe has none).
 Language models only (a batch is a ``(micro-batch, seq_len + 1)`` token tensor).
@@ -38,7 +38,7 @@ from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
 from dyt.families import build_task, get_family
 from dyt.optim import build_optimizer
-from dyt.plan import DDP_BUCKET_BYTES, micro_batch_size
+from dyt.plan import micro_batch_size
 from dyt.precision import amp_dtype, autocast
 
 CPU = torch.device("cpu")
@@ -108,10 +108,7 @@ def trace_step(cfg, nodes: int = 1, gpus_per_node: int = 1) -> dict:
             snap = tracker.get_tracker_snapshot("peak")[CPU]
     kinds = {str(k.value if hasattr(k, "value") else k): int(v) for k, v in snap.items() if k != "Total"}
     n_params = sum(p.numel() for p in par.model.parameters())
-    buckets = DDP_BUCKET_BYTES * n_params if strategy == "ddp" and world > 1 else 0
-    if buckets:
-        kinds["DDP buckets (added)"] = buckets
-    return {"peak": int(snap["Total"]) + buckets, "kinds": kinds, "strategy": strategy, "world": world,
+    return {"peak": int(snap["Total"]), "kinds": kinds, "strategy": strategy, "world": world,
             "micro_batch": micro, "grad_accum": accum, "params": n_params}
 
 

@@ -187,7 +187,9 @@ def wrap_model(build, dist: DistInfo, tc, amp_dtype: torch.dtype | None = None, 
             _wrap_blocks(model, blocks, tc, compile_blocks=False)
         ddp = None
         if dist.enabled:
-            ddp = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+            # gradients as views of the reducer's buckets: no second fp32 copy of them (1.2 GB per GPU at ViT-L)
+            ddp = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                      gradient_as_bucket_view=True)
             if reduce_dtype(tc) == torch.bfloat16:
                 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
                 ddp.register_comm_hook(None, bf16_compress_hook)  # bf16 on the wire, averaged back into fp32 grads

@@ -9,8 +9,8 @@ Bytes per GPU are the sum of:
   under FSDP/HSDP (fp32 sharded parameters, all-gathered as bf16 copies; gradients reduced into fp32 sharded
   gradients, ``FSDPParam.to_sharded_dtensor`` / ``foreach_reduce``): no separate fp32 master copy exists. ZeRO's
   2 + 2 + 12 (Rajbhandari et al. 2020, Sec. 3.1) gives the same 16 B for AdamW, split differently.
-  DDP holds all of it on every GPU, + its gradient buckets (one more fp32 copy of the gradients: ``DDP_BUCKET_BYTES``,
-  dyt.parallel builds DDP without ``gradient_as_bucket_view``); FSDP divides it by the world size; HSDP by the
+  DDP holds all of it on every GPU (its gradients are views of its buckets, ``gradient_as_bucket_view``: no second
+  copy); FSDP divides it by the world size; HSDP by the
   GPUs of one shard group (``trainer.hsdp_shard_size``, default one node).
   Gradient accumulation adds nothing: DDP accumulates into its full gradients; FSDP reduce-scatters every
   micro-batch into the fp32 sharded gradients, HSDP too and all-reduces across replicas on the last one only.
@@ -72,8 +72,6 @@ LAUNCHER_KEYS = ("nodes", "gpus_per_node", "nproc")
 # (dyt/families/llama/model.py flops_per_token) that is 55% / 48% / 54% / 54% of the A100's 312 TFLOP/s.
 MFU = 0.5
 COST_GPUS = ("A100", "H100")  # dense bf16 peaks from dyt.families.llama.task.PEAK_BF16
-# DDP's reducer copies the fp32 gradients into its buckets (dyt.parallel builds DDP without gradient_as_bucket_view)
-DDP_BUCKET_BYTES = 4
 
 
 def micro_batch_size(global_batch: int, world: int, accum: int) -> int:
@@ -138,7 +136,6 @@ def memory(n_params: int, units: tuple[int, int], per_param: dict, strategy: str
     world = nodes * gpus_per_node
     shards = {"ddp": 1, "fsdp": world, "hsdp": shard_group or gpus_per_node}[strategy]
     out = {k: n_params * v / shards for k, v in per_param.items()}
-    out["buckets"] = float(n_params * DDP_BUCKET_BYTES) if strategy == "ddp" and world > 1 else 0.0
     root, block = units
     out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else \
         root * compute_bytes + block * (2 * compute_bytes + reduce_bytes)
@@ -281,7 +278,7 @@ def _count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-COLUMNS = ("strategy", "AC", "params", "grads", "optim", "EMA", "buckets", "gathered", "activ.", "total", "fits")
+COLUMNS = ("strategy", "AC", "params", "grads", "optim", "EMA", "gathered", "activ.", "total", "fits")
 
 
 def format_plan(p: dict, markdown: bool = False) -> str:
@@ -303,7 +300,7 @@ def format_plan(p: dict, markdown: bool = False) -> str:
     par, ac = p["configured"]
     mark = "\\*" if markdown else "*"
     rows = [[r["strategy"].upper() + (mark if (r["strategy"], r["ac"]) == (par, ac) else ""), r["ac"],
-             *(_gib(r[k]) for k in ("params", "grads", "optimizer", "ema", "buckets", "gathered", "activations",
+             *(_gib(r[k]) for k in ("params", "grads", "optimizer", "ema", "gathered", "activations",
                                     "total")), "yes" if r["fits"] else "no"] for r in p["rows"]]
     if markdown:
         table = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in

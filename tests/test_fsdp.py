@@ -118,8 +118,11 @@ def ddp_bf16_check(llama):
     torch.manual_seed(dist.rank)
     task.loss(par.net, torch.randint(0, par.model.vocab_size, (2, 17))).backward()
     exact = all(torch.equal(p.grad, p.grad.bfloat16().float()) for p in par.model.parameters())
+    # the gradients are views of DDP's buckets (fewer storages than gradients), not a second copy of them
+    storages = {p.grad.untyped_storage().data_ptr() for p in par.model.parameters()}
     if dist.rank == 0:
         print(f"ddp bf16 reduction {exact}", flush=True)
+        print(f"ddp grads in buckets {len(storages) < len(list(par.model.parameters()))}", flush=True)
     D.shutdown()
 
 
@@ -295,6 +298,12 @@ def test_last_block_stays_gathered_after_forward(runs):
 @pytest.mark.slow
 def test_ddp_reduces_in_bf16_when_asked(runs):
     assert "ddp bf16 reduction True" in runs.group.stdout, runs.group.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_gradients_are_views_of_its_buckets(runs):
+    """DDP keeps one copy of the gradients (gradient_as_bucket_view), which the planner counts as such."""
+    assert "ddp grads in buckets True" in runs.group.stdout, runs.group.stdout[-3000:]
 
 
 # --- the pieces, no processes -------------------------------------------------------------------------------------
