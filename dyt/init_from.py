@@ -40,7 +40,7 @@ from dyt.config import NormConfig
 from dyt.errors import ConfigError
 from dyt.eval.load import run_config
 from dyt.family import get_family
-from dyt.rundir import CHECKPOINT_NAME, RunDir
+from dyt.rundir import CHECKPOINT_NAME, RunDir, read_config
 
 FINETUNE_NORMS = ("released", "pretrain")
 HEAD_STD = 2e-5  # MAE's main_finetune.py: trunc_normal_(model.head.weight, std=2e-5)
@@ -71,9 +71,10 @@ def describe(cfg) -> dict:
             "alpha_init": cfg.norm.get("alpha_init"), "lr": cfg.optim.lr, "table": cfg.get("table")}
 
 
-def resolve_norm(cfg: DictConfig) -> None:
+def resolve_norm(cfg: DictConfig, run_dir: Optional[Path] = None) -> None:
     """Set ``cfg.norm`` by ``finetune_norm`` (see the module's doc); the one place it is decided. One line says
-    when this replaces the composed norm."""
+    when this replaces the composed norm. A run that already recorded its config (`run_dir`) keeps the norm it
+    was resolved to, so it resumes without its source."""
     how = cfg.get("finetune_norm")
     if how is None:
         return
@@ -82,6 +83,10 @@ def resolve_norm(cfg: DictConfig) -> None:
     spec = cfg.trainer.get("init_from")
     if not spec:
         raise ConfigError(f"finetune_norm={how} says how to fine-tune another run: set trainer.init_from=<its run dir>")
+    own = read_config(run_dir) if run_dir is not None else None
+    if own and own.get("finetune_norm") == how and own.get("trainer", {}).get("init_from") == spec:
+        cfg.norm = OmegaConf.merge(OmegaConf.structured(NormConfig), own["norm"])
+        return
     source = run_config(source_paths(spec)[0])
     # as a NormConfig (the field's type), the schema's defaults filling what an older run's config lacks
     norm = OmegaConf.merge(OmegaConf.structured(NormConfig),
@@ -124,11 +129,13 @@ def _resample_pos_embed(pos_embed: torch.Tensor, model: nn.Module, where: str) -
 
 def load_backbone(model: nn.Module, weights: dict, where: str) -> dict[str, list[str]]:
     """Load `weights` (a backbone state dict) into `model` by the module's rules; returns the keys
-    ``{"loaded", "new", "dropped"}``. ConfigError (one line) on a shape mismatch or when nothing fits."""
+    ``{"loaded", "new", "dropped", "resampled"}``. ConfigError (one line) on a shape mismatch or when nothing fits."""
     own = model.state_dict()
     weights = dict(weights)
-    if "pos_embed" in weights and "pos_embed" in own and weights["pos_embed"].shape != own["pos_embed"].shape:
-        weights["pos_embed"] = _resample_pos_embed(weights["pos_embed"], model, where)
+    pos, resampled = weights.get("pos_embed"), []
+    if pos is not None and "pos_embed" in own and pos.shape[1:] != own["pos_embed"].shape[1:]:
+        if pos.shape[-1] == own["pos_embed"].shape[-1]:  # same width, another patch grid
+            weights["pos_embed"], resampled = _resample_pos_embed(pos, model, where), ["pos_embed"]
     classifier = _classifier_keys(model)
     loaded, new = {}, []
     for k, v in own.items():
@@ -147,7 +154,8 @@ def load_backbone(model: nn.Module, weights: dict, where: str) -> dict[str, list
         head = model.get_classifier()
         nn.init.trunc_normal_(head.weight, std=HEAD_STD)
         nn.init.zeros_(head.bias)
-    return {"loaded": list(loaded), "new": new, "dropped": [k for k in weights if k not in loaded]}
+    return {"loaded": list(loaded), "new": new, "dropped": [k for k in weights if k not in loaded],
+            "resampled": resampled}
 
 
 class InitFrom:
@@ -199,7 +207,9 @@ class InitFrom:
         if self.verbose:
             d = describe(self.config)
             print(f"[dyt] init_from {self.checkpoint} ({d['family']} {d['model']}, norm {d['norm']}, step "
-                  f"{self._state['step']}): loaded {len(keys['loaded'])} tensors; new: {_grouped(keys['new'])}; "
+                  f"{self._state['step']}): loaded {len(keys['loaded'])} tensors"
+                  + (" (pos_embed resampled to this patch grid)" if keys["resampled"] else "")
+                  + f"; new: {_grouped(keys['new'])}; "
                   f"dropped: {_grouped(keys['dropped'])}", flush=True)
         return model
 
