@@ -128,6 +128,8 @@ class OptimConfig:
     min_lr_ratio: float = ranged(0.0, PROB)  # cosine decays to lr * min_lr_ratio
     cosine_steps: Optional[int] = ranged(None, OPT_STEPS)  # the cosine ends here (null: at max_steps); LLaMA code: 1M
     clip_grad: Optional[float] = ranged(None, OPT_POSITIVE)  # max global grad norm (null = off)
+    # layer-wise lr decay (MAE / BEiT fine-tuning): block i of L gets lr x layer_decay^(L-i); null = off
+    layer_decay: Optional[float] = ranged(None, Num(0, 1, lo_open=True, optional=True))
 
 
 @dataclass
@@ -167,6 +169,9 @@ class TrainerConfig:
     progress: str = "auto"  # auto (a bar on a tty, else a line every progress_every s) | bar | lines | off
     progress_every: float = ranged(30.0, POSITIVE)  # seconds between progress lines (stdout and train.log)
     deterministic: bool = False
+    # Start from another run's weights (fine-tuning, dyt/init_from.py): its run directory (latest checkpoint) or one
+    # checkpoint in it, mapped through its family's `backbone`. Ignored once this run has a checkpoint of its own.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -203,6 +208,10 @@ class TrainConfig:
     run_name: str = MISSING
     sweep_name: str = "sweep"
     table: Optional[str] = None  # the paper table a run reproduces (tags the wandb run)
+    # A fine-tuning run's norm (needs trainer.init_from; dyt/init_from.py resolves it before anything is built):
+    # released = LayerNorm whatever the pre-training used (facebookresearch/mae's main_finetune.py, which the DyT
+    # repo's MAE and DINO READMEs send fine-tuning to); pretrain = the pre-training run's own norm section; null = norm=
+    finetune_norm: Optional[str] = None
     launcher: LauncherConfig = field(default_factory=LauncherConfig)  # processes per job (configs/launcher/)
 
 

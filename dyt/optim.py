@@ -9,11 +9,18 @@ from the vision recipes:
   optim.cosine_steps  where the cosine reaches ``lr * min_lr_ratio``: null = the run's last step (the paper's text);
                       the released LLaMA code's cosine spans fms-fsdp's default ``num_steps`` of 1,000,000 steps,
                       whatever the run's length, so its 47,684-step runs end at ~0.995x the peak lr.
+
+One more for fine-tuning (MAE's recipe, util/lr_decay.py in facebookresearch/mae):
+  optim.layer_decay   layer-wise lr decay: the embeddings get lr x decay^(L+1), block i lr x decay^(L-i), the head
+                      and final norms lr (L blocks). timm's ``param_groups_layer_decay`` builds the groups (each with
+                      its ``lr_scale``; MAE's ``param_groups_lrd`` gives the same scales, tests/test_optim.py) and
+                      timm's scheduler multiplies every scheduled lr, min lr included, by it, as MAE's schedule does.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.optim import param_groups_layer_decay
 from timm.scheduler import CosineLRScheduler
 
 from dyt.errors import ConfigError
@@ -42,10 +49,33 @@ def param_groups(model: nn.Module, weight_decay: float, decay_1d: bool = False) 
 OPTIMIZERS = ("adamw", "sgd")  # sgd: the CNN recipes of Table 15 (momentum, no Nesterov)
 
 
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float, decay_1d: bool = False) -> list[dict]:
+    """Parameter groups per (layer, decayed or not), each with the ``lr_scale`` of its layer (timm's
+    ``param_groups_layer_decay``: layers from the model's ``group_matcher``). Weight decay as `param_groups`:
+    1-D parameters and ``no_weight_decay()`` names are not decayed unless `decay_1d`."""
+    if not hasattr(model, "group_matcher"):  # timm's fallback guesses layers from module order: refuse instead
+        raise ConfigError(f"optim.layer_decay: {type(model).__name__} does not say which layer each parameter is in "
+                          "(no timm group_matcher()); layer-wise lr decay is for timm models (ViT, ConvNeXt)")
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
+    for g in groups if decay_1d else ():  # (timm < 1.0.12 has no switch for its 1-D rule)
+        g["weight_decay"] = weight_decay
+    return groups
+
+
+def scheduled_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's lr at this step: a group's lr without its layer-decay ``lr_scale`` (what train/lr logs)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.name not in OPTIMIZERS:
         raise ConfigError(f"unknown optim.name {cfg.name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    groups = param_groups(model, cfg.weight_decay, bool(getattr(cfg, "decay_1d", False)))
+    decay_1d = bool(getattr(cfg, "decay_1d", False))
+    layer_decay = getattr(cfg, "layer_decay", None)
+    groups = (layer_decay_groups(model, cfg.weight_decay, layer_decay, decay_1d) if layer_decay is not None
+              else param_groups(model, cfg.weight_decay, decay_1d))
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.get("momentum", 0.9))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

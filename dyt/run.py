@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dyt.families import get_family
 from dyt.files import warn
+from dyt.init_from import resolve_norm
 from dyt.logging import read_jsonl
 from dyt.rundir import (CHECKPOINT_NAME, RunDir, RunLock, check_config_change, describe_changes, differences,
                         list_checkpoints, read_summary)
@@ -69,6 +70,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     A finished run (summary.json says 'completed' or 'diverged') is not trained again, so re-running a sweep
     only resumes the unfinished ones.
     """
+    resolve_norm(cfg, run_dir)  # finetune_norm: the fine-tuning run's norm, decided before anything is checked or built
     validate(cfg)  # every bad value, mandatory key or model/data mismatch: one ConfigError before anything runs
     with RunLock(run_dir):  # one process per run directory (rank 0 holds it); a second one stops with one line
         if (summary := finished(run_dir, cfg)) is not None:

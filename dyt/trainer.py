@@ -30,8 +30,9 @@ from dyt.environment import environment
 from dyt.errors import ConfigError
 from dyt.eval import evaluate
 from dyt.families import build_task, get_family
+from dyt.init_from import InitFrom
 from dyt.logging import RunLogger
-from dyt.optim import build_optimizer, build_scheduler
+from dyt.optim import build_optimizer, build_scheduler, scheduled_lr
 from dyt.parallel import wrap_model
 from dyt.plan import check_model_fits
 from dyt.precision import amp_dtype, autocast
@@ -71,9 +72,14 @@ class Trainer:
         warmup = (round(cfg.optim.warmup_epochs * self.steps_per_epoch) if cfg.optim.warmup_epochs is not None
                   else cfg.optim.warmup_steps)
 
+        # trainer.init_from: the model starts from another run's weights, loaded into the CPU build before it is
+        # wrapped (None: no source, or this run resumes from its own checkpoint)
+        self.init_from = InitFrom.for_run(cfg, self.run_dir, verbose=self.dist.is_main, sharded_meta_init=(
+            self.dist.enabled and self.tc.get("parallel", "ddp") != "ddp" and self.tc.get("init", "exact") == "meta"))
+        build = self.init_from.wrap(self.task.build_model) if self.init_from else self.task.build_model
         # DDP or FSDP2 (trainer.parallel): `model` has the parameters (optimizer, EMA, checkpoints use it), `net`
         # is what the loss calls; under FSDP the mixed-precision policy replaces autocast (autocast_dtype None).
-        self.par = wrap_model(self.task.build_model, self.dist, self.tc, amp_dtype(self.tc.precision, self.device),
+        self.par = wrap_model(build, self.dist, self.tc, amp_dtype(self.tc.precision, self.device),
                               seed=cfg.seed, blocks=get_family(cfg.model.family).blocks)
         self.model, self.net, self.amp_dtype = self.par.model, self.par.net, self.par.autocast_dtype
         self.n_params = sum(p.numel() for p in self.model.parameters())
@@ -88,6 +94,9 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir, self.par, self.optimizer, self.ema, self.scaler, dist=self.dist,
                                          keep=self.tc.keep_checkpoints)
         self._resume()
+        # what the run started from (summary.json's init_from): recorded in its checkpoints, so a resumed run keeps it
+        self.init_record = (self.resumed.extra.get("init_from") if self.resumed
+                            else self.init_from.record if self.init_from else None)
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step,
                                 allowed=get_family(cfg.model.family).resume_keys,
                                 checkpoint_records=self.resumed.extra.get("records") if self.resumed else None)
@@ -146,7 +155,8 @@ class Trainer:
     def save(self) -> None:
         # the records go with the checkpoint (and metrics.jsonl to disk first): a resume restores what the file lost
         self.logger.sync()
-        self.checkpointer.save(self.step, {"window": dict(self.window), "records": self.logger.records()})
+        extra = {"window": dict(self.window), "records": self.logger.records()}
+        self.checkpointer.save(self.step, {**extra, **({"init_from": self.init_record} if self.init_record else {})})
 
     # --- data -----------------------------------------------------------------------------------------
     def _batches(self):
@@ -206,6 +216,8 @@ class Trainer:
                    "norm": self.cfg.norm.name, "data": self.cfg.data.name, "params": self.n_params,
                    "max_steps": self.max_steps, "world_size": self.dist.world_size, **self.last_train,
                    "env": environment(self.device)}  # what decides the exact numbers beyond the config
+        if self.init_record:
+            summary["init_from"] = self.init_record
         start = time.time()
         try:
             summary.update(self._loop(summary))
@@ -312,7 +324,7 @@ class Trainer:
                                parts={n: win["parts"].get(n, 0.0) + v for n, v in zip(self.loss_names[1:], parts)})
                 bar.update(1)
                 if self._log_step(self.step):
-                    metrics = {"train/loss": win["loss"] / win["steps"], "train/lr": self.optimizer.param_groups[0]["lr"],
+                    metrics = {"train/loss": win["loss"] / win["steps"], "train/lr": scheduled_lr(self.optimizer),
                                "train/throughput": win["units"] * self.dist.world_size / max(win["time"], 1e-9),
                                "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model),
                                **probe.metrics()}

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import compose
 from dyt.errors import ConfigError
 from dyt.families import build_model
-from dyt.optim import build_optimizer, build_scheduler, param_groups
+from dyt.optim import build_optimizer, build_scheduler, param_groups, scheduled_lr
 
 TINY_LM = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=4",
            "model.n_kv_heads=2", "norm=dyt"]
@@ -136,3 +136,45 @@ def test_sgd_recipe_of_the_cnns_decays_every_parameter_with_momentum():
     assert opt.param_groups[0]["weight_decay"] == 1e-4 and decayed == _ids(model.parameters())  # alpha too
     with pytest.raises(ConfigError, match="unknown optim.name 'lamb'; choose one of: adamw, sgd"):
         build_optimizer(model, OmegaConf.merge(cfg.optim, {"name": "lamb"}))
+
+
+def _mae_lr_scale(name: str, depth: int, decay: float) -> float:
+    """facebookresearch/mae util/lr_decay.py, restated: layer 0 = cls_token, pos_embed, patch_embed; block i =
+    layer i + 1; anything else (fc_norm, head) = layer depth + 1; scale = decay ** (depth + 1 - layer)."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        layer = 0
+    elif name.startswith("blocks."):
+        layer = int(name.split(".")[1]) + 1
+    else:
+        layer = depth + 1
+    return decay ** (depth + 1 - layer)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "dyt"])
+def test_layer_decay_scales_each_layer_as_mae_does_and_the_schedule_keeps_the_scales(norm):
+    cfg = compose(["model.kwargs.depth=3", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2", f"norm={norm}",
+                   "optim.layer_decay=0.5", "optim.weight_decay=0.05"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg.optim)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert set(map(id, names.values())) == set(group_of)  # every parameter is in exactly one group
+    for name, p in names.items():
+        g = group_of[id(p)]
+        assert g["lr_scale"] == _mae_lr_scale(name, 3, 0.5), name
+        no_decay = p.ndim <= 1 or name in ("cls_token", "pos_embed")  # MAE: 1-D and no_weight_decay() names
+        assert g["weight_decay"] == (0.0 if no_decay else 0.05), name
+    assert group_of[id(names["blocks.0.attn.qkv.weight"])]["lr_scale"] == 0.125  # 0.5 ** (3 + 1 - 1)
+    sched = build_scheduler(opt, cfg.optim, total_steps=100, warmup_steps=10, verbose=False)
+    for step in (5, 50, 100):  # warmup, cosine, its end (min lr): each group at the scheduled lr times its scale
+        sched.step_update(step)
+        lr = scheduled_lr(opt)
+        assert all(math.isclose(g["lr"], lr * g["lr_scale"]) for g in opt.param_groups)
+    assert math.isclose(lr, cfg.optim.lr * cfg.optim.min_lr_ratio)
+
+
+def test_layer_decay_needs_a_model_that_names_its_layers():
+    model = build_model(compose(TINY_LM))  # our LLaMA: no timm group_matcher()
+    with pytest.raises(ConfigError, match="optim.layer_decay: .* does not say which layer"):
+        build_optimizer(model, compose([*TINY_LM, "optim.layer_decay=0.65"]).optim)

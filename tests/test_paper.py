@@ -6,25 +6,44 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
+from dyt.init_from import describe
 from dyt.paper import TABLES, paper_by_norm
 from dyt.paper.match import matches
 from dyt.paper.schema import ALPHA_GRID, BENCHMARK, NOT_IMPLEMENTED, RUNNABLE
 
-RUNNABLE_CELLS = {}  # overrides -> (where, cell): each distinct command once (T10 re-uses T1's cells)
+RUNNABLE_CELLS = {}  # command -> (where, cell): each distinct command once (T10 re-uses T1's cells)
 for _t in TABLES.values():
     for _row, _col, _cell in _t.cells():
         if _cell.status == RUNNABLE:
-            RUNNABLE_CELLS.setdefault(_cell.overrides, (f"{_t.id}/{_row.label}/{_col}", _cell))
+            RUNNABLE_CELLS.setdefault(_cell.command, (f"{_t.id}/{_row.label}/{_col}", _cell))
 
 
-@pytest.mark.parametrize("overrides", list(RUNNABLE_CELLS), ids=[w for w, _ in RUNNABLE_CELLS.values()])
-def test_runnable_cell_composes_and_is_recognised_as_itself(overrides):
-    where, cell = RUNNABLE_CELLS[overrides]
+def _composed(overrides):
     experiment = next(o.split("=", 1)[1] for o in overrides if o.startswith("experiment="))
-    if not (ROOT / "configs" / "experiment" / f"{experiment}.yaml").exists():  # the mini suite is being written
+    if not (ROOT / "configs" / "experiment" / f"{experiment}.yaml").exists():  # a family still being written
         pytest.skip(f"config not yet present: configs/experiment/{experiment}.yaml")
-    config = OmegaConf.to_container(compose(overrides), resolve=True)
-    assert matches(config, cell.match), f"{where}: {' '.join(overrides)} does not give {dict(cell.match)}"
+    return compose(overrides)
+
+
+@pytest.mark.parametrize("command", list(RUNNABLE_CELLS), ids=[w for w, _ in RUNNABLE_CELLS.values()])
+def test_runnable_cell_composes_and_is_recognised_as_itself(command):
+    """A two-stage cell (Cell.pretrain) is recognised by its fine-tuning run's config and by what that run records
+    of its source (dyt.init_from.describe of the pre-training's config)."""
+    where, cell = RUNNABLE_CELLS[command]
+    config = OmegaConf.to_container(_composed(cell.overrides), resolve=True)
+    if cell.pretrain is not None:
+        config["init_from"] = describe(_composed(cell.pretrain.overrides))
+    assert matches(config, cell.match), f"{where}: {command} does not give {dict(cell.match)}"
+
+
+def test_a_two_stage_cell_prints_both_commands_and_names_how_it_fine_tunes():
+    cell = TABLES["table13"].cell("MAE ViT-B", "dyt_tuned")
+    assert cell.command == ("python train.py -m experiment=table2_mae_vit_b norm=dyt optim.lr=3.2e-3 table=table13 "
+                            "launcher=slurm_8x8, then python train.py -m experiment=table2_mae_vit_b_ft "
+                            "launcher=slurm_8x8 trainer.init_from=<the first run's dir>")
+    assert cell.match["finetune_norm"] == "released" and cell.match["init_from.table"] == "table13"
+    assert TABLES["table2"].cell("MAE ViT-B", "dyt_pretrain").overrides[-1] == "finetune_norm=pretrain"
+    assert TABLES["table13"].cell("MAE ViT-B", "dyt") is TABLES["table2"].cell("MAE ViT-B", "dyt")
 
 
 def test_every_cell_is_runnable_listed_with_a_reason_or_a_benchmark():

@@ -454,3 +454,25 @@ def test_a_tied_alpha_sweep_is_one_row_not_a_diagonal(tmp_path):
     lines = _grid_points(GridGroup("64", 64, None, runs), TABLES["mini_t12"].metrics[0],
                          ("model.alpha_attn", "model.alpha_ffn"))
     assert lines[2:] == ["| alpha0 | 0.5 | 1 | 2 |", "|---|---|---|---|", "| val/loss | 2.50 | 2.00 | **1.00** |"]
+
+
+def test_a_fine_tuning_run_is_paired_with_its_pre_training(tmp_path):
+    """Table 2's column is the pre-training's norm, read from what the fine-tuning run recorded of its source
+    (summary.json init_from); the cell says which run that was and the norm it was fine-tuned with."""
+    root = tmp_path / "runs"
+    sources = {}
+    for how, norm, top in (("released", "layernorm", 83.0), ("released", "dyt", 83.1), ("pretrain", "dyt", 82.9)):
+        d = write_run(root, f"ft-{how}-{norm}", table="table2", model={**vit("vit_b"), "patch_size": None},
+                      norm="layernorm" if how == "released" else norm, metrics=top1(top, top))
+        config = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**config, "finetune_norm": how}))
+        summary = json.loads((d / "summary.json").read_text())
+        sources[how, norm] = {"run_dir": f"/runs/mae_vit_b-{norm}-imagenet-s0", "step": 1000, "family": "mae",
+                              "norm": norm, "table": "table2"}
+        (d / "summary.json").write_text(json.dumps({**summary, "init_from": sources[how, norm]}))
+    tr = build_report(load_run_dirs([root]), ["table2"]).tables[0]
+    assert [len(tr.result("MAE ViT-B", c).runs) for c in ("layernorm", "dyt", "dyt_pretrain")] == [1, 1, 1]
+    assert not tr.result("DINO ViT-B/16", "dyt").runs  # another family's source
+    text = markdown(tr)
+    assert "83.10" in text and "from mae_vit_b-dyt-imagenet-s0 @1000, fine-tuned with layernorm (released)" in text
+    assert "from mae_vit_b-dyt-imagenet-s0 @1000, fine-tuned with dyt (pretrain)" in text

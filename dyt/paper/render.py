@@ -60,6 +60,20 @@ def ours_text(res: CellResult, key: str) -> str:
     return fmt(v) + (f" ({fails})" if fails else "")
 
 
+def origins(res: CellResult) -> str:
+    """Where a cell's fine-tuning runs started: each one's pre-training run (its step) and the norm it was
+    fine-tuned with (finetune_norm); empty for runs trained from scratch."""
+    out = []
+    for r in res.runs:
+        src = r.summary.get("init_from")
+        if isinstance(src, dict):
+            norm = (r.config.get("norm") or {}).get("name")
+            how = r.config.get("finetune_norm")
+            out.append(f"from {Path(str(src.get('run_dir'))).name} @{src.get('step')}, fine-tuned with {norm}"
+                       + (f" ({how})" if how else ""))
+    return "; ".join(out)
+
+
 def _status(res: CellResult) -> str:
     if not res.runs:
         return {NOT_IMPLEMENTED: "not_implemented", BENCHMARK: "benchmark"}.get(res.cell.status, "missing")
@@ -109,7 +123,8 @@ def _cells_markdown(tr: TableReport) -> list[str]:
                 line += [ours_text(res, key) if shown else "",
                          _signed(ours - base if ours is not None and base is not None else None,
                                  2 if ours is not None and abs(ours) >= 1 else 4)]  # as fmt() shows the values
-            lines.append("| " + " | ".join(line + [str(len(res.runs)) if res.runs else ""]) + " |")
+            runs = (str(len(res.runs)) + (f" ({origins(res)})" if origins(res) else "")) if res.runs else ""
+            lines.append("| " + " | ".join(line + [runs]) + " |")
     missing: dict[str, list[str]] = {}  # reason -> rows, in reading order
     for res in (r for r in tr.cells if r.cell.status == NOT_IMPLEMENTED):
         rows = missing.setdefault(res.cell.reason, [])
@@ -211,7 +226,7 @@ def _cell_rows(tr: TableReport) -> list[dict]:
     t, out = tr.table, []
     for res in tr.cells:
         ref = _reference(tr, res)
-        note = res.cell.reason if res.cell.status == NOT_IMPLEMENTED else "" if res.runs else res.cell.command
+        note = res.cell.reason if res.cell.status == NOT_IMPLEMENTED else origins(res) if res.runs else res.cell.command
         for m in t.metrics_of(res.row):
             p, pref = res.cell.paper.get(m.name), ref.cell.paper.get(m.name) if ref else None
             p_delta = paper_delta(p, pref, paper_digits(t, m.name))

@@ -137,7 +137,7 @@ def _grid_report(table: Table, runs: list[Run]) -> TableReport:
 def table_report(table: Table, runs: list[Run]) -> TableReport:
     if table.kind == ALPHA_GRID:
         return _grid_report(table, runs)
-    return TableReport(table, cells=[CellResult(row, col, cell, [r for r in runs if matches(r.config, cell.match)])
+    return TableReport(table, cells=[CellResult(row, col, cell, [r for r in runs if matches(r.fields, cell.match)])
                                      for row, col, cell in table.cells()])
 
 
@@ -146,7 +146,7 @@ def run_matches_any(run: Run) -> bool:
         if table.kind == ALPHA_GRID and (matches(run.config, table.grid.match) or
                                          matches(run.config, table.grid.baseline)):
             return True
-        if any(matches(run.config, cell.match) for _, _, cell in table.cells()):
+        if any(matches(run.fields, cell.match) for _, _, cell in table.cells()):
             return True
     return False
 

@@ -43,6 +43,13 @@ class Run:
     def step(self) -> Optional[int]:
         return self.summary.get("step")
 
+    @property
+    def fields(self) -> dict:
+        """What a cell's `match` reads: the resolved config and, for a run started from another (fine-tuning),
+        ``init_from``: the source it recorded in its summary (dyt.init_from)."""
+        source = self.summary.get("init_from")
+        return {**self.config, "init_from": source} if isinstance(source, dict) else self.config
+
     def value(self, metric: str) -> Optional[float]:
         """The run's best value of `metric` (`best/<metric>`), else its last (`<metric>`); None when absent."""
         v = self.summary.get(f"best/{metric}", self.summary.get(metric))

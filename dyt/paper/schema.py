@@ -38,14 +38,21 @@ class Cell:
     command_text: str = ""  # the command when it is not train.py (benchmarks)
     best_alpha: Optional[tuple[float, float]] = None  # alpha grids: the paper's best (attention, other)
     launcher: str = ""  # configs/launcher/<name>: the paper's job size for this cell ("": one process)
+    # A two-stage cell (Table 2: pre-train, then fine-tune): the pre-training run's cell. This cell's run names it
+    # (trainer.init_from) and is recognised by the `init_from.*` of its match, what the run recorded of its source
+    # (summary.json; dyt.init_from.describe).
+    pretrain: Optional["Cell"] = None
 
     @property
     def command(self) -> str:
         if self.command_text or self.status == NOT_IMPLEMENTED:
             return self.command_text
         slurm = self.launcher.startswith("slurm_")  # Hydra's launcher (submitit) takes runs given with -m
-        return " ".join(["python train.py", *(["-m"] if self.sweep or slurm else []), *self.overrides,
-                         *([f"launcher={self.launcher}"] if self.launcher else [])])
+        own = " ".join(["python train.py", *(["-m"] if self.sweep or slurm else []), *self.overrides,
+                        *([f"launcher={self.launcher}"] if self.launcher else [])])
+        if self.pretrain is None:
+            return own
+        return f"{self.pretrain.command}, then {own} trainer.init_from=<the first run's dir>"
 
 
 @dataclass(frozen=True)

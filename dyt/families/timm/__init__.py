@@ -35,7 +35,7 @@ def convnext_blocks(model):
 
 
 VIT = Family("vit", build_vit, ClassificationTask, ("images",), SCHEMAS, blocks=lambda m: indexed(m.blocks),
-             shape=vit_shape, check=vit_check)
+             shape=vit_shape, check=vit_check, backbone=dict)  # its state dict is already a timm ViT's
 CONVNEXT = Family("convnext", build_convnext, ClassificationTask, ("images",), SCHEMAS, blocks=convnext_blocks)
 CNN = Family("cnn", build_cnn, ClassificationTask, ("images",), SCHEMAS)  # BatchNorm CNNs (Table 15): no blocks
 FAMILIES = (VIT, CONVNEXT, CNN)
