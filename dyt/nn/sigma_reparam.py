@@ -17,6 +17,8 @@ Every rank computes the same step from the same weights and ``u`` (DDP also broa
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,12 +32,17 @@ __all__ = ["SpectralReparam", "sigma_reparam", "REPARAMETRIZED"]
 REPARAMETRIZED = (nn.Linear, nn.Conv2d)
 
 
+def _precise(dtype: torch.dtype) -> torch.dtype:
+    """The power iteration's dtype: fp32 at least (bf16 / fp16 weights), float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class SpectralReparam(nn.Module):
     """The parametrization ``W -> gamma * W / sigma(W)`` of one weight (register it with `sigma_reparam`)."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        factory = {"device": weight.device, "dtype": torch.float32}  # the power iteration runs in fp32
+        factory = {"device": weight.device, "dtype": _precise(weight.dtype)}
         self.register_buffer("u", torch.empty(weight[0].numel(), **factory))
         self.gamma = nn.Parameter(torch.empty(1, **factory))  # shape (1,), as DyT's alpha: FSDP2 shards dim 0
         if weight.device.type != "meta":  # a meta build gets its values from rank 0's build (trainer.init=exact)
@@ -44,7 +51,7 @@ class SpectralReparam(nn.Module):
     @torch.no_grad()
     def init_from(self, weight: torch.Tensor) -> None:
         """u = W's top right singular vector, gamma = its top singular value (so W_hat = W)."""
-        _, s, vh = torch.linalg.svd(weight.detach().flatten(1).float(), full_matrices=False)
+        _, s, vh = torch.linalg.svd(weight.detach().flatten(1).to(self.u.dtype), full_matrices=False)
         self.u.copy_(vh[0])
         self.gamma.fill_(s[0])
 
@@ -56,7 +63,8 @@ class SpectralReparam(nn.Module):
 
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """One power-iteration step from ``u``; ``v^T W u`` with u, v held constant (stored in training mode)."""
-        w, u = weight.flatten(1).float(), self.u.float()
+        w = weight.flatten(1).to(_precise(weight.dtype))
+        u = self.u.to(w.dtype)
         with torch.no_grad():
             v = F.normalize(w @ u, dim=0)
             u = F.normalize(w.t() @ v, dim=0)
@@ -65,7 +73,8 @@ class SpectralReparam(nn.Module):
         return v @ w @ u
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(weight.device.type, enabled=False):  # sigma in fp32 whatever the autocast
+        device = weight.device.type  # sigma in fp32 whatever the autocast (the meta device has none)
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
             scale = self.gamma / self.sigma(weight)
         return weight * scale.to(weight.dtype)
 
