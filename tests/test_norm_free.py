@@ -22,6 +22,7 @@ from dyt.nn import NORM_FREE, build_norm, convert_norms
 from dyt.nn.residual import ScalarScale, ScalarShift, fixup_scale
 from dyt.nn.sigma_reparam import SpectralReparam
 from dyt.run import train
+from dyt.validate import validate
 
 DIM = 8
 
@@ -244,17 +245,22 @@ def test_kinds_compose_and_refuse_models_they_cannot_apply_to(compose_cfg):
             build_norm(kind, 8)  # our own models' norm sites (LLaMA, DiT)
     with pytest.raises(ConfigError, match="pre-norm Transformer blocks"):
         build_model(compose_cfg(["model=convnext_atto", "norm=fixup", "data.image_size=32"]))
-    with pytest.raises(ConfigError, match="trainer.init=exact"):
-        timm_vit("sigma_reparam").patch_embed.proj.parametrizations.weight[0].reset_parameters()
+    for bad in ("trainer.init=meta", "trainer.activation_checkpointing=full"):
+        with pytest.raises(ConfigError, match=f"norm=sigma_reparam with {bad.split('=')[0]}"):
+            validate(compose_cfg(["norm=sigma_reparam", "trainer.parallel=fsdp", bad]))
 
 
 @pytest.mark.parametrize("kind", NORM_FREE)
 def test_tiny_vit_trains(tmp_path, kind):
-    s = train(compose([*TINY, f"norm={kind}", "trainer.max_steps=30", "trainer.log_every=1", "optim.lr=2e-3",
-                       "trainer.eval_every=30", "trainer.ckpt_every=30"]), tmp_path / kind)
+    """200 steps of a 2-block ViT on digits (a few seconds). sigmaReparam is the slowest starter here: its
+    classifier's scale is one scalar, gamma, which AdamW moves by about lr per step."""
+    s = train(compose([*TINY, f"norm={kind}", "trainer.max_steps=200", "trainer.log_every=1", "optim.lr=1e-2",
+                       "trainer.eval_every=200", "trainer.ckpt_every=200"]), tmp_path / kind)
     losses = [e["train/loss"] for e in read_jsonl(tmp_path / kind / "metrics.jsonl") if e["split"] == "train"]
-    assert s["status"] == "completed" and len(losses) == 30
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
+    assert s["status"] == "completed" and len(losses) == 200
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    print(f"{kind}: train loss, mean of the first 10 steps {first:.4f}, of the last 10 {last:.4f}")
+    assert last < first - 0.3, losses
 
 
 def test_sigma_reparam_resume_equals_uninterrupted(tmp_path):

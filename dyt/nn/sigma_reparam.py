@@ -6,6 +6,8 @@ singular vector ``u`` (a buffer, so checkpoints and resumes carry it), stored ba
 gradient through ``u`` / ``v`` (the gradient flows through ``sigma = v^T W u`` to W). ``gamma`` is a learnable
 scalar initialised, as in the authors' code, to W's exact top singular value (an SVD at construction, which also
 gives ``u``), so that ``W_hat = W`` at init. Convolutions use their weight as an (out, in x kh x kw) matrix.
+Hence no ``trainer.init=meta`` (shards initialised in place never hold the initial weights) and no activation
+checkpointing (a recomputed forward would take a second step): `dyt.validate` refuses both.
 
 As the authors' ViT recipe (its README: ``remove_all_normalization_layers(convert_to_sn(vit))``) the model also
 loses every normalization layer: this is a normalization-free method (DyT's Table 10). Unlike that code we keep the
@@ -54,12 +56,6 @@ class SpectralReparam(nn.Module):
         _, s, vh = torch.linalg.svd(weight.detach().flatten(1).to(self.u.dtype), full_matrices=False)
         self.u.copy_(vh[0])
         self.gamma.fill_(s[0])
-
-    def reset_parameters(self) -> None:
-        # trainer.init=meta calls every module's reset_parameters() BEFORE the model's init_weights(): gamma and u
-        # depend on the weight's initial values, which do not exist yet. Say so rather than train from garbage.
-        raise ConfigError("norm=sigma_reparam cannot initialise shards in place (trainer.init=meta): its gamma and "
-                          "power-iteration vector come from the initial weights; use trainer.init=exact")
 
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """One power-iteration step from ``u``; ``v^T W u`` with u, v held constant (stored in training mode)."""
