@@ -236,6 +236,13 @@ def test_sigma_reparam_reaches_every_linear_and_the_patch_embedding():
     torch.testing.assert_close(ema.eval()(x), m.eval()(x))
 
 
+def test_sigma_reparam_builds_and_runs_on_the_meta_device():
+    """The planner and FSDP build models on the meta device (no SVD there, and no autocast to switch off)."""
+    with torch.device("meta"):
+        m = timm_vit("sigma_reparam")
+        assert m(torch.empty(2, 3, 16, 16)).shape == (2, 5)
+
+
 # Configs, errors, training ----------------------------------------------------------------------------------
 
 def test_kinds_compose_and_refuse_models_they_cannot_apply_to(compose_cfg):
