@@ -22,7 +22,8 @@ from dyt.ranges import (COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONN
 @dataclass
 class NormConfig:
     # a kind of dyt.build_norm: layernorm | rmsnorm | dyt | dyt_hardtanh | dyt_sigmoid | dyt_identity | derf |
-    # dyisru | identity (no norm); or the norm a timm model is built with (model.norm_sites, e.g. batchnorm) to keep it
+    # dyisru | identity (no norm); fixup | skipinit | sigma_reparam (Table 10's normalization-free methods, ViT / MAE);
+    # or the norm a timm model is built with (model.norm_sites, e.g. batchnorm) to keep it
     name: str = "dyt"
     alpha_init: float = ranged(0.5, POSITIVE)  # alpha0 of the element-wise kinds (dyt, dyt_*, derf, dyisru); ignored by the others
     learn_alpha: bool = True  # false: alpha stays at alpha_init (Table 9's "without alpha": alpha_init=1)

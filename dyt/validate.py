@@ -25,7 +25,7 @@ from dyt.data.vision import image_folder_classes
 from dyt.errors import ConfigError
 from dyt.family import Family, families, get_family
 from dyt.hydra_errors import did_you_mean
-from dyt.nn import NORM_KINDS
+from dyt.nn import NORM_FREE, NORM_KINDS
 from dyt.parallel import AC_MODES, INITS, PARALLEL, REDUCE_DTYPES
 from dyt.progress import LEGACY as LEGACY_PROGRESS
 from dyt.progress import MODES as PROGRESS_MODES
@@ -170,17 +170,32 @@ def _cross_checks(cfg, problems: list[str]) -> None:
     _progress_check(t, problems)
     _logger_check(cfg.get("logger"), problems)
     _norm_check(cfg.norm.get("name"), m, problems)
+    _sigma_reparam_check(cfg.norm.get("name"), t, problems)
     family: Family = get_family(m.family)
     if family.check is not None:
         problems += family.check(cfg)
 
 
 def _norm_check(name: str, m, problems: list[str]) -> None:
-    """norm= names a kind of build_norm, or the norm a timm model is built with (kept: the baseline)."""
+    """norm= names a kind of build_norm, a normalization-free method (NORM_FREE), or the norm a timm model is built
+    with (kept: the baseline)."""
     native = m.get("norm_sites") if "norm_sites" in m else None
-    if name not in NORM_KINDS and name != native:
-        kinds = sorted(NORM_KINDS) + ([native] if native and native not in NORM_KINDS else [])
+    if name not in NORM_KINDS and name not in NORM_FREE and name != native:
+        kinds = sorted(NORM_KINDS) + sorted(NORM_FREE) + ([native] if native and native not in NORM_KINDS else [])
         problems.append(f"norm={name}: unknown norm for {m.get('name')}; choose one of: {', '.join(kinds)}")
+
+
+def _sigma_reparam_check(name: str, t, problems: list[str]) -> None:
+    """sigmaReparam's gamma and power-iteration vector come from the built weights, and each training forward
+    stores one power step: no in-place shard initialisation, no recomputed forward."""
+    if name != "sigma_reparam":
+        return
+    if t.get("init", "exact") == "meta":
+        problems.append("norm=sigma_reparam with trainer.init=meta: its gamma and power-iteration vector come from "
+                        "the initial weights, which shards initialised in place never hold; use trainer.init=exact")
+    if t.get("activation_checkpointing", "none") != "none":
+        problems.append("norm=sigma_reparam with trainer.activation_checkpointing: the recomputed forward would take "
+                        "a second power-iteration step; use trainer.activation_checkpointing=none")
 
 
 LOGGER_MODES = ("online", "offline", "disabled")  # wandb's

@@ -6,6 +6,10 @@ DyT. The new layer keeps the old one's device, dtype, affine and bias flags (an 
 becomes ``weight * tanh(alpha * x)`` as in the paper's LLaMA). ``replace`` names the families replaced:
 LayerNorm and RMSNorm by default; ``("batchnorm",)`` is the paper's Table 15 (BatchNorm2d in ResNet / VGG ->
 channels-first DyT). GroupNorm is always left alone.
+
+The normalization-free methods of the paper's Table 10 (`NORM_FREE`: fixup, skipinit, sigma_reparam) are not one
+layer per norm site: they remove the norms AND change the residual branches or the weights, so `convert_norms`
+hands the whole model to them (dyt/nn/residual.py, dyt/nn/sigma_reparam.py).
 """
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ from typing import Callable, Union
 
 import torch.nn as nn
 
-from dyt.nn.norms import LayerNorm2d, RMSNorm2d, build_norm
+from dyt.nn.norms import NORM_FREE, LayerNorm2d, RMSNorm2d, build_norm
+from dyt.nn.residual import fixup, skipinit
+from dyt.nn.sigma_reparam import sigma_reparam
 
-__all__ = ["convert_norms", "is_norm", "is_channels_first", "norm_family", "NORM_FAMILIES"]
+__all__ = ["convert_norms", "is_norm", "is_channels_first", "norm_family", "NORM_FAMILIES", "NORM_FREE"]
 
 AlphaInit = Union[float, Callable[[str], float]]
 
@@ -96,6 +102,25 @@ def _replacement(module: nn.Module, kind: str, alpha_init: float, learn_alpha: b
     return nn.Sequential(new, *tail) if tail else new
 
 
+def _replace_each(model: nn.Module, replace: tuple[str, ...], make: Callable[[str, nn.Module], nn.Module]) -> None:
+    """Every norm of the `replace` families below `model` becomes ``make(path, norm)``."""
+    targets = [(path, m) for path, m in model.named_modules() if path and is_norm(m, replace)]
+    for path, module in targets:
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, child, make(path, module))
+
+
+def _convert_norm_free(model: nn.Module, kind: str, replace: tuple[str, ...]) -> nn.Module:
+    def replace_norms(make: Callable[[nn.Module], nn.Module]) -> None:  # the norms the method does not place itself
+        _replace_each(model, replace, lambda _, norm: make(norm))
+
+    if kind == "sigma_reparam":
+        replace_norms(lambda norm: nn.Identity())  # the authors' recipe drops every norm
+        return sigma_reparam(model)
+    return {"fixup": fixup, "skipinit": skipinit}[kind](model, replace_norms)
+
+
 def convert_norms(model: nn.Module, kind: str = "dyt", alpha_init: AlphaInit = 0.5, *, learn_alpha: bool = True,
                   replace: tuple[str, ...] = ("layernorm", "rmsnorm")) -> nn.Module:
     """Replace every norm of the ``replace`` families in ``model`` by ``build_norm(kind, ...)``; returns the model.
@@ -103,7 +128,8 @@ def convert_norms(model: nn.Module, kind: str = "dyt", alpha_init: AlphaInit = 0
     ``alpha_init`` is a float for every site, or a function of the module's dotted path (e.g. the LLaMA
     per-site values: ``lambda path: 0.8 if "attention_norm" in path else 0.2``). ``learn_alpha=False`` fixes
     alpha (Table 9). ``replace``: any of ``layernorm``, ``rmsnorm``, ``batchnorm``. A model that is itself a
-    norm is returned converted.
+    norm is returned converted. A `NORM_FREE` kind converts the whole model (its norms removed, its residual
+    branches or weights changed as the method says).
     """
     unknown = set(replace) - set(NORM_FAMILIES)
     if unknown:
@@ -112,11 +138,9 @@ def convert_norms(model: nn.Module, kind: str = "dyt", alpha_init: AlphaInit = 0
     def swap(path: str, module: nn.Module) -> nn.Module:
         return _replacement(module, kind, alpha_init(path) if callable(alpha_init) else alpha_init, learn_alpha)
 
+    if kind in NORM_FREE:
+        return _convert_norm_free(model, kind, replace)
     if is_norm(model, replace):
         return swap("", model)
-    targets = [(path, m) for path, m in model.named_modules() if path and is_norm(m, replace)]
-    for path, module in targets:
-        parent_path, _, child = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, child, swap(path, module))
+    _replace_each(model, replace, swap)
     return model

@@ -22,7 +22,7 @@ from dyt.nn.functional import affine, dyt_forward
 from dyt.nn.kernels import dyt_fused, fused_supported
 
 __all__ = ["ElementwiseNorm", "DynamicTanh", "DynamicSquash", "Derf", "DyISRU", "LayerNorm2d", "RMSNorm2d",
-           "build_norm", "NORM_KINDS", "ELEMENTWISE_KINDS"]
+           "build_norm", "NORM_KINDS", "ELEMENTWISE_KINDS", "NORM_FREE"]
 
 
 def _as_shape(normalized_shape) -> tuple[int, ...]:
@@ -261,6 +261,9 @@ NORM_KINDS: dict[str, Callable[..., nn.Module]] = {
 #: the kinds that are ElementwiseNorm layers (alpha per layer, no statistics): what the paper's DyT-specific
 #: options (LLaMA's per-site alpha0 and embedding scale, DiT's zero-init removal) apply to
 ELEMENTWISE_KINDS = frozenset({"dyt", "dyt_hardtanh", "dyt_sigmoid", "dyt_identity", "derf", "dyisru"})
+#: the normalization-free methods of Table 10: not a layer at a norm site but a change to the whole model (norms
+#: removed, residual branches or weights changed), which `dyt.convert_norms` applies to timm ViTs and MAE
+NORM_FREE = ("fixup", "skipinit", "sigma_reparam")
 
 
 def build_norm(kind: str, dim, *, channels_last: bool = True, eps: float | None = None,
@@ -272,6 +275,10 @@ def build_norm(kind: str, dim, *, channels_last: bool = True, eps: float | None 
     element-wise kinds; each kind ignores the options it has no use for, so a model passes the same arguments
     whatever the norm.
     """
+    if kind in NORM_FREE:
+        raise ConfigError(f"norm={kind} is a method on a whole Transformer (its residual blocks or its weights), not a "
+                          "layer at one norm site: it applies to timm ViT / MAE models (dyt.convert_norms), not to "
+                          "a model that builds its own norm sites")
     if kind not in NORM_KINDS:
         raise ConfigError(f"unknown norm kind {kind!r}; choose one of: {', '.join(sorted(NORM_KINDS))}")
     options = {"channels_last": channels_last, "elementwise_affine": elementwise_affine, "bias": bias,
