@@ -125,7 +125,7 @@ class MaskedAutoencoderViT(nn.Module):
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_pred(self.decoder_norm(x)[:, 1:])  # the cls token dropped (per token: before = after)
 
     def target(self, images: torch.Tensor) -> torch.Tensor:
         """What the decoder predicts: the patches' pixels, standardised per patch with `norm_pix_loss`."""
