@@ -195,6 +195,25 @@ def test_official_init_shapes_the_weights():
     assert all(m.alpha.item() == 0.5 for m in model.modules() if isinstance(m, DynamicTanh))
 
 
+
+def test_init_weights_fills_sharded_parameters():
+    """trainer.init=meta calls init_weights() on FSDP2 shards (DTensors): the fixed sin-cos tables, Parameters as
+    in the official model, land in them (a plain copy_ of a tensor into a DTensor is refused). One gloo rank."""
+    from torch.distributed.fsdp import fully_shard
+    model = build_model(compose(MAE))
+    expected = [model.pos_embed.detach().clone(), model.decoder_pos_embed.detach().clone()]
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        fully_shard(model)
+        with torch.no_grad():
+            model.pos_embed.zero_()
+            model.decoder_pos_embed.zero_()
+        model.init_weights()
+        got = [model.pos_embed.full_tensor(), model.decoder_pos_embed.full_tensor()]
+    finally:
+        torch.distributed.destroy_process_group()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
 # --- norms ---------------------------------------------------------------------------------------------------
 def test_dyt_replaces_every_layernorm_of_encoder_and_decoder():
     ln = build_model(compose([*MAE, "norm=layernorm"]))

@@ -40,6 +40,15 @@ def unpatchify(patches: torch.Tensor, p: int, channels: int) -> torch.Tensor:
     return x.reshape(b, channels, g * p, g * p)
 
 
+def _fill(param: torch.Tensor, value: torch.Tensor) -> None:
+    """``param.copy_(value)``, also for a parameter sharded by FSDP2 (``trainer.init=meta`` initialises the
+    shards: the full value is cut into this rank's shard)."""
+    if hasattr(param, "device_mesh"):  # a DTensor
+        from torch.distributed.tensor import distribute_tensor
+        value = distribute_tensor(value.to(param.device_mesh.device_type), param.device_mesh, param.placements)
+    param.copy_(value)
+
+
 class MaskedAutoencoderViT(nn.Module):
     def __init__(self, img_size: int, patch_size: int, in_chans: int, hidden: int, depth: int, heads: int,
                  decoder_hidden: int, decoder_depth: int, decoder_heads: int, mlp_ratio: float = 4.0,
@@ -86,7 +95,7 @@ class MaskedAutoencoderViT(nn.Module):
         grid = int(round(self.num_patches ** 0.5))
         for pos in (self.pos_embed, self.decoder_pos_embed):
             table = np.pad(sincos_pos_embed(pos.shape[-1], grid), ((1, 0), (0, 0)))  # the cls token's row: 0
-            pos.copy_(torch.from_numpy(table).float()[None])
+            _fill(pos, torch.from_numpy(table).float()[None])
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
