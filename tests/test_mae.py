@@ -145,19 +145,20 @@ def official(tmp_path_factory):
     return models_mae, dynamic_tanh
 
 
+@pytest.mark.parametrize("norm_pix", [True, False])
 @pytest.mark.parametrize("norm", ["layernorm", "dyt"])
-def test_equals_the_official_models_mae(official, norm):
+def test_equals_the_official_models_mae(official, norm, norm_pix):
     """The official model holding our weights, on the same images and the same noise (it draws torch.rand(N, L)
     first thing in its forward: re-seeding gives it our noise): equal outputs, masks and losses."""
     models_mae, dynamic_tanh = official
     if norm == "dyt" and dynamic_tanh is None:
         pytest.skip(f"no jiachenzhu/DyT mirror at {DYT_MIRROR} (its convert_ln_to_dyt)")
     torch.manual_seed(0)
-    ours = build_model(compose([*RGB, f"norm={norm}"])).eval()
+    ours = build_model(compose([*RGB, f"norm={norm}", f"model.norm_pix_loss={norm_pix}"])).eval()
     theirs = models_mae.MaskedAutoencoderViT(
         img_size=32, patch_size=8, in_chans=3, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
         decoder_depth=2, decoder_num_heads=4, mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        norm_pix_loss=True)
+        norm_pix_loss=norm_pix)
     assert torch.equal(ours.pos_embed, theirs.pos_embed) and torch.equal(ours.decoder_pos_embed, theirs.decoder_pos_embed)
     if norm == "dyt":
         theirs = dynamic_tanh.convert_ln_to_dyt(theirs)
@@ -176,7 +177,8 @@ def test_equals_the_official_models_mae(official, norm):
         torch.manual_seed(123)
         ref_loss, ref_pred, ref_mask = theirs(images, mask_ratio=0.75)
     diff = (pred - ref_pred).abs().max().item()
-    print(f"max |pred - official pred| ({norm}): {diff:.3g}; |loss diff| {abs(loss - ref_loss).item():.3g}")
+    print(f"max |pred - official pred| ({norm}, norm_pix_loss={norm_pix}): {diff:.3g}; "
+          f"|loss diff| {abs(loss - ref_loss).item():.3g}")
     assert torch.equal(mask, ref_mask)
     assert diff < 1e-5 and torch.allclose(loss, ref_loss, rtol=1e-6, atol=0)
 
