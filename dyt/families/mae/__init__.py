@@ -27,9 +27,11 @@ def mae_check(cfg) -> list[str]:
         elif int((d.image_size // patch) ** 2 * (1 - m.mask_ratio)) < 1:
             problems.append(f"model.mask_ratio={m.mask_ratio} hides every one of the {(d.image_size // patch) ** 2} "
                             "patches; lower it")
-    for width, heads, key in ((m.hidden, m.heads, "model.hidden"), (m.decoder_hidden, m.decoder_heads, "model.decoder_hidden")):
+    for key, width, heads in (("model.hidden", m.hidden, m.heads),
+                              ("model.decoder_hidden", m.decoder_hidden, m.decoder_heads)):
         if ok(width, heads) and (width % heads or width % 4):
-            problems.append(f"{key}={width}: must be a multiple of its heads ({heads}) and of 4 (2-D sin-cos positions)")
+            problems.append(f"{key}={width}: must be a multiple of its heads ({heads}) and of 4 "
+                            "(2-D sin-cos positions)")
     augment = d.get("augment") or {}
     used = [f"data.augment.{k}" for k in UNUSED_AUGMENT if augment.get(k)]
     if used:
