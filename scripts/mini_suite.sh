@@ -11,6 +11,8 @@
 #   T8      mini_vit: dyt vs dyt_hardtanh / dyt_sigmoid / dyt_identity, alpha learnable
 #   T9      mini_vit_fixed_alpha: the same functions with alpha fixed at 1
 #   T11/12  mini_llama_alpha: DyT alpha0 grid at widths 64 and 128 (+ each width's RMSNorm) on pydoc text
+#   T2      mini_mae (layernorm, dyt) pre-training on Fashion-MNIST, then mini_finetune from each run: fine-tuned
+#           as released (LayerNorm) and with the pre-training's norm
 # Runs: multirun/mini_*; logs: multirun/mini_logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,7 @@ SWEEPS=(
   "llama64    -m experiment=mini_llama_alpha $W64"
   "llama128_rmsnorm -m experiment=mini_llama_alpha norm=rmsnorm model.alpha_attn=1.0 $W128"
   "llama64_rmsnorm  -m experiment=mini_llama_alpha norm=rmsnorm model.alpha_attn=1.0 $W64"
+  "mae        -m experiment=mini_mae"
 )
 mkdir -p multirun/mini_logs
 start=$(date +%s)
@@ -50,13 +53,23 @@ printf '%s\n' "${SWEEPS[@]}" | xargs -P "$JOBS" -L 1 bash -c '
   name=$0; log=multirun/mini_logs/$name.log
   if "$PY" train.py "$@" > "$log" 2>&1; then echo "  done: $name ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs)"
   else echo "  FAILED: $name (see $log)" >&2; exit 1; fi'
+run_of() { find "multirun/$1" -maxdepth 1 -type d -name "$2" | sort | head -1; }
+
+# Second stage (Table 2): each pre-training run fine-tuned as released (LayerNorm) and with its own norm.
+finetune() {  # finetune <name> <pre-training sweep> <its run-name prefix>
+  local log=multirun/mini_logs/$2_finetune.log
+  if "$PY" train.py -m experiment=mini_finetune finetune_norm=released,pretrain \
+      trainer.init_from="$(run_of "$2" "$3-layernorm-*"),$(run_of "$2" "$3-dyt-*")" > "$log" 2>&1; then
+    echo "  done: $1 ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs)"
+  else echo "  FAILED: $1 (see $log)" >&2; exit 1; fi
+}
+finetune mae_finetune mini_mae mae_pico
 echo "mini-suite: sweeps done in $(( ($(date +%s) - start) / 60 )) min"
 
 # Tables next to the paper's, and the figures (S-curves of the LayerNorm ViT, alpha vs 1/std of the DyT ViT).
 mkdir -p "$OUT"
 "$PY" scripts/report.py multirun/mini_vit multirun/mini_vit_fixed_alpha multirun/mini_convnext \
-  multirun/mini_llama_alpha --tables mini_t1,mini_t8,mini_t9,mini_t12 --out "$OUT"
-run_of() { find "multirun/$1" -maxdepth 1 -type d -name "$2" | sort | head -1; }
+  multirun/mini_llama_alpha multirun/mini_finetune --tables mini_t1,mini_t2,mini_t8,mini_t9,mini_t12 --out "$OUT"
 "$PY" scripts/figures.py scurves "$(run_of mini_vit 'vit_pico-layernorm-*')" --out "$OUT/scurves_vit_layernorm.png"
 "$PY" scripts/figures.py scurves "$(run_of mini_vit 'vit_pico-dyt-*')" --out "$OUT/scurves_vit_dyt.png"
 "$PY" scripts/figures.py alpha-std "$(run_of mini_vit 'vit_pico-dyt-*')" --out "$OUT/alpha_std_vit_dyt.png"

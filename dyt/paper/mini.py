@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dyt.paper.schema import ALPHA_GRID, Cell, Grid, Row, Table
-from dyt.paper.tables import SQUASH, T1, T8, T9, TOP1, VAL_LOSS
+from dyt.paper.tables import FINETUNED, SQUASH, T1, T2, T8, T9, TOP1, VAL_LOSS
 
 MINI = "mini"  # the `table` of every mini-suite run (configs/experiment/_mini_vision.yaml, mini_llama_alpha.yaml)
 
@@ -64,4 +64,25 @@ MINI_T12 = Table("mini_t12", "Mini Table 12: best alpha0 by width, tiny LLaMA on
                  claim="the best alpha0 shrinks as the model gets wider, whatever the depth (T12: 1024 -> 1.0/1.0, "
                        "2048 -> 1.0/0.5, 4096 -> 0.8/0.2, 8192 -> 0.2/0.05).")
 
-MINI_TABLES = (MINI_T1, MINI_T8, MINI_T9, MINI_T12)
+
+
+def _mini_finetuned(pretrain: str, family: str, norm: str, finetune_norm: str, paper: Cell) -> Cell:
+    """Pre-train with `experiment=<pretrain> norm=<norm>`, then `experiment=mini_finetune` from that run."""
+    how = ("released", "pretrain") if norm == "layernorm" else finetune_norm  # from LN both fine-tune with LN
+    return Cell(paper=paper.paper, overrides=("experiment=mini_finetune", f"finetune_norm={finetune_norm}"),
+                match={"table": MINI, "model.family": "vit", "finetune_norm": how, "init_from.family": family,
+                       "init_from.norm": norm},
+                pretrain=Cell(overrides=(f"experiment={pretrain}", f"norm={norm}")))
+
+
+MINI_T2 = Table("mini_t2", "Mini Table 2: self-supervised pre-training, then fine-tuning, on Fashion-MNIST", (TOP1,),
+                FINETUNED, reference="layernorm", paper_table="table2",
+                claim="DyT matches LayerNorm after MAE and DINO pre-training (T2: MAE ViT-B 83.2 -> 83.2, ViT-L 85.5 "
+                      "-> 85.4; DINO ViT-B/16 83.2 -> 83.4, B/8 84.1 -> 84.5), the DyT encoders fine-tuned as "
+                      "released (as LayerNorm ViTs).", rows=tuple(
+    Row(label, {col: _mini_finetuned(pretrain, family, "layernorm" if col == "layernorm" else "dyt",
+                                     "pretrain" if col == "dyt_pretrain" else "released", T2.cell(ref, col))
+                for col in FINETUNED}, paper_ref=f"T2 {ref}")
+    for label, pretrain, family, ref in (("MAE", "mini_mae", "mae", "MAE ViT-B"),)))
+
+MINI_TABLES = (MINI_T1, MINI_T2, MINI_T8, MINI_T9, MINI_T12)
