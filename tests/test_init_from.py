@@ -159,3 +159,28 @@ def test_one_line_errors(source, tmp_path):
             error([f"trainer.init_from={source}", "model.kwargs.embed_dim=48"]))
     assert "set trainer.init_from=" in error(["finetune_norm=released"])
     assert "unknown finetune_norm 'other'" in error([f"trainer.init_from={source}", "finetune_norm=other"])
+
+
+def test_an_mae_run_seeds_a_vit_released_and_with_its_own_norm(tmp_path, capsys):
+    """End to end from an MAE family run (its Family.backbone: the encoder only): the encoder's weights, as released
+    into LayerNorms (DyT's gamma / beta kept, alpha dropped) or with DyT itself (alpha kept)."""
+    from test_mae import MAE
+    src = tmp_path / "mae"
+    train(compose([*MAE, "norm=dyt", "trainer.max_steps=4", "trainer.eval_every=4", "trainer.ckpt_every=4"]), src)
+    enc = {k: v for k, v in source_weights(src).items() if not k.startswith(("decoder", "mask_token"))}
+    for how in ("released", "pretrain"):
+        trainer = built([f"trainer.init_from={src}", f"finetune_norm={how}", "model.kwargs.depth=2",
+                         "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2"], tmp_path / how)
+        got = trainer.model.state_dict()
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[dyt] init_from"))
+        dropped = line.split("dropped:")[1]
+        assert ("norm1.alpha" in dropped) == (how == "released") and "norm.weight" in dropped, line
+        for k, v in enc.items():
+            if k.startswith("norm."):  # the encoder's final norm: the fine-tuning pools into a new fc_norm
+                assert k not in got, k
+            elif k.endswith(".alpha"):  # DyT's scalar: only a DyT fine-tuning has somewhere to put it
+                assert (k in got and torch.equal(got[k], v)) == (how == "pretrain"), k
+            else:
+                assert torch.equal(got[k], v), k
+        assert trainer.cfg.norm.name == ("layernorm" if how == "released" else "dyt")
+        assert trainer.init_record["family"] == "mae" and trainer.init_record["norm"] == "dyt"
