@@ -11,7 +11,7 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
 from dyt.config import register_shared
-from dyt.families import dit, llama, timm
+from dyt.families import dino, dit, llama, timm
 from dyt.family import Family, families, get_family, register_family
 from dyt.tasks.base import Task
 
@@ -19,6 +19,7 @@ BUILTIN: tuple[Family, ...] = (
     *timm.FAMILIES,  # vit, convnext, cnn (Tables 1, 8-10, 13-15)
     llama.FAMILY,  # Table 4, 11, 12
     dit.FAMILY,  # Table 3
+    dino.FAMILY,  # Table 2 (DINO pre-training)
 )
 for _family in BUILTIN:
     register_family(_family)
