@@ -312,3 +312,22 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, capsys):
     cb = torch.load(sorted((tmp_path / "straight/checkpoints").glob("step_*.pt"))[-1], weights_only=True)
     for k, v in cb["model"].items():  # the teacher and the centre too
         assert torch.equal(ca["model"][k], v), k
+
+
+def test_the_trainer_runs_the_task_hooks(tmp_path):
+    """Through the trainer's step: the decayed group's weight decay follows the schedule, the last layer is frozen
+    in the first epoch while the rest trains, and the teacher follows the student (EMA)."""
+    from dyt.trainer import Trainer
+    cfg = compose([*PICO, "trainer.max_steps=3", "trainer.batch_size=16", "trainer.eval_every=100",
+                   "trainer.ckpt_every=100", "model.dino.knn_train_samples=0", "model.dino.freeze_last_layer=1"])
+    t = Trainer(cfg, tmp_path / "run")
+    start = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.fit()
+    now = t.model.state_dict()
+    last = "student.head.last_layer.parametrizations.weight.original1"
+    assert torch.equal(now[last], start[last])  # frozen: epoch 0 < freeze_last_layer
+    assert not torch.equal(now["student.head.mlp.0.weight"], start["student.head.mlp.0.weight"])
+    assert not torch.equal(now["teacher.backbone.blocks.0.attn.qkv.weight"], start["teacher.backbone.blocks.0.attn.qkv.weight"])
+    assert t.optimizer.param_groups[0]["weight_decay"] == cosine_schedule(0.05, 0.4, 2, 3)  # optim.weight_decay 0.05
+    assert t.optimizer.param_groups[1]["weight_decay"] == 0.0
+    assert not torch.equal(now["criterion.center"], start["criterion.center"])
