@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from dyt.ranges import COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, POSITIVE, PROB, Num, NumList, ranged, ranged_list
+from dyt.ranges import COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, POSITIVE, PROB, NumList, ranged, ranged_list
 
 
 @dataclass
