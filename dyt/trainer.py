@@ -68,6 +68,7 @@ class Trainer:
         self.steps_per_epoch = self.bpe // self.tc.grad_accum
         self.max_steps = self._max_steps()
         self.eval_every = self._every(self.tc.eval_every, self.tc.eval_every_epochs)
+        self.task.configure_steps(self.steps_per_epoch, self.max_steps)
         self.task.check_micro_batch(self.micro_batch)
         warmup = (round(cfg.optim.warmup_epochs * self.steps_per_epoch) if cfg.optim.warmup_epochs is not None
                   else cfg.optim.warmup_steps)
@@ -246,6 +247,7 @@ class Trainer:
         units (samples, tokens) seen."""
         tc = self.tc
         self.scheduler.step_update(self.step + 1)
+        self.task.on_step_start(self.step, self.optimizer)  # the task's hooks: dyt.tasks.base.Task
         sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.device)}
         units = 0
         for micro in range(tc.grad_accum):
@@ -263,10 +265,13 @@ class Trainer:
         # as diverged at the next sync point, before any checkpoint, evaluation or log of the damaged weights.
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
-        self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
+        self.grad_norm = self.task.clip_gradients(self.model, clip) if clip else None
+        self.task.before_optimizer_step(self.model, self.step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.task.after_optimizer_step(self.model, self.step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
         self.step += 1

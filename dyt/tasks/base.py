@@ -95,6 +95,30 @@ class Task:
         vb parts) are logged as ``train/<name>``."""
         raise NotImplementedError
 
+    # --- hooks into the trainer's step (dyt.trainer.Trainer._train_step calls them in this order) -------------
+    # The defaults are the plain step. `step` is the 0-based index of the optimizer step being taken; whatever a
+    # hook changes must follow from the step (or live in the model's buffers) so that a resumed run equals the
+    # uninterrupted one. `model` is the module holding the parameters (never the DDP wrapper; FSDP2: DTensors).
+    def configure_steps(self, steps_per_epoch: int, max_steps: int) -> None:
+        """Once, before the first step: the run's length, for schedules of the step (DINO's are in epochs)."""
+        self.steps_per_epoch, self.max_steps = steps_per_epoch, max_steps
+
+    def on_step_start(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Before the forward, after the trainer set the learning rate: other per-step schedules (DINO: weight
+        decay, teacher temperature)."""
+
+    def clip_gradients(self, model: nn.Module, clip: float) -> torch.Tensor:
+        """After the gradients are unscaled, when ``optim.clip_grad`` is set: clip them, return a norm to log
+        (on the device). Default: the global norm (DINO: each parameter on its own)."""
+        return nn.utils.clip_grad_norm_(model.parameters(), clip)
+
+    def before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """After clipping, before the optimizer: change the gradients (DINO drops its head's last layer's in the
+        first epochs)."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """After the update (under no_grad): DINO's teacher EMA. Runs before the trainer's own EMA, if any."""
+
     def eval_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
