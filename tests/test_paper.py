@@ -40,7 +40,7 @@ def test_a_two_stage_cell_prints_both_commands_and_names_how_it_fine_tunes():
     cell = TABLES["table13"].cell("MAE ViT-B", "dyt_tuned")
     assert cell.command == ("python train.py -m experiment=table2_mae_vit_b norm=dyt optim.lr=3.2e-3 table=table13 "
                             "launcher=slurm_8x8, then python train.py -m experiment=table2_mae_vit_b_ft "
-                            "launcher=slurm_8x8 trainer.init_from=<the first run's dir>")
+                            "launcher=slurm_4x8 trainer.init_from=<the first run's dir>")
     assert cell.match["finetune_norm"] == "released" and cell.match["init_from.table"] == "table13"
     assert TABLES["table2"].cell("MAE ViT-B", "dyt_pretrain").overrides[-1] == "finetune_norm=pretrain"
     assert TABLES["table13"].cell("MAE ViT-B", "dyt") is TABLES["table2"].cell("MAE ViT-B", "dyt")

@@ -166,13 +166,16 @@ def test_table4_runs_as_released(experiment):
 
 
 def _paper_runs() -> dict:
-    """Each runnable paper cell's command once: its overrides + its launcher config."""
+    """Each runnable paper cell's command once: its overrides + its launcher config (and a two-stage cell's
+    pre-training, Table 2's, as a run of its own)."""
     runs = {}
     for t in PAPER_TABLES:
         for row, col, cell in t.cells():
             if cell.status == RUNNABLE:
-                argv = (*cell.overrides, *([f"launcher={cell.launcher}"] if cell.launcher else []))
-                runs.setdefault(argv, f"{t.id}/{row.label}/{col}")
+                for stage, name in ((cell.pretrain, "pretrain"), (cell, "")):
+                    if stage is not None:
+                        argv = (*stage.overrides, *([f"launcher={stage.launcher}"] if stage.launcher else []))
+                        runs.setdefault(argv, f"{t.id}/{row.label}/{col}" + (f"/{name}" if name else ""))
     return runs
 
 

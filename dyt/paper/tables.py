@@ -42,27 +42,32 @@ FT_NOTE = ("Each cell is a pre-training run, then a fine-tuning run from it (`tr
            "pre-training's norm. As released (the DyT repo sends MAE and DINO fine-tuning to the unpatched "
            "facebookresearch/mae main_finetune.py), a DyT encoder is fine-tuned as a LayerNorm ViT "
            "(`finetune_norm=released`): that reproduces the paper's cells. `finetune_norm=pretrain` keeps DyT.")
-# a pre-training experiment, its family, the fine-tuning experiment and what tells its runs apart
-MAE_B = ("table2_mae_vit_b", "mae", "table2_mae_vit_b_ft", {"model.name": "vit_b"})
-MAE_L = ("table2_mae_vit_l", "mae", "table2_mae_vit_l_ft", {"model.name": "vit_l"})
-DINO_B16 = ("table2_dino_vit_b16", "dino", "table2_dino_vit_b16_ft", {"model.name": "vit_b", "model.patch_size": None})
-DINO_B8 = ("table2_dino_vit_b8", "dino", "table2_dino_vit_b8_ft", {"model.name": "vit_b", "model.patch_size": 8})
+# a pre-training experiment, its family, the fine-tuning experiment, what tells its runs apart, and the released
+# pre-training job: MAE 8 x 8 GPUs (PRETRAIN.md), DINO B/16 4 x 8, B/8 22 x 8 (the DyT DINO README's commands).
+# Every fine-tuning is MAE's FINETUNE.md job: 4 nodes x 8 GPUs x 32 = 1024.
+MAE_B = ("table2_mae_vit_b", "mae", "table2_mae_vit_b_ft", {"model.name": "vit_b"}, IMAGENET)
+MAE_L = ("table2_mae_vit_l", "mae", "table2_mae_vit_l_ft", {"model.name": "vit_l"}, IMAGENET)
+DINO_B16 = ("table2_dino_vit_b16", "dino", "table2_dino_vit_b16_ft", {"model.name": "vit_b", "model.patch_size": None},
+            "slurm_4x8")
+DINO_B8 = ("table2_dino_vit_b8", "dino", "table2_dino_vit_b8_ft", {"model.name": "vit_b", "model.patch_size": 8},
+           "slurm_22x8")
+FINETUNE_JOB = "slurm_4x8"
 
 
 def finetuned(value, stages: tuple, norm: str, finetune_norm: str = "released", tuned: tuple[str, ...] = (),
               table: str = "table2", match: dict | None = None) -> Cell:
     """Pre-train with `norm` (and the `tuned` overrides, tagged `table`), then fine-tune by `finetune_norm`; `match`:
     more keys that tell this cell's runs apart (e.g. the pre-training's lr, ``init_from.lr``)."""
-    pretrain, family, finetune, model = stages
+    pretrain, family, finetune, model, job = stages
     pre = Cell(overrides=(f"experiment={pretrain}", f"norm={norm}", *tuned, *((f"table={table}",) if tuned else ())),
-               launcher=IMAGENET)
+               launcher=job)
     # from a LayerNorm pre-training both fine-tuning norms are LayerNorm: either run is the cell's
     how = ("released", "pretrain") if norm == "layernorm" else finetune_norm
     return Cell(paper=values_of((TOP1,), value) if value is not None else {},
                 overrides=(f"experiment={finetune}", *(("finetune_norm=pretrain",) if finetune_norm == "pretrain" else ())),
                 match={"table": "table2", **model, "finetune_norm": how, "init_from.family": family,
                        "init_from.norm": norm, "init_from.table": table, **(match or {})},
-                launcher=IMAGENET, pretrain=pre)
+                launcher=FINETUNE_JOB, pretrain=pre)
 
 
 def finetuned_row(label: str, stages: tuple, ln: float, dyt: float) -> Row:
