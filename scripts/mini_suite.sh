@@ -11,8 +11,8 @@
 #   T8      mini_vit: dyt vs dyt_hardtanh / dyt_sigmoid / dyt_identity, alpha learnable
 #   T9      mini_vit_fixed_alpha: the same functions with alpha fixed at 1
 #   T11/12  mini_llama_alpha: DyT alpha0 grid at widths 64 and 128 (+ each width's RMSNorm) on pydoc text
-#   T2      mini_mae (layernorm, dyt) pre-training on Fashion-MNIST, then mini_finetune from each run: fine-tuned
-#           as released (LayerNorm) and with the pre-training's norm
+#   T2      mini_mae and mini_dino (layernorm, dyt) pre-training on Fashion-MNIST, then mini_finetune from each
+#           run: fine-tuned as released (LayerNorm) and with the pre-training's norm
 # Runs: multirun/mini_*; logs: multirun/mini_logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +43,7 @@ SWEEPS=(
   "llama64    -m experiment=mini_llama_alpha $W64"
   "llama128_rmsnorm -m experiment=mini_llama_alpha norm=rmsnorm model.alpha_attn=1.0 $W128"
   "llama64_rmsnorm  -m experiment=mini_llama_alpha norm=rmsnorm model.alpha_attn=1.0 $W64"
+  "dino       -m experiment=mini_dino"
   "mae        -m experiment=mini_mae"
 )
 mkdir -p multirun/mini_logs
@@ -64,6 +65,7 @@ finetune() {  # finetune <name> <pre-training sweep> <its run-name prefix>
   else echo "  FAILED: $1 (see $log)" >&2; exit 1; fi
 }
 finetune mae_finetune mini_mae mae_pico
+finetune dino_finetune mini_dino dino_pico
 echo "mini-suite: sweeps done in $(( ($(date +%s) - start) / 60 )) min"
 
 # Tables next to the paper's, and the figures (S-curves of the LayerNorm ViT, alpha vs 1/std of the DyT ViT).

@@ -83,6 +83,7 @@ MINI_T2 = Table("mini_t2", "Mini Table 2: self-supervised pre-training, then fin
     Row(label, {col: _mini_finetuned(pretrain, family, "layernorm" if col == "layernorm" else "dyt",
                                      "pretrain" if col == "dyt_pretrain" else "released", T2.cell(ref, col))
                 for col in FINETUNED}, paper_ref=f"T2 {ref}")
-    for label, pretrain, family, ref in (("MAE", "mini_mae", "mae", "MAE ViT-B"),)))
+    for label, pretrain, family, ref in (("MAE", "mini_mae", "mae", "MAE ViT-B"), ("DINO", "mini_dino", "dino",
+                                                                                 "DINO ViT-B/16"))))
 
 MINI_TABLES = (MINI_T1, MINI_T2, MINI_T8, MINI_T9, MINI_T12)
