@@ -1,11 +1,15 @@
 """Shared fixtures: offline environment, Hydra composition, and running the real entry points."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +37,28 @@ def run_script(args, cwd, timeout=300, env=None, check=True) -> subprocess.Compl
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
+
+
+def killed_and_resumed(tmp_path: Path, overrides: list[str], step: int = 10, timeout: float = 600):
+    """`python train.py <overrides>` in <tmp_path>/killed, SIGKILLed once it has checkpointed step `step` or later,
+    then resumed here with the same overrides; and the same run trained here uninterrupted in <tmp_path>/straight.
+    Returns (resumed summary, uninterrupted summary)."""
+    from dyt.run import train
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp_path}/killed"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed/checkpoints"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not any(int(p.stem[5:]) >= step for p in ckpts.glob("step_*.pt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed/summary.json").exists(), "the run finished before it could be killed"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        resumed = train(compose(overrides), tmp_path / "killed")
+    assert "resumed from" in out.getvalue(), out.getvalue()[-2000:]
+    return resumed, train(compose(overrides), tmp_path / "straight")
 
 
 def script(path: str):

@@ -6,16 +6,13 @@ import json
 import re
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE_ENV, ROOT, TINY, compose, cpu_share, run_script, script
+from conftest import OFFLINE_ENV, ROOT, TINY, compose, cpu_share, killed_and_resumed, run_script, script
 from dyt.logging import read_jsonl
 from dyt.run import train
 
@@ -63,27 +60,11 @@ def test_multirun_sweep_then_rerun_skips(tmp_path, capsys):
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path, capsys):
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
     """kill -9 of `python train.py` after a checkpoint; the resume and the uninterrupted run train here."""
     overrides = [*TINY, "trainer.max_steps=60", "trainer.ckpt_every=5", "trainer.eval_every=30",
                  "data.augment.shift=1", "data.num_workers=2", "model.drop_path=0.1"]
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides]
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = tmp_path / "killed/checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(p.suffix == ".pt" and "step_00000000" not in p.name and
-                                             int(p.stem[5:]) >= 10 for p in ckpts.glob("step_*.pt")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed/summary.json").exists(), "the run finished before it could be killed"
-    capsys.readouterr()
-    train(compose(overrides), tmp_path / "killed")
-    assert "resumed from" in capsys.readouterr().out
-    train(compose(overrides), tmp_path / "straight")
-    a, b = summary(tmp_path / "killed"), summary(tmp_path / "straight")
+    a, b = killed_and_resumed(tmp_path, overrides, timeout=240)
     assert a["status"] == b["status"] == "completed"
     assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
 

@@ -4,11 +4,8 @@ conversion, the backbone handed to fine-tuning, and exact resume after kill -9 w
 import importlib
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,14 +14,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from conftest import OFFLINE_ENV, ROOT, compose
+from conftest import compose, killed_and_resumed
 from dyt.data.sampler import SeededSamples
 from dyt.families import build_model, get_family
 from dyt.families.dino.data import dino_datasets
 from dyt.families.dino.loss import DINOLoss, cosine_schedule, teacher_temperature
 from dyt.families.dino.task import clip_per_parameter, ema_update
 from dyt.nn import DynamicTanh
-from dyt.run import train
 from dyt.validate import validate
 
 MIRROR = Path("/work/.mirror/facebookresearch+dino/repo")
@@ -288,28 +284,14 @@ def summary(d):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_equals_uninterrupted(tmp_path, capsys):
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
     """kill -9 mid-run (14 steps an epoch: the schedules, the last-layer freeze and the centre all cross the kill)."""
-    cmd = [sys.executable, str(ROOT / "train.py"), *RESUME, f"hydra.run.dir={tmp_path}/killed"]
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = tmp_path / "killed/checkpoints"
-    deadline = time.time() + 600
-    while time.time() < deadline and not any(int(p.stem[5:]) >= 10 for p in ckpts.glob("step_*.pt")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed/summary.json").exists(), "the run finished before it could be killed"
-    capsys.readouterr()
-    train(compose(RESUME), tmp_path / "killed")
-    assert "resumed from" in capsys.readouterr().out
-    train(compose(RESUME), tmp_path / "straight")
-    a, b = summary(tmp_path / "killed"), summary(tmp_path / "straight")
+    a, b = killed_and_resumed(tmp_path, RESUME)
     assert a["status"] == b["status"] == "completed"
     for k in ("train/loss", "val/loss", "val/knn_top1"):
         assert a[k] == b[k], k
-    ca = torch.load(sorted(ckpts.glob("step_*.pt"))[-1], weights_only=True)
-    cb = torch.load(sorted((tmp_path / "straight/checkpoints").glob("step_*.pt"))[-1], weights_only=True)
+    ca, cb = (torch.load(sorted((tmp_path / run / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
+              for run in ("killed", "straight"))
     for k, v in cb["model"].items():  # the teacher and the centre too
         assert torch.equal(ca["model"][k], v), k
 

@@ -5,10 +5,8 @@ kill -9 with data workers, and the reconstruction grid."""
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import OFFLINE_ENV, ROOT, compose, run_script
+from conftest import ROOT, compose, killed_and_resumed, run_script
 from dyt.data.sampler import SeededSamples
 from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
@@ -77,7 +75,7 @@ def test_sizes_equal_the_official_models(size, embed, depth):
 def plain_mae(model, images, noise):
     """MAE's forward and loss for one image at a time, written out: patches cut by slicing, the visible ones
     picked by sorting the noise in Python, the decoder's sequence assembled position by position."""
-    p, c = model.patch_size, images.shape[1]
+    p = model.patch_size
     g = images.shape[-1] // p
     n_keep = int(g * g * (1 - model.mask_ratio))
     w = model.patch_embed.proj.weight.reshape(model.patch_embed.proj.out_channels, -1)
@@ -308,27 +306,10 @@ def test_two_fsdp_ranks_with_workers_match_one_process(mae_run, tmp_path):
     a, b = (np.asarray(Image.open(p / "samples/reconstruction_step00000012.png")).astype(int) for p in (d, tmp_path / "fsdp"))
     assert a.shape == b.shape and np.abs(a - b).max() <= 1  # a rounding of the 8-bit pixels at most
 
-def _killed_after(cmd: list[str], env: dict, ckpts: Path, step: int, cwd: Path) -> None:
-    """Start `cmd`, SIGKILL it once a checkpoint at `step` or later exists."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(int(p.stem[5:]) >= step for p in ckpts.glob("step_*.pt")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-def test_kill_and_resume_with_workers_equals_uninterrupted(tmp_path, capsys):
+def test_kill_and_resume_with_workers_equals_uninterrupted(tmp_path):
     overrides = [*MAE, "norm=dyt", "trainer.max_steps=60", "trainer.ckpt_every=5", "trainer.eval_every=30",
                  "data.num_workers=2", "data.augment.shift=1"]
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
-    _killed_after([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp_path}/killed"], env,
-                  tmp_path / "killed/checkpoints", 10, tmp_path)
-    assert not (tmp_path / "killed/summary.json").exists(), "the run finished before it could be killed"
-    capsys.readouterr()
-    a = train(compose(overrides), tmp_path / "killed")
-    assert "resumed from" in capsys.readouterr().out
-    b = train(compose(overrides), tmp_path / "straight")
+    a, b = killed_and_resumed(tmp_path, overrides, timeout=240)
     assert a["status"] == b["status"] == "completed"
     assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
     wa, wb = (torch.load(d / "checkpoints/step_00000060.pt", weights_only=True)["model"]
