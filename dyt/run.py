@@ -8,7 +8,7 @@ from dyt.families import get_family
 from dyt.files import warn
 from dyt.init_from import resolve_norm
 from dyt.logging import read_jsonl
-from dyt.rundir import (CHECKPOINT_NAME, RunDir, RunLock, check_config_change, describe_changes, differences,
+from dyt.rundir import (ABSENT, CHECKPOINT_NAME, RunDir, RunLock, check_config_change, describe_changes, differences,
                         list_checkpoints, read_summary)
 from dyt.trainer import Trainer
 from dyt.validate import validate
@@ -22,8 +22,10 @@ _NOT_RESULTS = ("trainer.resume", "trainer.progress", "trainer.keep_checkpoints"
 def _skip_line(run_dir, summary: dict, cfg) -> str:
     """Why a finished run is not trained again, naming the settings this command changes that run names leave out
     (trainer.parallel, precision...): a strategy comparison must not silently compare a run with itself."""
-    changed = {k: v for k, v in differences(run_dir, cfg).items()
-               if k.split(".")[0] in ("trainer", "optim", "model", "norm", "data") and k not in _NOT_RESULTS}
+    # a setting newer than the run, left at null (off), is what the run did: not a difference
+    changed = {k: (a, b) for k, (a, b) in differences(run_dir, cfg).items()
+               if k.split(".")[0] in ("trainer", "optim", "model", "norm", "data") and k not in _NOT_RESULTS
+               and not (a is ABSENT and b is None)}
     line = f"[dyt] {run_dir} already {summary['status']}; skipping"
     if not changed:
         return line + " (trainer.resume=never to train it again)"

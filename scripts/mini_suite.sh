@@ -52,7 +52,7 @@ echo "mini-suite: ${#SWEEPS[@]} sweeps, $JOBS at a time (logs: multirun/mini_log
 export PY
 printf '%s\n' "${SWEEPS[@]}" | xargs -P "$JOBS" -L 1 bash -c '
   name=$0; log=multirun/mini_logs/$name.log
-  if "$PY" train.py "$@" > "$log" 2>&1; then echo "  done: $name ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs)"
+  if "$PY" train.py "$@" > "$log" 2>&1; then echo "  done: $name ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs, $(grep -c "already \(completed\|diverged\)" "$log") done before)"
   else echo "  FAILED: $name (see $log)" >&2; exit 1; fi'
 run_of() { find "multirun/$1" -maxdepth 1 -type d -name "$2" | sort | head -1; }
 
@@ -61,7 +61,7 @@ finetune() {  # finetune <name> <pre-training sweep> <its run-name prefix>
   local log=multirun/mini_logs/$2_finetune.log
   if "$PY" train.py -m experiment=mini_finetune finetune_norm=released,pretrain \
       trainer.init_from="$(run_of "$2" "$3-layernorm-*"),$(run_of "$2" "$3-dyt-*")" > "$log" 2>&1; then
-    echo "  done: $1 ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs)"
+    echo "  done: $1 ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs, $(grep -c "already \(completed\|diverged\)" "$log") done before)"
   else echo "  FAILED: $1 (see $log)" >&2; exit 1; fi
 }
 finetune mae_finetune mini_mae mae_pico

@@ -52,6 +52,11 @@ def test_multirun_sweep_then_rerun_skips(tmp_path, capsys):
     train(compose(["norm=dyt", *TINY, "trainer.parallel=fsdp"]), tmp_path / "multirun/sweep" / runs[0])
     assert ("already completed; skipping. It ran with other settings than this command's (trainer.parallel: \"ddp\" -> "
             "\"fsdp\"): to train these settings beside it add run_name=") in capsys.readouterr().out
+    # a setting newer than the run (absent from its config.yaml), left at null now, is not a difference
+    config = tmp_path / "multirun/sweep" / runs[0] / "config.yaml"
+    config.write_text(config.read_text().replace("  init_from: null\n", "", 1))
+    train(compose(["norm=dyt", *TINY]), tmp_path / "multirun/sweep" / runs[0])
+    assert "already completed; skipping (trainer.resume=never to train it again)" in capsys.readouterr().out
     # the comparison report puts the three norms of the cell on one row
     capsys.readouterr()
     assert script("scripts/report.py").main(["--sweep", str(tmp_path / "multirun"), "--out", str(tmp_path / "cmp")]) == 0
