@@ -273,8 +273,11 @@ def test_run_records_and_reconstruction_grid(mae_run):
     assert [e["step"] for e in events if e["split"] == "val"] == [6, 12]
     grids = sorted((d / "samples").glob("reconstruction_step*.png"))
     assert [g.name for g in grids] == ["reconstruction_step00000006.png", "reconstruction_step00000012.png"]
-    # 3 rows (original, masked, reconstruction) x 4 images of 8x8 drawn 8x larger, 2-pixel padding
-    assert np.asarray(Image.open(grids[-1])).shape == (3 * 66 + 2, 4 * 66 + 2, 3)
+    # 3 rows (original, masked, reconstruction) x 4 images of 8x8 drawn 8x larger, 2-pixel padding, each row named
+    # at its left ("masked (75% hidden)": 19 characters of ~6 px + 8)
+    grid = np.asarray(Image.open(grids[-1]))
+    assert grid.shape == (3 * 66 + 2, 8 + 6 * 19 + 4 * 66 + 2, 3)
+    assert all((grid[r * 66:(r + 1) * 66, :122] < 128).any() for r in range(3))  # text in each row's margin
 
 
 def test_reconstruction_keeps_the_visible_patches():

@@ -8,13 +8,14 @@ import torch
 MIN_CELL = 64  # pixels: an 8x8 digit is drawn 8x larger, a 32x32 latent-decoded image 2x; 256 px images stay
 
 
-def image_grid(images: torch.Tensor, per_row: int, labels: list[int] | None = None, pad: int = 2,
+def image_grid(images: torch.Tensor, per_row: int, labels: list[int | str] | None = None, pad: int = 2,
                min_cell: int = MIN_CELL) -> np.ndarray:
     """(N, C, H, W) in [0, 1] -> one HxWx3 uint8 grid of `per_row` images per row (grey replicated to RGB).
 
-    Images smaller than `min_cell` pixels are upscaled by a whole factor (nearest). With `labels` (a class per
-    image), each image gets its class written above it, or, when every row holds one class (the evaluation grid:
-    a row per class), the row gets it once at its left.
+    Images smaller than `min_cell` pixels are upscaled by a whole factor (nearest). With `labels` (a class, or a
+    text, per image), each image gets its label written above it, or, when every row holds one label (the
+    evaluation grid: a row per class; MAE's rows: original / masked / reconstruction), the row gets it once at
+    its left ("class 3" for a class).
     """
     from PIL import Image, ImageDraw
     from torchvision.utils import make_grid
@@ -29,19 +30,20 @@ def image_grid(images: torch.Tensor, per_row: int, labels: list[int] | None = No
     out = Image.fromarray(grid.permute(1, 2, 0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy())
     if labels is None:
         return np.asarray(out)
-    labels = [int(v) for v in labels]
+    labels = [v if isinstance(v, str) else int(v) for v in labels]
     h, w = images.shape[-2:]
     rows = [labels[i:i + per_row] for i in range(0, len(labels), per_row)]
     by_row = all(len(set(r)) == 1 for r in rows)
-    text_h = 12  # PIL's default bitmap font is ~11 px high
-    left, top = (56, 0) if by_row else (0, text_h)
+    row_text = [r[0] if isinstance(r[0], str) else f"class {r[0]}" for r in rows]
+    text_h = 12  # PIL's default bitmap font is ~11 px high and ~6 px wide
+    left, top = (max(56, 8 + 6 * max(map(len, row_text))), 0) if by_row else (0, text_h)
     canvas = Image.new("RGB", (out.width + left, out.height + top * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(rows):
         y0 = r * (h + pad + top)  # the row's top edge on the canvas
         canvas.paste(out.crop((0, r * (h + pad), out.width, (r + 1) * (h + pad) + pad)), (left, y0 + top))
         if by_row:
-            draw.text((4, y0 + pad + h // 2 - text_h // 2), f"class {row[0]}", fill="black")
+            draw.text((4, y0 + pad + h // 2 - text_h // 2), row_text[r], fill="black")
         else:
             for c, label in enumerate(row):
                 draw.text((left + pad + c * (w + pad), y0 + 1), str(label), fill="black")

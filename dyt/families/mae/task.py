@@ -93,4 +93,6 @@ class MAETask(Task):
         finally:
             model.train(was_training)
         rows = torch.cat([self.to_images(x), self.to_images(masked), self.to_images(recon)])
-        return {"reconstruction": image_grid(rows, n)}
+        hidden = f"masked ({self.cfg.model.mask_ratio:.0%} hidden)"
+        return {"reconstruction": image_grid(rows, n, labels=[t for t in ("original", hidden, "reconstruction")
+                                                              for _ in range(n)])}
