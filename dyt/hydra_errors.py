@@ -56,7 +56,11 @@ def one_line(exc: BaseException) -> str | None:
             return f"no {group} config {name!r}{did_you_mean(name, options)} (choices: {', '.join(options)})"
         return str(exc).strip().splitlines()[0]
     if isinstance(exc, OverrideParseException):
-        return str(exc).strip().splitlines()[0]
+        reason = str(exc).strip().splitlines()[0]
+        if not getattr(exc, "override", None):
+            return reason
+        return (f"cannot parse the override {exc.override!r}: {reason} (a value holding '=', ',', spaces or brackets, "
+                "such as a run directory's name, goes in quotes: key='value')")
     if isinstance(exc, ConfigCompositionException):
         return _key_error(exc.__cause__) or str(exc).strip().splitlines()[0]
     return None

@@ -56,11 +56,12 @@ printf '%s\n' "${SWEEPS[@]}" | xargs -P "$JOBS" -L 1 bash -c '
   else echo "  FAILED: $name (see $log)" >&2; exit 1; fi'
 run_of() { find "multirun/$1" -maxdepth 1 -type d -name "$2" | sort | head -1; }
 
-# Second stage (Table 2): each pre-training run fine-tuned as released (LayerNorm) and with its own norm.
+# Second stage (Table 2): each pre-training run fine-tuned as released (LayerNorm) and with its own norm. The run
+# directories' names hold '=' (their override suffix): quoted for Hydra's parser.
 finetune() {  # finetune <name> <pre-training sweep> <its run-name prefix>
   local log=multirun/mini_logs/$2_finetune.log
   if "$PY" train.py -m experiment=mini_finetune finetune_norm=released,pretrain \
-      trainer.init_from="$(run_of "$2" "$3-layernorm-*"),$(run_of "$2" "$3-dyt-*")" > "$log" 2>&1; then
+      "trainer.init_from='$(run_of "$2" "$3-layernorm-*")','$(run_of "$2" "$3-dyt-*")'" > "$log" 2>&1; then
     echo "  done: $1 ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs, $(grep -c "already \(completed\|diverged\)" "$log") done before)"
   else echo "  FAILED: $1 (see $log)" >&2; exit 1; fi
 }

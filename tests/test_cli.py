@@ -130,6 +130,10 @@ def test_torchrun_two_processes_match_single_process(single_run, tmp_path):
     (["seed=99999999999999999999"], "error: seed=99999999999999999999: must be an integer in ["),  # was an overflow
     (["run_name=../../escape"], "error: run_name=../../escape: a name, not a path"),  # was written outside runs/
     (["run_name=" + "x" * 300], "error: run_name: 300 bytes long; at most 120"),  # was an ENAMETOOLONG traceback
+    # a run directory's name holds '=' (its override suffix): Hydra's parser error alone did not say which override
+    (["trainer.init_from=multirun/s/vit_pico-dyt-digits-s0_optim.lr=0.001"],
+     "error: cannot parse the override 'trainer.init_from=multirun/s/vit_pico-dyt-digits-s0_optim.lr=0.001': "
+     "mismatched input '=' expecting <EOF> (a value holding '='"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     out = run_script(["python", str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path, check=False)
