@@ -29,9 +29,14 @@ def did_you_mean(word: str, options, prefix: str = "") -> str:
 
 
 def _key_error(cause) -> str | None:
-    """'Key X not in Schema' under `full_key`: the valid keys are the schema's fields."""
+    """'Key X not in Schema' under `full_key`: the valid keys are the schema's fields. A value of the wrong type
+    for a real key (a ValidationError, which carries the same attributes) is said as such."""
+    from omegaconf.errors import ValidationError
+
     full_key = getattr(cause, "full_key", None) or ""
     schema = getattr(cause, "object_type", None)
+    if full_key and isinstance(cause, ValidationError):
+        return f"{full_key}: {str(cause).strip().splitlines()[0]}"
     if not full_key or not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
         return None
     parent, _, key = full_key.rpartition(".")

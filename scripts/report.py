@@ -51,7 +51,7 @@ def tables_report(args, runs: list[Run], table_ids) -> int:
         report.tables = [tr for tr in report.tables if tr.runs]
         if not report.tables:
             print(f"none of the {len(runs)} runs matches a cell of the paper's tables: showing them side by side "
-                  "(--sweep)")
+                  "(--sweep)" + ("; --wandb-log logs paper tables only, so nothing is logged" if args.wandb_log else ""))
             return sweep_report(args, runs)
     for tr in report.tables:
         if tr.runs:

@@ -123,6 +123,8 @@ def test_torchrun_two_processes_match_single_process(single_run, tmp_path):
     (["model=vit_huge"], "error: no model config 'vit_huge'; did you mean vit_s or vit_l or vit_b? (choices: convnext_atto"),
     (["trainer.max_stpes=3"], "error: trainer.max_stpes is not a setting of trainer; did you mean trainer.max_steps?"),
     (["++trainer.max_stpes=3"], "error: trainer.max_stpes is not a setting of trainer; did you mean trainer.max_steps?"),
+    # a value of the wrong type for a real key was reported as an unknown key ("did you mean trainer.max_steps?")
+    (["trainer.max_steps=abc"], "error: trainer.max_steps: Value 'abc' of type 'str' could not be converted to Integer"),
     (["data=fashion_mnist", "data.root=/nonexistent/fmnist"], "error: Fashion-MNIST files not found in /nonexistent/fmnist"),
     (["data=cifar10"], "error: cannot download 'uoft-cs/cifar10' while offline"),
     (["trainer.device=tpu"], "error: unknown trainer.device 'tpu'; choose one of: auto, cpu, cuda"),

@@ -476,3 +476,22 @@ def test_a_fine_tuning_run_is_paired_with_its_pre_training(tmp_path):
     text = markdown(tr)
     assert "83.10" in text and "from mae_vit_b-dyt-imagenet-s0 @1000, fine-tuned with layernorm (released)" in text
     assert "from mae_vit_b-dyt-imagenet-s0 @1000, fine-tuned with dyt (pretrain)" in text
+
+
+def test_a_mini_fine_tuning_run_is_not_a_from_scratch_mini_cell(tmp_path):
+    """mini_finetune trains the mini ViT with table=mini: it is Mini Table 2's run, not Mini Table 1's / 8's (whose
+    cells are the same family and norm, trained from scratch)."""
+    root = tmp_path / "runs"
+    for name, init_from in (("scratch", None), ("finetuned", "/runs/mae_pico-layernorm-fashion_mnist-s0")):
+        d = write_run(root, name, table="mini", model=vit("vit_pico"), norm="layernorm", metrics=top1(80.0, 80.0))
+        config = yaml.safe_load((d / "config.yaml").read_text())
+        config["trainer"]["init_from"] = init_from
+        (d / "config.yaml").write_text(yaml.safe_dump({**config, "finetune_norm": "released"}))
+        if init_from:
+            summary = json.loads((d / "summary.json").read_text())
+            (d / "summary.json").write_text(json.dumps({**summary, "init_from": {
+                "run_dir": init_from, "step": 40, "family": "mae", "norm": "layernorm", "table": "mini"}}))
+    report = build_report(load_run_dirs([root]), ["mini_t1", "mini_t2"])
+    t1, t2 = report.tables
+    assert [Path(r.source).name for r in t1.result("ViT", "layernorm").runs] == ["scratch"]
+    assert [Path(r.source).name for r in t2.result("MAE", "layernorm").runs] == ["finetuned"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 MISSING = object()  # a config path the run does not have
+# trained from scratch: no trainer.init_from (null, or a run older than the setting). Cells whose own runs are
+# from scratch say so, so a fine-tuning run of the same model and norm is not counted there.
+FROM_SCRATCH = {"trainer.init_from": (None, MISSING)}
 
 
 def get_path(config: Mapping, path: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from dyt.paper.match import FROM_SCRATCH
 from dyt.paper.schema import ALPHA_GRID, Cell, Grid, Row, Table
 from dyt.paper.tables import FINETUNED, SQUASH, T1, T2, T8, T9, TOP1, VAL_LOSS
 
@@ -17,7 +18,7 @@ MINI = "mini"  # the `table` of every mini-suite run (configs/experiment/_mini_v
 
 def _mini_cell(experiment: str, family: str, norm: str, learn_alpha: bool, paper: Cell) -> Cell:
     return Cell(paper=paper.paper, overrides=(f"experiment={experiment}", f"norm={norm}"),
-                match={"table": MINI, "model.family": family, "norm.name": norm,
+                match={"table": MINI, "model.family": family, "norm.name": norm, **FROM_SCRATCH,
                        **({"norm.learn_alpha": learn_alpha} if norm.startswith("dyt") else {})})
 
 
