@@ -238,10 +238,11 @@ def _suffix(override_dirname: str) -> str:
 
     A long one (many overrides) keeps a readable prefix and ends with a hash of the whole, so names stay unique,
     deterministic (the same command resumes) and short enough for the file system; config.yaml has every value.
+    Quotes a value needed on the command line (a path holding '=') are not part of the name.
     """
     if not override_dirname:
         return ""
-    suffix = f"_{override_dirname}".replace("/", "-")
+    suffix = f"_{override_dirname}".replace("/", "-").replace("'", "").replace('"', "")
     if len(suffix.encode()) <= MAX_SUFFIX:
         return suffix
     digest = hashlib.sha1(suffix.encode()).hexdigest()[:12]

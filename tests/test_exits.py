@@ -170,6 +170,9 @@ def test_long_override_lists_give_short_unique_run_names(tmp_path):
     a, b = _suffix(many), _suffix(many.replace("k39=39", "k39=40"))
     assert len(a.encode()) <= MAX_SUFFIX and a != b and a == _suffix(many) and a.startswith("_model.kwargs.k0=0,")
     assert _suffix("norm.alpha_init=1.0") == "_norm.alpha_init=1.0"
+    # a quoted value (a run directory's name holds '='): the quotes are the shell's and Hydra's, not the name's
+    assert _suffix("trainer.init_from='multirun/m/vit-dyt-s0_experiment=mini_mae'") == \
+        "_trainer.init_from=multirun-m-vit-dyt-s0_experiment=mini_mae"
     overrides = ["optim.lr=0.0010000000001", "trainer.max_steps=3"] + \
                 [f"data.augment.{k}=0.0" for k in ("hflip", "reprob", "mixup", "cutmix", "label_smoothing")] + \
                 ["data.mean=[0.5000000000000001]", "data.std=[0.2500000000000001]", "model.kwargs.depth=2",
