@@ -3,6 +3,7 @@ line per run, one colour per column: LN vs DyT), and for alpha0 grids a heatmap 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -77,15 +78,18 @@ def plot_bars(tr: TableReport, path: Path) -> Path | None:
         if not any(isinstance(v, (int, float)) and v for _, _, vals in series for v in vals):
             ax.set_ylim(-1, 1)  # only zero differences: a readable axis around them
         ax.set_xlim(-0.6, len(shown) - 0.4)  # room for a text-only (diverged) first column
-        ax.set_xticks(range(len(shown)), [t.columns[c] + (f" - {t.columns[ref]}" if ref else "") for c in shown],
-                      fontsize=8)
+        # long column names (Table 2's "DyT (fine-tuned as released: LayerNorm)") wrap instead of overlapping
+        width_chars = max(12, 44 // len(shown))
+        ax.set_xticks(range(len(shown)), [textwrap.fill(t.columns[c] + (f" - {t.columns[ref]}" if ref else ""),
+                                                        width_chars) for c in shown], fontsize=8)
         ax.set_title(f"{row.label}" + (f" (paper: {row.paper_ref})" if row.paper_ref else ""), fontsize=9)
         ax.set_ylabel(f"{m.label}, difference" if ref else m.label, fontsize=8)
         by_label = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per series
         if by_label:
             ax.legend(by_label.values(), by_label.keys(), fontsize=6, loc="best")
-    fig.suptitle(f"{t.id}: {t.title}" + (f" (difference to {t.columns[t.reference]}; ours and the paper's each on "
-                                         "its own data)" if t.reference in t.columns else ""), fontsize=9)
+    title = f"{t.id}: {t.title}" + (f" (difference to {t.columns[t.reference]}; ours and the paper's each on "
+                                    "its own data)" if t.reference in t.columns else "")
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 14)), fontsize=9)  # ~14 characters an inch at 9 pt
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
