@@ -116,8 +116,10 @@ def state_bytes_per_param(optimizer: str = "adamw", ema: bool = False) -> dict[s
     return {"params": 4, "grads": 4, "optimizer": OPTIMIZER_BYTES.get(optimizer, 8), "ema": 4 if ema else 0}
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+def count_params(model: nn.Module, trainable: bool = False) -> int:
+    """Every parameter (a tied weight once), or with `trainable` those the optimizer gets (requires_grad): DINO's
+    teacher, MAE's fixed positions and frozen scales hold no gradient and no optimizer state."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def fsdp_units(model: nn.Module, blocks: list[nn.Module] | None) -> tuple[int, int]:
@@ -130,12 +132,14 @@ def fsdp_units(model: nn.Module, blocks: list[nn.Module] | None) -> tuple[int, i
 
 
 def memory(n_params: int, units: tuple[int, int], per_param: dict, strategy: str, nodes: int, gpus_per_node: int,
-           activations: float | None, compute_bytes: int = 2, reduce_bytes: int = 4, shard_group: int = 0) -> dict:
+           activations: float | None, compute_bytes: int = 2, reduce_bytes: int = 4, shard_group: int = 0,
+           trainable: int | None = None) -> dict:
     """Bytes per GPU of each component under ``strategy`` (ddp | fsdp | hsdp); `shard_group`: HSDP's shard group
-    size (default one node)."""
+    size (default one node); `trainable`: the parameters with gradients and optimizer state (default: all)."""
     world = nodes * gpus_per_node
     shards = {"ddp": 1, "fsdp": world, "hsdp": shard_group or gpus_per_node}[strategy]
-    out = {k: n_params * v / shards for k, v in per_param.items()}
+    trained = n_params if trainable is None else trainable
+    out = {k: (trained if k in ("grads", "optimizer") else n_params) * v / shards for k, v in per_param.items()}
     root, block = units
     out["gathered"] = 0.0 if strategy == "ddp" or shards == 1 else \
         root * compute_bytes + block * (2 * compute_bytes + reduce_bytes)
@@ -164,6 +168,7 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     units = fsdp_units(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
     usable = gpu_mem_gib * GIB * (1 - margin)
     out = {"model": cfg.model.name, "family": family, "norm": cfg.norm.name, "params": n,
+           "trainable": count_params(model, trainable=True),
            "nodes": nodes, "gpus_per_node": gpus_per_node, "world": world, "grad_accum": accum,
            "global_batch": int(tc.batch_size), "precision": str(tc.precision), "ac_every": ac_every,
            "compute_bytes": compute, "reduce_bytes": reduce, "shard_group": int(tc.get("hsdp_shard_size") or 0),
@@ -216,7 +221,7 @@ def _rows(out, n, units, per_param, shape, accum) -> tuple[list[dict], int]:
         act = activation_bytes(shape, micro, act_bytes, ac, out["ac_every"]) if shape else None
         for strategy in STRATEGIES:
             mem = memory(n, units, per_param, strategy, out["nodes"], out["gpus_per_node"], act,
-                         out["compute_bytes"], out["reduce_bytes"], out["shard_group"])
+                         out["compute_bytes"], out["reduce_bytes"], out["shard_group"], out["trainable"])
             rows.append({"strategy": strategy, "ac": ac, **mem, "fits": mem["total"] <= out["usable"]})
     return rows, micro
 
@@ -379,9 +384,9 @@ def training_bytes(cfg) -> tuple[int, int]:
     the estimate is a lower bound."""
     with torch.device("meta"):
         model = build_model(cfg)
-    n = count_params(model)
+    n, trained = count_params(model), count_params(model, trainable=True)
     per_param = state_bytes_per_param(str(cfg.optim.name), bool(cfg.trainer.get("ema_decay")))
-    return n, n * sum(per_param.values())
+    return n, sum((trained if k in ("grads", "optimizer") else n) * v for k, v in per_param.items())
 
 
 def check_model_fits(cfg, device, world_size: int = 1) -> None:

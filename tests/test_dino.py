@@ -268,9 +268,14 @@ def test_table2_experiments_are_the_dyt_readme_commands(experiment, lr, batch, e
 
 def test_planner_counts_every_student_crop():
     from dyt.plan import plan
-    cfg = compose(["experiment=table2_dino_vit_b16"])
+    cfg = compose(["experiment=table2_dino_vit_b16", "norm=layernorm"])
     p = plan(cfg, nodes=4, gpus_per_node=8)
     assert p["seq"] == 2 * 197 + 10 * 37 and p["layers"] == 12
+    # gradients and optimizer state for the student only (the teacher and the fixed g of the last layer have none)
+    student = 85_798_656 + 23_138_560 - 65536  # backbone + head - the norm_last_layer scale g
+    ddp = next(r for r in p["rows"] if r["strategy"] == "ddp" and r["ac"] == "none")
+    assert p["trainable"] == student and ddp["grads"] == 4 * student and ddp["optimizer"] == 8 * student
+    assert ddp["params"] == 4 * p["params"] and p["params"] == 2 * (85_798_656 + 23_138_560)
 
 
 # --- training ------------------------------------------------------------------------------------------------------
