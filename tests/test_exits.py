@@ -119,7 +119,8 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["trainer.devcie=cpu"], "override 'trainer.devcie=cpu' does not apply to this run's config (Key 'devcie' is not in struct)"),
+    (["trainer.devcie=cpu"], "override 'trainer.devcie=cpu' does not apply to this run's config (Key 'devcie' is not "
+                             "in struct); did you mean trainer.device?"),
     (["cpu"], "override 'cpu' is not key=value (e.g. trainer.device=cpu)"),
     (["=cpu"], "override '=cpu' is not key=value"),
 ])

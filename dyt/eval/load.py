@@ -18,6 +18,7 @@ from dyt.checkpoint.dcp import dcp_contents, restore_model_shards
 from dyt.config import LoggerConfig, NormConfig, OptimConfig, TrainerConfig
 from dyt.errors import ConfigError
 from dyt.family import Family, get_family
+from dyt.hydra_errors import did_you_mean
 from dyt.parallel import wrap_model
 from dyt.precision import amp_dtype
 from dyt.ranges import Num, rules
@@ -56,7 +57,10 @@ def run_config(run_dir: str | Path, overrides: list[str] = ()) -> DictConfig:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
         except OmegaConfBaseException as e:
-            raise ConfigError(f"override {o!r} does not apply to this run's config ({_first_line(e)})") from e
+            parent, _, name = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            hint = did_you_mean(name, list(node), f"{parent}." if parent else "") if isinstance(node, DictConfig) else ""
+            raise ConfigError(f"override {o!r} does not apply to this run's config ({_first_line(e)}){hint}") from e
         section, _, name = key.partition(".")
         rule = rules(SHARED[section]).get(name) if section in SHARED else None
         if isinstance(rule, Num) and not rule.accepts(OmegaConf.select(cfg, key)):  # e.g. eval_batch_size=0
