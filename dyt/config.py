@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dyt.ranges import (COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONNEG, OPT_POSITIVE, POSITIVE,
                         PROB, SEED, MAX_STEPS, OPT_STEPS, Num, NumList, ranged, ranged_list)
@@ -263,3 +263,8 @@ def register_shared() -> None:
 
 #: every data schema, by the kind of data it describes (a family names the kinds it trains on)
 DATA_SCHEMAS = (VisionDataConfig, LatentDataConfig, TextDataConfig)
+
+
+def plain_kwargs(kwargs) -> dict:
+    """model.kwargs as plain Python values: timm does arithmetic on its lists (a ListConfig is not a tuple of ints)."""
+    return OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs)

@@ -9,7 +9,8 @@ import torch.nn as nn
 from conftest import compose
 from dyt.errors import ConfigError
 from dyt.families import build_model
-from dyt.families.dit.model import DiT, sincos_pos_embed, timestep_embedding
+from dyt.families.dit.model import DiT, timestep_embedding
+from dyt.nn.positions import sincos_pos_embed
 from dyt.nn import DynamicTanh
 from dyt.validate import validate
 
@@ -156,7 +157,7 @@ def test_sample_grids_are_readable_and_labelled(tmp_path):
     their left, mixed rows a label above each image (fid_samples.png)."""
     from PIL import Image
 
-    from dyt.families.dit.grid import image_grid
+    from dyt.images import image_grid
     images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     plain = image_grid(images, per_row=3, pad=2)
     assert plain.shape == (2 * 66 + 2, 3 * 66 + 2, 3)  # 64-pixel cells

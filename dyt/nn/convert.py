@@ -21,7 +21,7 @@ from dyt.nn.norms import NORM_FREE, LayerNorm2d, RMSNorm2d, build_norm
 from dyt.nn.residual import fixup, skipinit
 from dyt.nn.sigma_reparam import sigma_reparam
 
-__all__ = ["convert_norms", "is_norm", "is_channels_first", "norm_family", "NORM_FAMILIES", "NORM_FREE"]
+__all__ = ["apply_norm", "convert_norms", "is_norm", "is_channels_first", "norm_family", "NORM_FAMILIES", "NORM_FREE"]
 
 AlphaInit = Union[float, Callable[[str], float]]
 
@@ -144,3 +144,12 @@ def convert_norms(model: nn.Module, kind: str = "dyt", alpha_init: AlphaInit = 0
         return swap("", model)
     _replace_each(model, replace, swap)
     return model
+
+
+def apply_norm(model: nn.Module, model_cfg, norm_cfg) -> nn.Module:
+    """Swap the model's own norms (``model.norm_sites``) for the configured kind (a no-op for the baseline)."""
+    sites = model_cfg.get("norm_sites", "layernorm")  # .get: run configs written before the key existed
+    if norm_cfg.name == sites:
+        return model
+    return convert_norms(model, kind=norm_cfg.name, alpha_init=norm_cfg.alpha_init,
+                         learn_alpha=norm_cfg.get("learn_alpha", True), replace=(sites,))

@@ -21,7 +21,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from dyt.errors import ConfigError
 from dyt.families.dino.loss import DINOLoss
-from dyt.families.timm.model import _plain, apply_norm
+from dyt.config import plain_kwargs
+from dyt.nn.convert import apply_norm
 
 
 class DINOHead(nn.Module):
@@ -112,7 +113,7 @@ def _backbone(model_cfg, norm_cfg, data_cfg, drop_path: float) -> nn.Module:
             raise ConfigError(f"model.crops.{what}={size} is not a multiple of the patch size {patch}")
     vit = timm.create_model(model_cfg.arch, pretrained=False, num_classes=0, global_pool="token",
                             img_size=c.global_size, patch_size=patch, in_chans=data_cfg.in_chans,
-                            dynamic_img_size=True, drop_path_rate=drop_path, **_plain(model_cfg.kwargs))
+                            dynamic_img_size=True, drop_path_rate=drop_path, **plain_kwargs(model_cfg.kwargs))
     return apply_norm(vit, {"norm_sites": "layernorm"}, norm_cfg)
 
 

@@ -26,7 +26,7 @@ from dyt.errors import ConfigError
 from dyt.eval import load_run
 from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats, frechet_distance, inception_score,
                                   load_stats, save_stats)
-from dyt.families.dit.grid import image_grid
+from dyt.images import image_grid
 from dyt.progress import progress_iter
 from dyt.family import Evaluation
 from dyt.logging import save_png

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Attention
 
 from dyt.errors import ConfigError
+from dyt.nn.positions import sincos_pos_embed
 from dyt.nn import build_norm
 
 #: norm kinds whose DiT keeps adaLN-Zero by default (the statistics-based ones); element-wise kinds drop it
@@ -34,19 +34,6 @@ ZERO_INIT_NORMS = ("layernorm", "rmsnorm")
 def resolve_adaln_zero_init(model_cfg, norm_name: str) -> bool:
     flag = model_cfg.get("adaln_zero_init")
     return bool(flag) if flag is not None else norm_name in ZERO_INIT_NORMS
-
-
-def sincos_pos_embed(dim: int, grid: int) -> np.ndarray:
-    """(grid*grid, dim) fixed 2-D sin-cos positions (MAE / DiT): half the channels encode the row, half the column."""
-    def one_axis(d: int, pos: np.ndarray) -> np.ndarray:
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    if dim % 4:
-        raise ConfigError(f"DiT width {dim} must be a multiple of 4 (2-D sin-cos position embedding)")
-    w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
-    return np.concatenate([one_axis(dim // 2, w), one_axis(dim // 2, h)], axis=1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -28,7 +28,7 @@ from dyt.data.vae import decode, load_vae
 from dyt.data.vision import build_vision_datasets
 from dyt.errors import ConfigError
 from dyt.families.dit.gaussian_diffusion import GaussianDiffusion
-from dyt.families.dit.grid import image_grid
+from dyt.images import image_grid
 from dyt.tasks.base import Task
 
 SAMPLERS = ("ddpm", "ddim")

@@ -21,8 +21,8 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from dyt.errors import ConfigError
-from dyt.families.dit.model import sincos_pos_embed
-from dyt.families.timm.model import apply_norm
+from dyt.nn.convert import apply_norm
+from dyt.nn.positions import sincos_pos_embed
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset, default_collate
 
 from dyt.data.vision import build_vision_datasets
-from dyt.families.dit.grid import image_grid
+from dyt.images import image_grid
 from dyt.families.mae.data import MaskedSamples, pretrain_transform
 from dyt.families.mae.model import patchify, unpatchify
 from dyt.tasks.base import Task

@@ -7,24 +7,10 @@ from __future__ import annotations
 
 import timm
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
 
 from dyt.errors import ConfigError
-from dyt.nn import convert_norms
-
-
-def apply_norm(model: nn.Module, model_cfg, norm_cfg) -> nn.Module:
-    """Swap the model's own norms (``model.norm_sites``) for the configured kind (a no-op for the baseline)."""
-    sites = model_cfg.get("norm_sites", "layernorm")  # .get: run configs written before the key existed
-    if norm_cfg.name == sites:
-        return model
-    return convert_norms(model, kind=norm_cfg.name, alpha_init=norm_cfg.alpha_init,
-                         learn_alpha=norm_cfg.get("learn_alpha", True), replace=(sites,))
-
-
-def _plain(kwargs) -> dict:
-    """model.kwargs as plain Python values: timm does arithmetic on its lists (a ListConfig is not a tuple of ints)."""
-    return OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs)
+from dyt.config import plain_kwargs
+from dyt.nn.convert import apply_norm
 
 
 def _create(model_cfg, data_cfg, **arch_args) -> nn.Module:
@@ -34,7 +20,7 @@ def _create(model_cfg, data_cfg, **arch_args) -> nn.Module:
         arch_args["drop_path_rate"] = model_cfg.drop_path
     try:
         return timm.create_model(model_cfg.arch, pretrained=False, num_classes=data_cfg.num_classes,
-                                 in_chans=data_cfg.in_chans, **arch_args, **_plain(model_cfg.kwargs))
+                                 in_chans=data_cfg.in_chans, **arch_args, **plain_kwargs(model_cfg.kwargs))
     except TypeError as e:  # an option this architecture does not have (model.kwargs / model.drop_path)
         raise ConfigError(f"timm model {model_cfg.arch!r}: {e}") from None
 

@@ -1,5 +1,5 @@
-"""Sample grids people can read: small images upscaled (nearest, so pixels stay pixels) and every image labelled
-with its class. Used for the grid logged at each evaluation and for ``fid_samples.png``."""
+"""Sample grids people can read: small images upscaled (nearest, so pixels stay pixels) and every image or row
+labelled (a class, or a text): DiT's grid at each evaluation and its ``fid_samples.png``, MAE's reconstructions."""
 from __future__ import annotations
 
 import numpy as np
