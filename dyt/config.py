@@ -47,6 +47,7 @@ class AugmentConfig:
 class VisionDataConfig:
     """Labelled images (configs/data/digits.yaml, cifar10.yaml, imagenet.yaml, ...)."""
     KIND: ClassVar[str] = "images"
+    WORDS: ClassVar[tuple[str, str]] = ("an image dataset", "a data config with num_classes, e.g. data=digits")  # (what it is, how to choose one)
     name: str = MISSING
     source: str = MISSING  # digits | fashion_mnist | hf | imagefolder
     root: Optional[str] = None  # local folder (offline alternative to a hub id)
@@ -71,6 +72,7 @@ class VisionDataConfig:
 class LatentDataConfig:
     """Pre-extracted VAE latents (scripts/extract_latents.py): what latent DiT trains on (no VAE in the loop)."""
     KIND: ClassVar[str] = "latents"
+    WORDS: ClassVar[tuple[str, str]] = ("a VAE latent dataset", "data=imagenet256_latents, from scripts/extract_latents.py")  # (what it is, how to choose one)
     name: str = MISSING
     source: str = "latents"
     root: Optional[str] = None  # the folder extract_latents.py wrote: <root>/<split>/meta.json, shards, labels
@@ -89,6 +91,7 @@ class LatentDataConfig:
 class TextDataConfig:
     """Schema of configs/data/text_*.yaml (``defaults: [schema_text]``)."""
     KIND: ClassVar[str] = "text"
+    WORDS: ClassVar[tuple[str, str]] = ("a text dataset", "a data config with seq_len, e.g. data=text_pydoc")  # (what it is, how to choose one)
     name: str = MISSING  # short, path-safe: part of the run name
     source: str = MISSING  # pydoc | local | hf | shards
     root: Optional[str] = None  # local folder (local, shards)
@@ -261,7 +264,8 @@ def register_shared() -> None:
     register_resolvers()
 
 
-#: every data schema, by the kind of data it describes (a family names the kinds it trains on)
+#: the shared data schemas, by the kind of data they describe (a family names the kinds it trains on; a family may
+#: bring its own: Family.data_schemas)
 DATA_SCHEMAS = (VisionDataConfig, LatentDataConfig, TextDataConfig)
 
 

@@ -65,8 +65,11 @@ class Family:
     name: str  # the value of model.family
     build: Callable[[Any, Any, Any], nn.Module]  # (model_cfg, norm_cfg, data_cfg) -> the model
     task: type  # a dyt.task.Task subclass: data, loss and metrics
-    data_kinds: tuple[str, ...]  # the KIND of each data schema it trains on (dyt.config.DATA_SCHEMAS)
+    data_kinds: tuple[str, ...]  # the KIND of each data schema it trains on (dyt.config.DATA_SCHEMAS or its own)
     schemas: Mapping[str, type] = field(default_factory=dict)  # its model schemas by config name (schema_llama)
+    # data schemas of its own by config name (schema_audio): a dataclass with ``KIND`` (a new data kind) and
+    # ``WORDS`` = (what it is, how to choose one) for the pairing error, as dyt.config's shared data schemas have
+    data_schemas: Mapping[str, type] = field(default_factory=dict)
     blocks: Optional[Callable[[nn.Module], Blocks]] = None  # None: no repeated blocks (no FSDP / AC)
     shape: Optional[Callable[[nn.Module, Any], Shape]] = None  # (meta model, cfg) -> Shape; None: no activation model
     check: Optional[Callable[[Any], list[str]]] = None  # constraints between fields of a composed config
@@ -83,10 +86,13 @@ _FAMILIES: dict[str, Family] = {}
 def register_family(family: Family) -> Family:
     """Make `family` known to every shared module and its schemas to Hydra (``defaults: [<schema name>]``)."""
     cs = ConfigStore.instance()
-    for name, schema in family.schemas.items():
-        if not dataclasses.is_dataclass(schema):
-            raise TypeError(f"family {family.name}: schema {name} is not a dataclass")
-        cs.store(group="model", name=name, node=schema)
+    for group, named in (("model", family.schemas), ("data", family.data_schemas)):
+        for name, schema in named.items():
+            if not dataclasses.is_dataclass(schema):
+                raise TypeError(f"family {family.name}: schema {name} is not a dataclass")
+            if group == "data" and not (hasattr(schema, "KIND") and hasattr(schema, "WORDS")):
+                raise TypeError(f"family {family.name}: data schema {name} needs the class attributes KIND and WORDS")
+            cs.store(group=group, name=name, node=schema)
     _FAMILIES[family.name] = family
     return family
 
@@ -100,3 +106,8 @@ def get_family(name: str) -> Family:
 def families() -> dict[str, Family]:
     """Every registered family by name."""
     return dict(_FAMILIES)
+
+
+def family_data_schemas() -> list[type]:
+    """The data schemas the registered families brought (each once)."""
+    return list(dict.fromkeys(s for f in _FAMILIES.values() for s in f.data_schemas.values()))

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from dyt.config import DATA_SCHEMAS, LauncherConfig, LoggerConfig, NormConfig, OptimConfig, TrainConfig, TrainerConfig
 from dyt.data.vision import image_folder_classes
 from dyt.errors import ConfigError
-from dyt.family import Family, families, get_family
+from dyt.family import Family, families, family_data_schemas, get_family
 from dyt.hydra_errors import did_you_mean
 from dyt.nn import NORM_FREE, NORM_KINDS
 from dyt.parallel import AC_MODES, INITS, PARALLEL, REDUCE_DTYPES
@@ -38,7 +38,7 @@ def schemas() -> list[type]:
     """Every schema dataclass a config can hold: the shared ones, every registered family's, and the schemas
     nested in their fields (data.augment, model.diffusion)."""
     found: list[type] = []
-    todo = [*SHARED_SCHEMAS, *(s for f in families().values() for s in f.schemas.values())]
+    todo = [*SHARED_SCHEMAS, *(s for f in families().values() for s in f.schemas.values()), *family_data_schemas()]
     while todo:
         cls = todo.pop(0)
         if cls in found:
@@ -117,16 +117,21 @@ def _choice(cfg, group: str) -> str:
         return f"{group}.name={cfg[group].get('name')}"
 
 
+def data_schemas() -> list[type]:
+    """Every data schema: the shared ones and those the families brought."""
+    return [*DATA_SCHEMAS, *family_data_schemas()]
+
+
 def data_kind(data: DictConfig) -> Optional[str]:
-    """The KIND of the data config's schema (images | latents | text), or None when no data schema fits it."""
-    cls = schema_of(data, list(DATA_SCHEMAS))
+    """The KIND of the data config's schema (images | latents | text | a family's own), or None when no data
+    schema fits it."""
+    cls = schema_of(data, data_schemas())
     return getattr(cls, "KIND", None)
 
 
-# the words of a pairing error, per data kind: (what it is, how to choose one)
-KIND_WORDS = {"images": ("an image dataset", "a data config with num_classes, e.g. data=digits"),
-              "latents": ("a VAE latent dataset", "data=imagenet256_latents, from scripts/extract_latents.py"),
-              "text": ("a text dataset", "a data config with seq_len, e.g. data=text_pydoc")}
+def kind_words(kind: str) -> tuple[str, str]:
+    """(what a data kind is, how to choose one): the words of a pairing error."""
+    return next(s.WORDS for s in data_schemas() if s.KIND == kind)
 
 
 def _pairing(cfg) -> Optional[str]:
@@ -141,8 +146,9 @@ def _pairing(cfg) -> Optional[str]:
     if have is None or have in family.data_kinds:
         return None
     need = family.data_kinds[0]
-    return (f"{_choice(cfg, 'model')} (family {name}) needs {KIND_WORDS[need][0]} ({KIND_WORDS[need][1]}); "
-            f"{_choice(cfg, 'data')} is {KIND_WORDS[have][0]}")
+    (need_what, need_how), (have_what, _) = kind_words(need), kind_words(have)
+    return (f"{_choice(cfg, 'model')} (family {name}) needs {need_what} ({need_how}); "
+            f"{_choice(cfg, 'data')} is {have_what}")
 
 
 NAMED_KEYS = ("run_name", "sweep_name", "model.name", "norm.name", "data.name")  # they name run directories

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -122,6 +123,32 @@ def test_a_registered_family_is_validated_and_planned():
     assert p["family"] == "toy" and p["largest_unit"] == 2410 and p["params"] == 2410 + 2 * 1121
     assert any("no activation model" in n for n in p["notes"])
     assert dataclasses.is_dataclass(ToyConfig)
+
+
+@dataclass
+class ToySignalData:
+    """A data kind of a family's own (``data=toy_signal``, stored by register_family): audio, DNA, ... come so."""
+    KIND: ClassVar[str] = "signal"
+    WORDS: ClassVar[tuple[str, str]] = ("a toy signal dataset", "data=toy_signal")
+    name: str = "toy_signal"
+    length: int = ranged(16, COUNT)
+
+
+def test_a_family_brings_its_own_data_kind():
+    from dyt.validate import data_kind, validate
+    register_family(dataclasses.replace(TOY, name="toy_signal_family", data_kinds=("signal",),
+                                        data_schemas={"toy_signal": ToySignalData}))
+    cfg = compose([*ARGS, "data=toy_signal"])
+    assert data_kind(cfg.data) == "signal" and cfg.data.length == 16
+    with pytest.raises(ConfigError, match=r"^data.length=0: must be an integer >= 1$"):
+        validate(compose([*ARGS, "data=toy_signal", "model.family=toy_signal_family", "data.length=0"]))
+    # the pairing error speaks of the new kind in its own words, both ways round
+    with pytest.raises(ConfigError, match=r"\(family toy\) needs an image dataset .* is a toy signal dataset"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"\(family toy_signal_family\) needs a toy signal dataset \(data=toy_signal\)"):
+        validate(compose([*ARGS, "model.family=toy_signal_family"]))
+    with pytest.raises(TypeError, match="needs the class attributes KIND and WORDS"):
+        register_family(dataclasses.replace(TOY, name="bad", data_schemas={"bad": ToyConfig}))
 
 
 def test_the_familys_blocks_are_what_activation_checkpointing_wraps():
