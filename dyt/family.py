@@ -64,7 +64,8 @@ class Evaluation:
 class Family:
     name: str  # the value of model.family
     build: Callable[[Any, Any, Any], nn.Module]  # (model_cfg, norm_cfg, data_cfg) -> the model
-    task: type  # a dyt.task.Task subclass: data, loss and metrics
+    task: Callable[[Any, Any], Any]  # (cfg, dist) -> a dyt.tasks.base.Task: a Task subclass, or a function that picks
+    # one (by the data kind: pre-training vs fine-tuning on labels)
     data_kinds: tuple[str, ...]  # the KIND of each data schema it trains on (dyt.config.DATA_SCHEMAS or its own)
     schemas: Mapping[str, type] = field(default_factory=dict)  # its model schemas by config name (schema_llama)
     # data schemas of its own by config name (schema_audio): a dataclass with ``KIND`` (a new data kind) and
