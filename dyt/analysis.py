@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor
 from dyt import distributed as D
 from dyt.nn import ElementwiseNorm, is_norm
 from dyt.nn.convert import NORM_FAMILIES, is_channels_first, norm_family
-from dyt.parallel import clean_name
+from dyt.distributed import clean_name
 
 
 def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -136,6 +136,14 @@ class OptimConfig:
     layer_decay: Optional[float] = ranged(None, Num(0, 1, lo_open=True, optional=True))
 
 
+#: trainer.parallel, trainer.activation_checkpointing, trainer.init and trainer.reduce_dtype: the accepted names
+#: (dyt.parallel implements them, dyt.validate checks them)
+PARALLEL = ("ddp", "fsdp", "hsdp")
+AC_MODES = ("none", "full", "selective")
+INITS = ("exact", "meta")
+REDUCE_DTYPE_NAMES = ("fp32", "bf16")
+
+
 @dataclass
 class TrainerConfig:
     max_steps: Optional[int] = ranged(300, OPT_STEPS)  # optimizer steps; when null, `epochs` decides

@@ -108,3 +108,8 @@ def broadcast_object(obj):
 def barrier() -> None:
     if torch_dist.is_initialized():
         torch_dist.barrier()
+
+
+def clean_name(name: str) -> str:
+    """A parameter / module name without the wrappers' parts (checkpoint_wrapper, torch.compile)."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -79,6 +80,16 @@ class Family:
     # a pre-training family's weights as a timm ViT's state dict (MAE's encoder, DINO's teacher backbone): what
     # another run's ``trainer.init_from`` loads from its checkpoints. None: its runs cannot seed a fine-tuning.
     backbone: Optional[Callable[[Mapping[str, Any]], dict]] = None
+
+
+def lazy(module: str, name: str) -> Callable:
+    """``module.name``, imported at its first call. A family's registry line names its builder, task and
+    evaluations so: registering every family then imports no model code (timm and torchvision cost ~4 s of CPU
+    per process), and a mistyped config is refused in the time it takes to import torch."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    call.__qualname__ = call.__name__ = f"{module}.{name}"
+    return call
 
 
 _FAMILIES: dict[str, Family] = {}

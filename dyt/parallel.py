@@ -2,8 +2,8 @@
 
 `wrap_model` is the one seam the trainer calls: DDP, or FSDP2 / HSDP (``fully_shard`` per block, then the root),
 with activation checkpointing, the mixed-precision policy, meta-device materialisation, and an EMA that works
-under sharding (`Parallel.ema`). The names of the strategies (`PARALLEL`), initialisations (`INITS`) and
-activation-checkpointing modes (`AC_MODES`) are declared here, once; config validation reads them.
+under sharding (`Parallel.ema`). The names of the strategies, initialisations, activation-checkpointing modes and
+reduce dtypes are declared once in dyt.config (validation reads them there without importing FSDP).
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
-from timm.utils import ModelEmaV3
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dyt.distributed import DistInfo
+from dyt.config import AC_MODES, INITS, PARALLEL, REDUCE_DTYPE_NAMES
+from dyt.distributed import DistInfo, clean_name
 from dyt.errors import ConfigError
 from dyt.family import Blocks
 
@@ -29,12 +29,8 @@ try:
 except ImportError:  # torch < 2.6
     from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
 
-#: trainer.parallel, trainer.activation_checkpointing, trainer.init and trainer.reduce_dtype: the accepted names
-#: (dyt.validate reads them)
-PARALLEL = ("ddp", "fsdp", "hsdp")
-AC_MODES = ("none", "full", "selective")
-INITS = ("exact", "meta")
-REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # trainer.reduce_dtype (names: REDUCE_DTYPE_NAMES)
+assert tuple(REDUCE_DTYPES) == REDUCE_DTYPE_NAMES
 _said: set[str] = set()
 
 
@@ -83,11 +79,6 @@ def _wrap_blocks(model: nn.Module, blocks, tc, compile_blocks: bool) -> list[nn.
         container[i] = block
         out.append(block)
     return out
-
-
-def clean_name(name: str) -> str:
-    """A parameter / module name without the wrappers' parts (checkpoint_wrapper, torch.compile)."""
-    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -141,6 +132,7 @@ class Parallel:
         """timm's ModelEmaV3 of `model`. Under FSDP (no deepcopy of sharded modules) the EMA is a twin built on the
         meta device and sharded the same way: its update is elementwise on the local shards, its forward (eval) a
         collective like the model's."""
+        from timm.utils import ModelEmaV3  # here: validating a config imports this module, and no timm
         if not self.sharded:
             return ModelEmaV3(self.model, decay=decay)
         with torch.device("meta"):

@@ -56,7 +56,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from dyt.parallel import AC_MODES, PARALLEL, checkpointed_blocks
+from dyt.config import AC_MODES, PARALLEL
+from dyt.parallel import checkpointed_blocks
 from dyt.errors import ConfigError
 from dyt.families import build_model, compose, get_family
 from dyt.family import Shape

@@ -10,7 +10,6 @@ from dyt.init_from import resolve_norm
 from dyt.logging import read_jsonl
 from dyt.rundir import (ABSENT, CHECKPOINT_NAME, RunDir, RunLock, check_config_change, describe_changes, differences,
                         list_checkpoints, read_summary)
-from dyt.trainer import Trainer
 from dyt.validate import validate
 
 FINISHED = ("completed", "diverged")
@@ -78,6 +77,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         if (summary := finished(run_dir, cfg)) is not None:
             return summary
         check_config_change(run_dir, cfg, get_family(cfg.model.family).resume_keys)  # resuming with another definition of the run: one line, before building
+        from dyt.trainer import Trainer  # here: a refused config never imports the model code (timm)
         trainer = Trainer(cfg, run_dir)
         try:
             summary = trainer.fit()

@@ -20,13 +20,13 @@ from typing import Any, Optional
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from dyt.config import DATA_SCHEMAS, LauncherConfig, LoggerConfig, NormConfig, OptimConfig, TrainConfig, TrainerConfig
+from dyt.config import (AC_MODES, DATA_SCHEMAS, INITS, PARALLEL, REDUCE_DTYPE_NAMES, LauncherConfig, LoggerConfig,
+                        NormConfig, OptimConfig, TrainConfig, TrainerConfig)
 from dyt.data.vision import image_folder_classes
 from dyt.errors import ConfigError
 from dyt.family import Family, families, family_data_schemas, get_family
 from dyt.hydra_errors import did_you_mean
 from dyt.nn import NORM_FREE, NORM_KINDS
-from dyt.parallel import AC_MODES, INITS, PARALLEL, REDUCE_DTYPES
 from dyt.progress import LEGACY as LEGACY_PROGRESS
 from dyt.progress import MODES as PROGRESS_MODES
 from dyt.ranges import COUNT, NumList, rules
@@ -220,7 +220,7 @@ def _progress_check(t, problems: list[str]) -> None:
 def _parallel_checks(t, problems: list[str]) -> None:
     """trainer.parallel / init / activation_checkpointing / reduce_dtype: known names, and combinations that can run."""
     choices = {"parallel": PARALLEL, "init": INITS, "activation_checkpointing": AC_MODES,
-               "reduce_dtype": tuple(REDUCE_DTYPES)}
+               "reduce_dtype": REDUCE_DTYPE_NAMES}
     bad = False
     for key, names in choices.items():
         if key in t and t.get(key) not in names:

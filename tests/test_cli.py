@@ -166,6 +166,18 @@ def test_help_is_instant_and_lists_only_choices(tmp_path):
     assert "schema_" not in out.stdout and "_llama_recipe" not in out.stdout
 
 
+def test_a_refused_config_imports_no_model_code(tmp_path):
+    """Every family is registered (its schemas, checks, evaluations' options) without importing its model code: a
+    typo is refused before timm / torchvision / FSDP are imported (they cost ~3 s of CPU per process; lazy()
+    in dyt/family.py). A family folder whose __init__ imports its model module fails this."""
+    out = run_script(["python", "-X", "importtime", str(ROOT / "train.py"), "trainer.max_stpes=1"], cwd=tmp_path,
+                     check=False)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert out.returncode == 2 and "did you mean trainer.max_steps?" in out.stderr
+    assert not {"timm", "torchvision", "torch.distributed.fsdp", "dyt.trainer"} & imported, \
+        sorted(m for m in imported if m.startswith(("timm", "torchvision", "dyt.")))
+
+
 def test_missing_dataset_without_network_is_one_line_and_leaves_nothing(tmp_path):
     """Not offline by the HF_* variables, but no network (a proxy that refuses): torchvision's download fails, and the
     user gets one line naming how to get the data, exit 2, and no run directory (not a traceback and a stale dir).

@@ -26,7 +26,7 @@ from dyt.checkpoint.contents import TENSOR_STATES, CorruptCheckpoint, check_mode
 from dyt.checkpoint.directory import prune_checkpoints
 from dyt.errors import ConfigError
 from dyt.files import fix_hint, fsync_dir, os_error, write_durably
-from dyt.parallel import clean_name
+from dyt.distributed import clean_name
 
 EXTRA = "extra.pt"  # in a DCP directory: what is not a model / optimizer / EMA tensor
 

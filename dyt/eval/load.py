@@ -19,7 +19,6 @@ from dyt.config import LoggerConfig, NormConfig, OptimConfig, TrainerConfig
 from dyt.errors import ConfigError
 from dyt.family import Family, get_family
 from dyt.hydra_errors import did_you_mean
-from dyt.parallel import wrap_model
 from dyt.precision import amp_dtype
 from dyt.ranges import Num, rules
 from dyt.rundir import RunDir
@@ -123,6 +122,7 @@ class LoadedRun:
             load_model_state(model, self.state[weights], self.checkpoint)
             return model.eval()
         tc = {**self.cfg.trainer, "activation_checkpointing": "none", "compile": False}
+        from dyt.parallel import wrap_model  # here: run_config (read while validating) imports no FSDP
         model = wrap_model(self.task.build_model, self.dist, tc, self.dtype, seed=self.cfg.seed,
                            blocks=self.family.blocks).model
         restore_model_shards(self.checkpoint, model, weights, self.state[weights])

@@ -13,6 +13,7 @@ hands the whole model to them (dyt/nn/residual.py, dyt/nn/sigma_reparam.py).
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Union
 
 import torch.nn as nn
@@ -27,15 +28,18 @@ AlphaInit = Union[float, Callable[[str], float]]
 
 
 def _timm_classes(*names: str) -> tuple[type, ...]:
-    try:
-        import timm.layers as tl
-    except ImportError:  # timm is a dependency, but the converter itself does not need it
-        return ()
-    return tuple(getattr(tl, n) for n in names if hasattr(tl, n))
+    """timm's norm classes of these names, looked up only where timm is already imported: a model can hold a
+    timm layer only then, and importing dyt.nn stays free of timm (validating a config imports it)."""
+    tl = sys.modules.get("timm.layers")
+    return tuple(getattr(tl, n) for n in names if hasattr(tl, n)) if tl is not None else ()
 
 
-_CHANNELS_FIRST = (LayerNorm2d, RMSNorm2d) + _timm_classes("LayerNorm2d", "RmsNorm2d", "SimpleNorm2d")
-_RMS_LIKE = (nn.RMSNorm,) + _timm_classes("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d")
+def _channels_first() -> tuple[type, ...]:
+    return (LayerNorm2d, RMSNorm2d) + _timm_classes("LayerNorm2d", "RmsNorm2d", "SimpleNorm2d")
+
+
+def _rms_like() -> tuple[type, ...]:
+    return (nn.RMSNorm,) + _timm_classes("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d")
 
 
 #: what ``replace=`` may name
@@ -49,7 +53,7 @@ def _is_hf_rmsnorm(module: nn.Module) -> bool:
 
 def norm_family(module: nn.Module) -> str | None:
     """``layernorm`` / ``rmsnorm`` / ``batchnorm`` for the layers `convert_norms` can replace, else None."""
-    if isinstance(module, _RMS_LIKE) or _is_hf_rmsnorm(module):
+    if isinstance(module, _rms_like()) or _is_hf_rmsnorm(module):
         return "rmsnorm"
     if isinstance(module, nn.LayerNorm):
         return "layernorm"
@@ -60,7 +64,7 @@ def norm_family(module: nn.Module) -> str | None:
 
 def is_channels_first(module: nn.Module) -> bool:
     """True for norms over dim 1 of an NCHW tensor (LayerNorm2d / RMSNorm2d / BatchNorm2d / channels-first DyT)."""
-    return isinstance(module, _CHANNELS_FIRST + (nn.BatchNorm2d,)) or getattr(module, "channels_last", True) is False
+    return isinstance(module, _channels_first() + (nn.BatchNorm2d,)) or getattr(module, "channels_last", True) is False
 
 
 def is_norm(module: nn.Module, replace: tuple[str, ...] = ("layernorm", "rmsnorm")) -> bool:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from dyt.families.dino.config import CropsConfig, DINOConfig, DINOModelConfig, HeadConfig
-from dyt.families.dino.model import build_dino
-from dyt.families.dino.task import DINOTask
-from dyt.family import Family, Shape, indexed
-from dyt.parallel import clean_name
+from dyt.distributed import clean_name
+from dyt.family import Family, Shape, indexed, lazy
 from dyt.ranges import COUNT
 
 TEACHER_BACKBONE = "teacher.backbone."
@@ -50,7 +48,7 @@ def teacher_backbone(state_dict: Mapping[str, Any]) -> dict:
     return out
 
 
-FAMILY = Family("dino", build_dino, DINOTask, data_kinds=("images",), schemas={"schema_dino": DINOModelConfig},
+FAMILY = Family("dino", lazy("dyt.families.dino.model", "build_dino"), lazy("dyt.families.dino.task", "DINOTask"), data_kinds=("images",), schemas={"schema_dino": DINOModelConfig},
                 blocks=lambda m: indexed(m.student.backbone.blocks), shape=dino_shape, check=dino_check,
                 resume_keys=("model.dino.knn_*",), backbone=teacher_backbone)
 

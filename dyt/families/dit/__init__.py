@@ -1,11 +1,8 @@
 """DiT (Table 3): class-conditional diffusion Transformers on pixels or VAE latents, FID from eval.py."""
 from __future__ import annotations
 
-from dyt.families.dit.config import DiffusionConfig, DiTModelConfig
-from dyt.families.dit.evaluate import FID
-from dyt.families.dit.model import build_dit
-from dyt.families.dit.task import DiffusionTask
-from dyt.family import Family, Shape, indexed
+from dyt.families.dit.config import DiffusionConfig, DiTModelConfig, fid_arguments
+from dyt.family import Evaluation, Family, Shape, indexed, lazy
 from dyt.ranges import COUNT
 
 
@@ -33,8 +30,11 @@ def dit_shape(model, cfg) -> Shape:
                  model.x_embedder.num_patches, adaln=True, head_elems=3)
 
 
+FID = Evaluation("fid", fid_arguments, requested=lambda a: a.fid is not None,
+                 run=lazy("dyt.families.dit.evaluate", "fid_from_args"))
+
 FAMILY = Family(
-    "dit", build_dit, DiffusionTask, data_kinds=("images", "latents"), schemas={"schema_dit": DiTModelConfig},
+    "dit", lazy("dyt.families.dit.model", "build_dit"), lazy("dyt.families.dit.task", "DiffusionTask"), data_kinds=("images", "latents"), schemas={"schema_dit": DiTModelConfig},
     blocks=lambda m: indexed(m.blocks), shape=dit_shape, check=dit_check,
     # how samples are drawn and looked at (grids, FID), not how the model trains
     resume_keys=("model.diffusion.sampler", "model.diffusion.sample_steps", "model.diffusion.eta",

@@ -39,3 +39,15 @@ class DiTModelConfig:
     # and the other element-wise norms (the paper's DyT runs remove it).
     adaln_zero_init: Optional[bool] = None
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+
+def fid_arguments(g) -> None:
+    """eval.py's options for FID (dyt.families.dit.evaluate runs it)."""
+    g.add_argument("--fid", type=int, default=None, metavar="N", help="FID of N generated samples")
+    g.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
+    g.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
+    g.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
+    g.add_argument("--fid-weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="auto: the EMA when kept (val_ema/fid, the paper's), else the raw weights (val/fid)")
+    g.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
+                   help="sqrtm: ADM / pytorch-fid's computation; eigh: the same trace, ~5x faster on a CPU")

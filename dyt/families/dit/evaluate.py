@@ -28,7 +28,6 @@ from dyt.families.dit.fid import (FeatureStats, InceptionFeatures, dataset_stats
                                   load_stats, save_stats)
 from dyt.images import image_grid
 from dyt.progress import progress_iter
-from dyt.family import Evaluation
 from dyt.logging import save_png
 from dyt.precision import autocast
 from dyt.rundir import RunDir
@@ -135,19 +134,7 @@ def run_fid(run_dir, n: int, overrides=(), checkpoint: str | None = None, ref: s
         return metrics
 
 
-def _fid_arguments(g) -> None:
-    g.add_argument("--fid", type=int, default=None, metavar="N", help="FID of N generated samples")
-    g.add_argument("--fid-ref", default=None, help="reference statistics .npz (default: data.fid_ref, else the val split)")
-    g.add_argument("--fid-batch", type=int, default=100, help="samples per generation batch (per rank)")
-    g.add_argument("--fid-ref-count", type=int, default=10_000, help="real images for computed reference statistics")
-    g.add_argument("--fid-weights", choices=("auto", "ema", "raw"), default="auto",
-                   help="auto: the EMA when kept (val_ema/fid, the paper's), else the raw weights (val/fid)")
-    g.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
-                   help="sqrtm: ADM / pytorch-fid's computation; eigh: the same trace, ~5x faster on a CPU")
-
-
-FID = Evaluation(
-    "fid", _fid_arguments, requested=lambda a: a.fid is not None,
-    run=lambda run_dir, a, overrides, checkpoint: run_fid(
-        run_dir, a.fid, overrides, checkpoint, a.fid_ref, a.fid_batch, a.fid_ref_count, method=a.fid_method,
-        weights=a.fid_weights))
+def fid_from_args(run_dir, a, overrides, checkpoint) -> dict:
+    """eval.py's ``--fid N`` (the options: dyt.families.dit.config.fid_arguments)."""
+    return run_fid(run_dir, a.fid, overrides, checkpoint, a.fid_ref, a.fid_batch, a.fid_ref_count,
+                   method=a.fid_method, weights=a.fid_weights)

@@ -1,11 +1,8 @@
 """LLaMA (Table 4, alpha0 Tables 11-12): a decoder-only LM, zero-shot lm-eval tasks from eval.py."""
 from __future__ import annotations
 
-from dyt.families.llama.config import LlamaModelConfig
-from dyt.families.llama.lm_eval import LM_EVAL
-from dyt.families.llama.model import build_llama
-from dyt.families.llama.task import LanguageTask
-from dyt.family import Family, Shape, indexed
+from dyt.families.llama.config import LlamaModelConfig, lm_eval_arguments
+from dyt.family import Evaluation, Family, Shape, indexed, lazy
 from dyt.ranges import COUNT
 
 
@@ -28,7 +25,10 @@ def llama_shape(model, cfg) -> Shape:
                  embedding_params=model.tok_embeddings.weight.numel())
 
 
-FAMILY = Family("llama", build_llama, LanguageTask, data_kinds=("text",), schemas={"schema_llama": LlamaModelConfig},
+LM_EVAL = Evaluation("lm-eval", lm_eval_arguments, requested=lambda a: bool(a.tasks),
+                     run=lazy("dyt.families.llama.lm_eval", "lm_eval_from_args"))
+
+FAMILY = Family("llama", lazy("dyt.families.llama.model", "build_llama"), lazy("dyt.families.llama.task", "LanguageTask"), data_kinds=("text",), schemas={"schema_llama": LlamaModelConfig},
                 blocks=lambda m: indexed(m.layers), shape=llama_shape, check=llama_check, evals=(LM_EVAL,))
 
 __all__ = ["FAMILY", "LlamaModelConfig"]

@@ -31,3 +31,11 @@ class LlamaModelConfig:
     alpha_ffn: Optional[float] = ranged(None, OPT_POSITIVE)
     alpha_final: Optional[float] = ranged(None, OPT_POSITIVE)
     embed_scale: Optional[bool] = None  # learnable scalar x sqrt(dim) after the embedding; null = on iff norm=dyt
+
+
+def lm_eval_arguments(g) -> None:
+    """eval.py's options for the zero-shot tasks (dyt.families.llama.lm_eval runs them)."""
+    g.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks or lists (paper15)")
+    g.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAMLs (local tasks)")
+    g.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task (for quick checks)")
+    g.add_argument("--batch-size", type=int, default=8, help="lm-eval: requests per forward on each process")

@@ -18,11 +18,10 @@ from dyt.eval import load_run
 from dyt.families.llama.lm_model import generate, lm_base, make_lm
 from dyt.families.llama.lm_tasks import LOCAL_TASKS, check_tasks, hub_dataset, scores, task_names
 from dyt.files import write_json
-from dyt.family import Evaluation
 from dyt.ranges import COUNT
 from dyt.rundir import RunDir
 
-__all__ = ["LM_EVAL", "generate", "load_run_model", "make_lm", "run_lm_eval"]
+__all__ = ["generate", "lm_eval_from_args", "load_run_model", "make_lm", "run_lm_eval"]
 
 
 def load_run_model(run_dir, checkpoint: Optional[str] = None, device: str = "cpu"):
@@ -91,14 +90,6 @@ def run_lm_eval(run_dir, tasks: list[str], include_path: Optional[str] = None, l
     return out
 
 
-def _lm_eval_arguments(g) -> None:
-    g.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks or lists (paper15)")
-    g.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAMLs (local tasks)")
-    g.add_argument("--limit", type=float, default=None, help="lm-eval: examples per task (for quick checks)")
-    g.add_argument("--batch-size", type=int, default=8, help="lm-eval: requests per forward on each process")
-
-
-LM_EVAL = Evaluation(
-    "lm-eval", _lm_eval_arguments, requested=lambda a: bool(a.tasks),
-    run=lambda run_dir, a, overrides, checkpoint: run_lm_eval(run_dir, a.tasks.split(","), a.include_path, a.limit,
-                                                              checkpoint, a.batch_size, overrides))
+def lm_eval_from_args(run_dir, a, overrides, checkpoint) -> dict:
+    """eval.py's ``--tasks`` (the options: dyt.families.llama.config.lm_eval_arguments)."""
+    return run_lm_eval(run_dir, a.tasks.split(","), a.include_path, a.limit, checkpoint, a.batch_size, overrides)

@@ -6,9 +6,7 @@ import math
 from typing import Any, Mapping
 
 from dyt.families.mae.config import MAEModelConfig
-from dyt.families.mae.model import build_mae
-from dyt.families.mae.task import MAETask
-from dyt.family import Family, Shape, indexed
+from dyt.family import Family, Shape, indexed, lazy
 from dyt.ranges import COUNT
 
 # augmentation the pre-training never uses (official: crop + flip only); set, it would be silently ignored
@@ -69,7 +67,7 @@ def mae_backbone(state: Mapping[str, Any]) -> dict:
 
 
 FAMILY = Family(
-    "mae", build_mae, MAETask, data_kinds=("images",), schemas={"schema_mae": MAEModelConfig},
+    "mae", lazy("dyt.families.mae.model", "build_mae"), lazy("dyt.families.mae.task", "MAETask"), data_kinds=("images",), schemas={"schema_mae": MAEModelConfig},
     blocks=mae_blocks, shape=mae_shape, check=mae_check,
     resume_keys=("model.vis_images",),  # how reconstructions are looked at, not how the model trains
     backbone=mae_backbone)

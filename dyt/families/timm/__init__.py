@@ -5,11 +5,12 @@ Three families sharing one schema, one builder module and the classification tas
 """
 from __future__ import annotations
 
-from dyt.family import Family, Shape, indexed
+from dyt.family import Family, Shape, indexed, lazy
 from dyt.ranges import COUNT
 from dyt.families.timm.config import TimmModelConfig
-from dyt.families.timm.model import build_cnn, build_convnext, build_vit
-from dyt.tasks.classification import ClassificationTask
+
+MODEL = "dyt.families.timm.model"
+ClassificationTask = lazy("dyt.tasks.classification", "ClassificationTask")
 
 SCHEMAS = {"schema_timm": TimmModelConfig}
 
@@ -34,8 +35,8 @@ def convnext_blocks(model):
     return [unit for stage in model.stages for unit in indexed(stage.blocks)]
 
 
-VIT = Family("vit", build_vit, ClassificationTask, ("images",), SCHEMAS, blocks=lambda m: indexed(m.blocks),
+VIT = Family("vit", lazy(MODEL, "build_vit"), ClassificationTask, ("images",), SCHEMAS, blocks=lambda m: indexed(m.blocks),
              shape=vit_shape, check=vit_check, backbone=dict)  # its state dict is already a timm ViT's
-CONVNEXT = Family("convnext", build_convnext, ClassificationTask, ("images",), SCHEMAS, blocks=convnext_blocks)
-CNN = Family("cnn", build_cnn, ClassificationTask, ("images",), SCHEMAS)  # BatchNorm CNNs (Table 15): no blocks
+CONVNEXT = Family("convnext", lazy(MODEL, "build_convnext"), ClassificationTask, ("images",), SCHEMAS, blocks=convnext_blocks)
+CNN = Family("cnn", lazy(MODEL, "build_cnn"), ClassificationTask, ("images",), SCHEMAS)  # BatchNorm CNNs (Table 15): no blocks
 FAMILIES = (VIT, CONVNEXT, CNN)
