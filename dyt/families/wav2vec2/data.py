@@ -378,15 +378,18 @@ def audio_train_loader(train: Utterances, data_cfg, micro_batch: int, rank: int,
     item loaded under RNGs seeded by (seed, epoch, index)."""
     sampler = LengthGroupedBatches(train.sizes, micro_batch, rank, world, seed, epoch,
                                    max_size=int(data_cfg.max_sample_size), start=start_batch)
+    # the private generator keeps the loader's worker seed from drawing on the global RNG (exact resume); the
+    # draws that matter are seeded per sample
     return DataLoader(SeededSamples(train, seed, epoch), batch_sampler=sampler,
                       collate_fn=partial(collate_crops, data_cfg=data_cfg), num_workers=int(data_cfg.num_workers),
-                      pin_memory=torch.cuda.is_available())
+                      generator=torch.Generator().manual_seed(epoch), pin_memory=torch.cuda.is_available())
 
 
 def audio_val_loader(val: Utterances, data_cfg, batch: int, rank: int, world: int) -> DataLoader:
     """What a Task's ``val_loader`` returns: `sorted_batches` of fixed-seed items."""
     return DataLoader(val, batch_sampler=sorted_batches(val.sizes, batch, rank, world),
-                      collate_fn=partial(collate_crops, data_cfg=data_cfg), num_workers=int(data_cfg.num_workers))
+                      collate_fn=partial(collate_crops, data_cfg=data_cfg), num_workers=int(data_cfg.num_workers),
+                      generator=torch.Generator().manual_seed(0))
 
 
 # --- synthetic speech -----------------------------------------------------------------------------------------
