@@ -256,7 +256,7 @@ def hub_split(cfg, split: str):
     ds = ds.cast_column(cfg.audio_column, datasets.Audio(decode=False))
     lengths = ds.select_columns([cfg.audio_column]).map(
         _audio_lengths, batched=True, input_columns=[cfg.audio_column], remove_columns=[cfg.audio_column],
-        desc="audio lengths")
+        num_proc=int(cfg.num_workers) or None, desc="audio lengths")
     rates = np.unique(np.asarray(lengths["rate"]))
     if len(rates) != 1 or rates[0] != cfg.sample_rate:
         raise ConfigError(f"dataset {cfg.hub_id!r} split {split!r} has sample rates {rates.tolist()} Hz, "
