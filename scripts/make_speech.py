@@ -161,11 +161,12 @@ def main(argv=None) -> int:
             return 0
         if args.out is None:
             p.error("--out is required")
+        held = args.valid_percent
         if args.librispeech:
-            n = librispeech_manifest(args.librispeech, args.out, 0.01 if args.valid_percent is None else args.valid_percent, args.seed, args.ext)
+            n = librispeech_manifest(args.librispeech, args.out, 0.01 if held is None else held, args.seed, args.ext)
             print(f"{n} files indexed: {args.out}/train.tsv, valid.tsv")
         else:
-            how = make_corpus(args.out, args.utterances, 0.1 if args.valid_percent is None else args.valid_percent, args.seed, args.synthetic)
+            how = make_corpus(args.out, args.utterances, 0.1 if held is None else held, args.seed, args.synthetic)
             print(f"{args.utterances} utterances ({how}) under {args.out}; data=speech_local data.root={args.out}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
