@@ -29,11 +29,13 @@ from dyt.errors import ConfigError
 
 def fft_causal_conv(u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """``y[..., t] = sum_{s <= t} k[..., s] u[..., t - s] + skip * u[..., t]`` for u (B, C, L), k (C, L) and
-    skip (C,), in float32, returned in u's dtype. FFT of length 2L: no wrap-around."""
-    L = u.shape[-1]
-    n = 2 * L
-    y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
-    return (y + u.float() * skip.float()[:, None]).to(u.dtype)
+    skip (C,), in float32 at least (half-precision inputs are promoted), returned in u's dtype. FFT of length 2L:
+    no wrap-around."""
+    L, n = u.shape[-1], 2 * u.shape[-1]
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u_, k_, skip_ = u.to(dtype), k.to(dtype), skip.to(dtype)
+    y = torch.fft.irfft(torch.fft.rfft(u_, n=n) * torch.fft.rfft(k_, n=n), n=n)[..., :L]
+    return (y + u_ * skip_[:, None]).to(u.dtype)
 
 
 class Sin(nn.Module):
