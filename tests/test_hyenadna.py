@@ -238,11 +238,13 @@ def test_run_records(pico_run):
 
 @pytest.mark.slow
 def test_pretraining_learns_the_synthetic_genome(tmp_path):
-    """The motifs make the next base predictable beyond its frequency: the val loss drops below ln 4."""
-    s = train(compose(["model=hyenadna_pico", "data=dna_synth", "norm=dyt", "trainer.batch_size=16",
-                       "trainer.max_steps=150", "optim.lr=3e-3", "optim.warmup_steps=10", "trainer.eval_every=150",
-                       "trainer.ckpt_every=150", "data.val_limit=0.1"]), tmp_path / "run")
-    assert s["val/loss"] < math.log(4) - 0.05 and s["val/acc"] > 0.3
+    """The motifs make the next base predictable beyond its frequency: the val loss drops below ln 4 (1.29 and
+    accuracy 0.39 measured; LayerNorm: at this width and init DyT's tiny outputs leave the cubic Hyena gates
+    without gradient for far longer, see the README)."""
+    s = train(compose(["model=hyenadna_pico", "data=dna_synth", "norm=layernorm", "trainer.batch_size=16",
+                       "trainer.max_steps=300", "optim.lr=3e-3", "optim.warmup_steps=10", "trainer.eval_every=300",
+                       "trainer.ckpt_every=300", "data.val_limit=0.1", f"data.root={tmp_path}/genome"]), tmp_path / "run")
+    assert s["val/loss"] < math.log(4) - 0.05 and s["val/acc"] > 0.33  # a base-frequency guess: ~0.28
 
 
 @pytest.mark.slow

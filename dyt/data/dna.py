@@ -310,7 +310,7 @@ MOTIFS = ("TATAAAAGGC", "GGGCGGGGCC", "CACGTGACGT", "TTGACTCATG")
 def write_synthetic_genome(root: str | Path, chroms: int = 4, length: int = 2**16, interval_len: int = 2**14,
                            seed: int = 0, line_width: int = 60) -> tuple[Path, Path]:
     """genome.fa + genome.bed under `root`: `chroms` chromosomes of `length` random bases with MOTIFS planted (about
-    one base in five is in a motif), a soft-masked (lower case) stretch and a run of N in each; bed rows every
+    a third of the bases are in an intact motif), a soft-masked (lower case) stretch and a run of N in each; bed rows every
     `interval_len` bases, the last chromosome's 'valid', the others' 'train'. Deterministic in its arguments."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -318,7 +318,7 @@ def write_synthetic_genome(root: str | Path, chroms: int = 4, length: int = 2**1
     records, bed = [], []
     for c in range(chroms):
         seq = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, length)].copy()
-        for start in rng.integers(0, length - 10, length // 50):
+        for start in rng.integers(0, length - 10, length // 20):
             motif = MOTIFS[rng.integers(len(MOTIFS))]
             seq[start:start + len(motif)] = np.frombuffer(motif.encode(), np.uint8)
         soft = rng.integers(0, length - 200)
