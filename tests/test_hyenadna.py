@@ -23,6 +23,7 @@ from dyt.nn import DynamicTanh
 from dyt.optim import param_groups
 from dyt.run import train
 from dyt.validate import validate
+from dyt.data.dna import PAD
 from dyt.distributed import DistInfo
 
 DYT_MIRROR = Path("/work/.mirror/jiachenzhu+DyT/repo")
@@ -193,6 +194,20 @@ def test_weight_decay_groups_are_the_repo_ones():
                         for s in ("mixer.in_proj", "mixer.out_proj", "mixer.short_filter", "mlp.fc1", "mlp.fc2")}
 
 
+def test_loss_of_a_batch_is_the_mean_of_its_halves_whatever_the_padding(tmp_path):
+    """What makes 2 ranks (or 2 accumulated micro-batches) train as 1 process: [PAD] targets (N) in one half only
+    must not re-weight the halves."""
+    task = build_task(compose(["model=hyenadna_pico", "data=dna_synth", f"data.root={tmp_path}"]), DistInfo())
+    model = task.build_model().eval()
+    ids = torch.randint(7, 11, (4, 32))
+    targets = torch.randint(7, 11, (4, 32))
+    targets[:2, :20] = PAD
+    with torch.no_grad():
+        whole = task.loss(model, (ids, targets))
+        halves = [task.loss(model, (ids[i:i + 2], targets[i:i + 2])) for i in (0, 2)]
+    assert whole.item() == pytest.approx((halves[0] + halves[1]).item() / 2, rel=1e-6)
+
+
 # --- configs ------------------------------------------------------------------------------------------------------
 def test_table6_recipe_is_run_pretrain_hyena():
     """Caduceus's slurm_scripts/run_pretrain_hyena.sh over configs/experiment/hg38/hg38.yaml."""
@@ -260,14 +275,15 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process(pico_run, tmp_path):
+def test_two_gloo_ranks_match_one_process(tmp_path):
     """2 DDP ranks (gloo) see the windows and reverse-complement draws of one process: every logged loss agrees
-    to float reduction order."""
-    d, _ = pico_run
+    to float reduction order. Without the embedding dropout: its masks come from each rank's own RNG."""
+    overrides = [*PICO, "norm=dyt", "model.embed_dropout=0"]
+    train(compose(overrides), tmp_path / "single")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
-    run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *PICO, "norm=dyt",
+    run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *overrides,
                 f"hydra.run.dir={tmp_path}/ddp"], cwd=tmp_path)
     losses = [[(e["step"], e.get("train/loss", e.get("val/loss"))) for e in read_jsonl(p / "metrics.jsonl")]
-              for p in (d, tmp_path / "ddp")]
+              for p in (tmp_path / "single", tmp_path / "ddp")]
     assert [s for s, _ in losses[1]] == [s for s, _ in losses[0]]
     assert [v for _, v in losses[1]] == pytest.approx([v for _, v in losses[0]], rel=1e-5)

@@ -1,5 +1,10 @@
 """Next-nucleotide pre-training (HyenaDNA): cross-entropy over (input, target) windows of a genome, [PAD] (N,
-padding) ignored as in the Caduceus repo's hg38 experiment (``ignore_index: 4``); val loss, perplexity, accuracy."""
+padding) ignored as in the Caduceus repo's hg38 experiment (``ignore_index: 4``); val loss, perplexity, accuracy.
+
+The training loss is the sum over the counted targets divided by the number of target positions of the
+micro-batch (B x L), not by the counted ones (the repo's per-GPU mean): with [PAD] targets spread unevenly, a mean
+per rank or per micro-batch would weight tokens by how the global batch is split, so 2 ranks (or grad_accum 2)
+would not train as 1 process. The two agree wherever a window has no N (hg38's intervals: nearly all windows)."""
 from __future__ import annotations
 
 import math
@@ -29,7 +34,8 @@ class DNALanguageTask(Task):
 
     def loss(self, model, batch):
         ids, targets = batch
-        return F.cross_entropy(model(ids).flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
+        nll = F.cross_entropy(model(ids).flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum")
+        return nll / targets.numel()
 
     @torch.no_grad()
     def eval_step(self, model, batch):
