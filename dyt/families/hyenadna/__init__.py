@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 from dyt.data.dna import DNADataConfig
-from dyt.families.hyenadna.config import HyenaDNAModelConfig
-from dyt.families.hyenadna.model import build_hyenadna, resolve_l_max
-from dyt.families.hyenadna.task import DNALanguageTask
-from dyt.family import Family, indexed
+from dyt.families.hyenadna.config import HyenaDNAModelConfig, resolve_l_max
+from dyt.family import Family, indexed, lazy
 from dyt.ranges import COUNT
 
 
@@ -21,7 +19,8 @@ def hyenadna_check(cfg) -> list[str]:
 
 
 FAMILY = Family(
-    "hyenadna", build_hyenadna, DNALanguageTask, data_kinds=("dna",),
+    "hyenadna", lazy("dyt.families.hyenadna.model", "build_hyenadna"),
+    lazy("dyt.families.hyenadna.task", "DNALanguageTask"), data_kinds=("dna",),
     schemas={"schema_hyenadna": HyenaDNAModelConfig}, data_schemas={"schema_dna": DNADataConfig},
     blocks=lambda m: indexed(m.blocks),
     # no activation model: dyt.plan's Shape is a Transformer's (attention heads, s x s scores); a Hyena block's

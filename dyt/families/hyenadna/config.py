@@ -30,3 +30,8 @@ class HyenaDNAModelConfig:
     pad_vocab_multiple: int = ranged(8, COUNT)  # 12 ids -> 16 embedding rows
     norm_eps: float = ranged(1e-5, POSITIVE)
     init_std: float = ranged(0.02, POSITIVE)
+
+
+def resolve_l_max(model_cfg, data_cfg) -> int:
+    """The filters' length: model.l_max, or the data's seq_len + 2 (the repo's ``max_length + 2``)."""
+    return int(model_cfg.l_max) if model_cfg.get("l_max") else int(data_cfg.seq_len) + 2

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dyt.data.dna import padded_vocab_size
+from dyt.families.hyenadna.config import resolve_l_max
 from dyt.families.hyenadna.hyena import HyenaOperator
 from dyt.nn import build_norm
 
@@ -118,11 +119,6 @@ class HyenaDNA(nn.Module):
         """Not decayed beyond the optimizer's 1-D rule: the embedding (tied head) and the filter MLPs (the repo's
         nn.Embedding blacklist and the filters' ``_optim = {weight_decay: 0}``)."""
         return {"embed.weight"} | {n for n, _ in self.named_parameters() if ".implicit_filter." in n}
-
-
-def resolve_l_max(model_cfg, data_cfg) -> int:
-    """The filters' length: model.l_max, or the data's seq_len + 2 (the repo's ``max_length + 2``)."""
-    return int(model_cfg.l_max) if model_cfg.get("l_max") else int(data_cfg.seq_len) + 2
 
 
 def build_hyenadna(model_cfg, norm_cfg, data_cfg) -> HyenaDNA:
