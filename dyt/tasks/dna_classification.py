@@ -40,17 +40,20 @@ class SequencePool(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """``head(backbone.features(ids))``; the language model's token head (``lm_head``) is dropped, as the repo's
-    fine-tuning model (``DNAEmbeddingModel``) has none: it would hold parameters no loss reaches."""
+    """``head(backbone.features(ids))``. The language model's token head stays (unused): the DNA families tie it to
+    the embedding, so it holds no parameter of its own and the source's state dict loads as it is."""
 
     def __init__(self, backbone: nn.Module, dim: int, num_classes: int):
         super().__init__()
-        if hasattr(backbone, "lm_head"):
-            del backbone.lm_head
         self.backbone, self.head = backbone, SequencePool(dim, num_classes)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.features(input_ids))
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's own exemptions (HyenaDNA: the embedding and the filter MLPs), as in pre-training."""
+        own = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else ()
+        return {PREFIX + n for n in own}
 
 
 def as_backbone(state: Mapping[str, Any]) -> dict:
