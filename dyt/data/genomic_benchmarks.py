@@ -177,7 +177,7 @@ MOTIFS = ("TATAAT", "GCGCGC", "CATGCA", "AGGAGG")
 
 
 def write_synthetic_task(root: str | Path, task: str = "synth", classes: int = 2, train: int = 400, test: int = 100,
-                         length: tuple[int, int] = (60, 120), seed: int = 0) -> Path:
+                         length: tuple[int, int] = (40, 80), seed: int = 0) -> Path:
     """``root/task/{train,test}/class_<c>/<i>.txt`` in the GenomicBenchmarks layout: random ACGT sequences of
     `length` (min, max) with class c's motif planted twice at random places. Deterministic in its arguments; written
     to a temporary folder and renamed, so concurrent runs do not see half a task."""
