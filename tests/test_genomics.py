@@ -187,18 +187,20 @@ def test_two_processes_equal_one(pretrained, tmp_path):
     from conftest import ROOT, compose, run_script
     from dyt.logging import read_jsonl
     from dyt.run import train
-    args = [*ft_overrides(pretrained), "trainer.epochs=2"]
+    # dropout draws are per rank (the model's RNG, seeded by seed + rank): off, so the two runs see the same network
+    args = [*ft_overrides(pretrained), "trainer.epochs=2", "model.embed_dropout=0"]
     train(compose(args), tmp_path / "one")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *args,
                 f"hydra.run.dir={tmp_path}/two"], cwd=tmp_path)
-    keys = ("train/loss", "val/loss", "val/top1", "val/test_top1")
-    one, two = ([(e["step"], *(e.get(k) for k in keys)) for e in read_jsonl(p / "metrics.jsonl")]
-                for p in (tmp_path / "one", tmp_path / "two"))
-    assert [e[0] for e in two] == [e[0] for e in one]
+    losses, accuracies = ("train/loss", "val/loss", "val/test_loss"), {"val/top1": 40, "val/test_top1": 100}
+    one, two = (read_jsonl(p / "metrics.jsonl") for p in (tmp_path / "one", tmp_path / "two"))
+    assert [e["step"] for e in two] == [e["step"] for e in one]
     for a, b in zip(one, two):
-        assert [x is None for x in a] == [x is None for x in b]
-        assert [x for x in b[1:] if x is not None] == pytest.approx([x for x in a[1:] if x is not None], rel=1e-4)
+        for k in losses:
+            assert (k in a) == (k in b) and (k not in a or b[k] == pytest.approx(a[k], rel=1e-4)), (a["step"], k)
+        for k, n in accuracies.items():  # float reduction order may flip a near-tie: one sample of the split at most
+            assert (k in a) == (k in b) and abs(b.get(k, 0) - a.get(k, 0)) <= 100 / n + 1e-9, (a["step"], k)
 
 
 # --- the Table 6 cell -----------------------------------------------------------------------------------------
