@@ -180,6 +180,8 @@ def test_kill_and_resume_equals_uninterrupted(pretrained, tmp_path):
 
 
 def test_two_processes_equal_one(pretrained, tmp_path):
+    """Every step's loss and the evaluation agree to float reduction order (measured: 1e-7 over the first steps; at
+    a high lr, with clipping, the difference grows chaotically after ~10 steps, so one epoch at a lower lr)."""
     import os
     import shutil
     import sys
@@ -188,7 +190,8 @@ def test_two_processes_equal_one(pretrained, tmp_path):
     from dyt.logging import read_jsonl
     from dyt.run import train
     # dropout draws are per rank (the model's RNG, seeded by seed + rank): off, so the two runs see the same network
-    args = [*ft_overrides(pretrained), "trainer.epochs=2", "model.embed_dropout=0"]
+    args = [*ft_overrides(pretrained), "trainer.epochs=1", "optim.lr=1e-3", "model.embed_dropout=0",
+            "trainer.log_every=1"]
     train(compose(args), tmp_path / "one")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *args,
@@ -198,7 +201,7 @@ def test_two_processes_equal_one(pretrained, tmp_path):
     assert [e["step"] for e in two] == [e["step"] for e in one]
     for a, b in zip(one, two):
         for k in losses:
-            assert (k in a) == (k in b) and (k not in a or b[k] == pytest.approx(a[k], rel=1e-4)), (a["step"], k)
+            assert (k in a) == (k in b) and (k not in a or b[k] == pytest.approx(a[k], rel=1e-5)), (a["step"], k)
         for k, n in accuracies.items():  # float reduction order may flip a near-tie: one sample of the split at most
             assert (k in a) == (k in b) and abs(b.get(k, 0) - a.get(k, 0)) <= 100 / n + 1e-9, (a["step"], k)
 
