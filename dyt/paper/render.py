@@ -231,7 +231,7 @@ def _cell_rows(tr: TableReport) -> list[dict]:
             p, pref = res.cell.paper.get(m.name), ref.cell.paper.get(m.name) if ref else None
             p_delta = paper_delta(p, pref, paper_digits(t, m.name))
             for key in shown_metrics(tr, m):
-                ours, n = mean_value(res.runs, key)
+                ours, n = res.mean(key)
                 base = ref.ours(key) if ref else None
                 delta = ours - base if ours is not None and base is not None else None
                 out.append({"table": t.id, "row": res.row.label, "column": res.column, "metric": key,

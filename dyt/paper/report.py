@@ -46,7 +46,13 @@ class CellResult:
     runs: list[Run] = field(default_factory=list)
 
     def ours(self, metric: str) -> Optional[float]:
-        return mean_value(self.runs, metric)[0]
+        return self.mean(metric)[0]
+
+    def mean(self, metric: str) -> tuple[Optional[float], int]:
+        """(our number, how many completed runs it is of): the mean of `metric`, or the cell's own aggregate."""
+        if self.cell.aggregate is not None:
+            return self.cell.aggregate(self.runs), sum(r.status == COMPLETED for r in self.runs)
+        return mean_value(self.runs, metric)
 
 
 @dataclass

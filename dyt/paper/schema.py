@@ -3,7 +3,7 @@ and how to run and recognise our run of it. Data lives in tables.py / mini.py; t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 Value = Union[float, str, None]  # a number, "diverged" (as the paper marks it), or None (not reported)
 
@@ -42,6 +42,9 @@ class Cell:
     # (trainer.init_from) and is recognised by the `init_from.*` of its match, what the run recorded of its source
     # (summary.json; dyt.init_from.describe).
     pretrain: Optional["Cell"] = None
+    # runs -> the cell's number, when it is not the mean of its runs' metric (Table 6: an average over tasks of each
+    # task's best setting, dyt.paper.suite.SuiteAverage)
+    aggregate: Optional[Callable[[list], Optional[float]]] = None
 
     @property
     def command(self) -> str:

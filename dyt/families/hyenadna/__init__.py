@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dyt.data.dna import DNADataConfig
+from dyt.data.genomic_benchmarks import GenomicDataConfig
 from dyt.families.hyenadna.config import HyenaDNAModelConfig, resolve_l_max
 from dyt.family import Family, indexed, lazy
+from dyt.tasks.dna_classification import as_backbone, by_data_kind
 from dyt.ranges import COUNT
 
 
@@ -19,9 +21,11 @@ def hyenadna_check(cfg) -> list[str]:
 
 
 FAMILY = Family(
+    # pre-training on a genome; on GenomicBenchmarks data (data=gb_*) a classifier on this model (Table 6)
     "hyenadna", lazy("dyt.families.hyenadna.model", "build_hyenadna"),
-    lazy("dyt.families.hyenadna.task", "DNALanguageTask"), data_kinds=("dna",),
-    schemas={"schema_hyenadna": HyenaDNAModelConfig}, data_schemas={"schema_dna": DNADataConfig},
+    by_data_kind(lazy("dyt.families.hyenadna.task", "DNALanguageTask")), data_kinds=("dna", GenomicDataConfig.KIND),
+    schemas={"schema_hyenadna": HyenaDNAModelConfig},
+    data_schemas={"schema_dna": DNADataConfig, "schema_gb": GenomicDataConfig}, backbone=as_backbone,
     blocks=lambda m: indexed(m.blocks),
     # no activation model: dyt.plan's Shape is a Transformer's (attention heads, s x s scores); a Hyena block's
     # activations (FFT buffers of 2L per channel) are not that formula, so the planner counts parameters only
