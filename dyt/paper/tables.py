@@ -130,6 +130,7 @@ def gb_suite(value, family: str, norm: str) -> Cell:
     """Pre-train `family` with `norm` (experiment=table6_<family>), then the GenomicBenchmarks sweep from it."""
     pre = Cell(overrides=(f"experiment=table6_{family}", f"norm={norm}"), launcher=NODE)
     return Cell(paper=values_of((DNA_ACC,), value), overrides=(f"experiment=table6_{family}_ft",), sweep=True,
+                launcher="default",  # run_genomics_benchmark.sh: one GPU per run
                 match={"table": "table6", "model.family": family, "finetune_norm": "pretrain", "data.task": GB_TASKS,
                        "init_from.family": family, "init_from.norm": norm},
                 pretrain=pre, aggregate=GB_SUITE)
