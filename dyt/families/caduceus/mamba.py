@@ -22,15 +22,16 @@ SCANS = ("auto", "torch", "cuda")
 
 
 def selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=True):
-    """The selective SSM, in mamba_ssm's layout and semantics (``selective_scan_ref``), computed in fp32.
+    """The selective SSM, in mamba_ssm's layout and semantics (``selective_scan_ref``), computed in fp32 (or
+    float64 for float64 inputs).
 
     u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l); D, delta_bias: (d,). Per channel and state:
     ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, ``y_t = C_t . h_t + D u_t``, then ``y * silu(z)``.
     Returns y in u's dtype, (b, d, l)."""
-    dtype = u.dtype
-    u, delta, A, B, C = u.float(), delta.float(), A.float(), B.float(), C.float()
+    dtype, work = u.dtype, torch.promote_types(u.dtype, torch.float32)
+    u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(work)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     dA = torch.exp(torch.einsum("bdl,dn->bldn", delta, A))  # (b, l, d, n): the discretised transition
@@ -43,9 +44,9 @@ def selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus
         states.append(h)
     y = torch.einsum("bldn,bnl->bdl", torch.stack(states, dim=1), C)
     if D is not None:
-        y = y + D.float()[:, None] * u
+        y = y + D.to(work)[:, None] * u
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(work))
     return y.to(dtype)
 
 
@@ -122,10 +123,11 @@ class Mamba(nn.Module):
         x = F.silu(self.conv1d(x)[..., :L])
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L); its bias goes to the scan
-        A = -torch.exp(self.A_log.float())
+        fp32 = lambda p: p.to(torch.promote_types(p.dtype, torch.float32))  # noqa: E731 - the SSM parameters stay fp32
+        A = -torch.exp(fp32(self.A_log))
         scan = pick_scan(self.scan, x.device)
         y = scan(x.contiguous(), dt.contiguous(), A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
-                 self.D.float(), z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+                 fp32(self.D), z=z.contiguous(), delta_bias=fp32(self.dt_proj.bias), delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dyt.data.dna import COMPLEMENT, VOCAB_SIZE
 from dyt.errors import ConfigError
 from dyt.families.caduceus.config import CONVERTS
 from dyt.families.caduceus.mamba import BiMamba, Mamba
@@ -54,7 +55,7 @@ class CaduceusLM(nn.Module):
     """input_ids (B, L) -> logits (B, L, vocab); `features` gives the representation a classifier pools."""
 
     def __init__(self, cfg, vocab_size: int, complement: list[int], norm: str = "rmsnorm",
-                 alpha_init: float | None = None):
+                 alpha_init: float | None = None, learn_alpha: bool = True):
         super().__init__()
         if cfg.convert not in CONVERTS:
             raise ConfigError(f"unknown model.convert {cfg.convert!r}; choose one of: {', '.join(CONVERTS)}")
@@ -66,7 +67,8 @@ class CaduceusLM(nn.Module):
         self.norm_kind = norm if cfg.convert == "paper" else "rmsnorm"  # released: the RMSNorms stay
 
         def site() -> nn.Module:  # RMSNorm sites: no bias (DyT there is weight * tanh(alpha x), as dyt.convert_norms)
-            return build_norm(self.norm_kind, cfg.d_model, eps=cfg.norm_eps, alpha_init=alpha_init, bias=False)
+            return build_norm(self.norm_kind, cfg.d_model, eps=cfg.norm_eps, alpha_init=alpha_init,
+                              learn_alpha=learn_alpha, bias=False)
 
         self.complement_ids = complement
         self.register_buffer("complement", torch.tensor(complement), persistent=False)
@@ -126,7 +128,8 @@ class CaduceusLM(nn.Module):
 
     def features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L, d_model): what a sequence classifier pools. With rcps, the mean of the forward strand's channels
-        and the RC strand's re-aligned ones (flipped back in length and channels). The released fine-tuning
+        and the RC strand's ones flipped back in length and channels: invariant to the reverse complement of the
+        input (features(rc(x)) == features(x)). The released fine-tuning
         (wrapper_run_genomics.sh, Caduceus-PS: conjoin_train_decoder=true) stacks the two (DNAEmbeddingModelCaduceus)
         and its decoder averages Linear(mean-pool) of each (src/tasks/decoders.py SequenceDecoder); pooling and the
         Linear are affine, so that equals the same decoder on this mean."""
@@ -137,4 +140,10 @@ class CaduceusLM(nn.Module):
         return (fwd + rev.flip(-2, -1)) / 2
 
 
-__all__ = ["CaduceusBlock", "CaduceusLM"]
+def build_caduceus(model_cfg, norm_cfg, data_cfg) -> CaduceusLM:
+    """The family builder: the DNA tokenizer's vocabulary and complement map (dyt.data.dna), the norm from norm=."""
+    return CaduceusLM(model_cfg, VOCAB_SIZE, COMPLEMENT.tolist(), norm=norm_cfg.name,
+                      alpha_init=float(norm_cfg.get("alpha_init", 0.5)), learn_alpha=norm_cfg.get("learn_alpha", True))
+
+
+__all__ = ["CaduceusBlock", "CaduceusLM", "build_caduceus"]
