@@ -94,17 +94,18 @@ class CaduceusLM(nn.Module):
         reset (DyT: alpha0). Meta-device construction + to_empty() + this gives a full init."""
         c = self.cfg
         self.complement.copy_(torch.tensor(self.complement_ids))
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
+        mambas = [m for m in self.modules() if isinstance(m, Mamba)]
+        inside = {id(child) for m in mambas for child in m.children()}  # reset by their Mamba, after which dt_proj's bias
+        for m in self.modules():  # is the dt init: resetting that Linear again would undo it
+            if m is not self and id(m) not in inside and hasattr(m, "reset_parameters"):
                 m.reset_parameters()  # Mamba: dt, A_log, D and PyTorch's default for its linears and conv
-        for m in self.modules():
-            if isinstance(m, Mamba):
-                for lin in (m.in_proj, m.x_proj, m.out_proj):
-                    if lin.bias is not None:
-                        lin.bias.zero_()
+        for m in mambas:
+            for lin in (m.in_proj, m.x_proj, m.out_proj):
+                if lin.bias is not None:
+                    lin.bias.zero_()
         nn.init.normal_(self.embedding.weight, std=c.initializer_range)
         if c.rescale_prenorm_residual:
-            for out_proj in {id(m.out_proj): m.out_proj for m in self.modules() if isinstance(m, Mamba)}.values():
+            for out_proj in {id(m.out_proj): m.out_proj for m in mambas}.values():
                 nn.init.kaiming_uniform_(out_proj.weight, a=math.sqrt(5))
                 out_proj.weight /= math.sqrt(c.n_residuals_per_layer * c.n_layer)
 
