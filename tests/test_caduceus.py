@@ -296,8 +296,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tiny_run, tmp_path):
-    """2 DDP ranks (gloo) see the windows and masks of one process: every logged loss agrees to float reduction
-    order."""
+    """2 DDP ranks (gloo) see the windows and masks of one process: every logged loss agrees. Not to float order
+    only: each rank's loss is the mean over ITS masked tokens (the released Lightning DDP run's too), so 2 ranks
+    average two means where one process takes one over the batch; the ranks' masked counts differ by a few tokens
+    (measured: 1.2e-5 relative at step 0)."""
     d, _ = tiny_run
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *TINY, "norm=dyt",
@@ -305,4 +307,4 @@ def test_two_gloo_ranks_match_one_process(tiny_run, tmp_path):
     losses = [[(e["step"], e.get("train/loss", e.get("val/loss"))) for e in read_jsonl(p / "metrics.jsonl")]
               for p in (d, tmp_path / "ddp")]
     assert [s for s, _ in losses[1]] == [s for s, _ in losses[0]]
-    assert [v for _, v in losses[1]] == pytest.approx([v for _, v in losses[0]], rel=1e-5)
+    assert [v for _, v in losses[1]] == pytest.approx([v for _, v in losses[0]], rel=1e-4)
