@@ -243,3 +243,32 @@ def test_the_table6_cell_averages_the_tasks_test_accuracy_at_the_best_setting(tm
     assert cell.cell.aggregate(only_a) == pytest.approx(sum(71.5 + i for i in range(8)) / 8)
     # a task without runs: no number (the average of 7 is not the paper's)
     assert cell.cell.aggregate([r for r in cell.runs if r.config["data"]["task"] != GB_TASKS[0]]) is None
+
+
+def test_caduceus_pretrains_then_classifies_through_the_same_task(tmp_path, capsys):
+    """Caduceus's family also answers GenomicBenchmarks data with the classification task: a tiny Caduceus-PS
+    pre-trained as a masked LM seeds a classifier whose backbone is every pre-trained weight (nothing dropped or
+    new but the decoder), and the classifier trains. Its features are RC-invariant, so a sequence and its reverse
+    complement get the same logits."""
+    from conftest import compose
+    from dyt.data.dna import reverse_complement
+    from dyt.families import build_task
+    from dyt.distributed import DistInfo
+    from dyt.run import train
+    common = ["model=caduceus_tiny", "norm=dyt", "trainer.progress=off", "trainer.max_steps=6", "trainer.eval_every=6",
+              "trainer.ckpt_every=6", "trainer.batch_size=8"]
+    train(compose([*common, "data=dna_synth", "data.mlm=true", f"data.root={tmp_path}/genome", "data.seq_len=64"]),
+          tmp_path / "pre")
+    ft = compose(["experiment=table6_caduceus_ft", *common, "data=gb_synth", f"data.root={tmp_path}/gb",
+                  f"trainer.init_from={tmp_path}/pre", "trainer.epochs=null"])
+    capsys.readouterr()
+    s = train(ft, tmp_path / "ft")
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[dyt] init_from"))
+    assert line.endswith("; new: head.proj.weight, head.proj.bias; dropped: -"), line
+    assert s["status"] == "completed" and s["init_from"]["family"] == "caduceus" and s["init_from"]["norm"] == "dyt"
+    assert "val/test_top1" in s
+    task = build_task(ft, DistInfo())
+    model = task.build_model().eval()
+    ids = torch.randint(7, 11, (2, 40))  # A C G T
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), model(reverse_complement(ids)))

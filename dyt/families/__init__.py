@@ -11,7 +11,7 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
 from dyt.config import register_shared
-from dyt.families import dino, dit, hyenadna, llama, mae, timm
+from dyt.families import caduceus, dino, dit, hyenadna, llama, mae, timm
 from dyt.family import Family, families, get_family, register_family
 from dyt.tasks.base import Task
 
@@ -22,6 +22,7 @@ BUILTIN: tuple[Family, ...] = (
     mae.FAMILY,  # Table 2 (pre-training), MAE rows of Tables 10, 13, 14
     dino.FAMILY,  # Table 2 (DINO pre-training)
     hyenadna.FAMILY,  # Table 6 (HyenaDNA pre-training)
+    caduceus.FAMILY,  # Table 6 (Caduceus pre-training)
 )
 for _family in BUILTIN:
     register_family(_family)
