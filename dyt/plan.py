@@ -72,7 +72,7 @@ LAUNCHER_KEYS = ("nodes", "gpus_per_node", "nproc")
 # 3760 / 1700 / 772 / 380 tokens/s per A100 for LLaMA 2 7B / 13B / 34B / 70B on 128 GPUs; with our FLOPs per token
 # (dyt/families/llama/model.py flops_per_token) that is 55% / 48% / 54% / 54% of the A100's 312 TFLOP/s.
 MFU = 0.5
-COST_GPUS = ("A100", "H100")  # dense bf16 peaks from dyt.families.llama.task.PEAK_BF16
+COST_GPUS = ("A100", "H100")  # dense bf16 peaks from dyt.tasks.language.PEAK_BF16
 
 
 def micro_batch_size(global_batch: int, world: int, accum: int) -> int:
@@ -207,7 +207,7 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
 def cost(flops_per_token: float, tokens: int, world: int, mfu: float = MFU) -> dict:
     """An estimate of a run's cost: GPU-hours and wall-clock hours on `world` GPUs of each kind in COST_GPUS, for
     training FLOPs = FLOPs per token x tokens at model FLOPs utilisation `mfu`."""
-    from dyt.families.llama.task import PEAK_BF16  # the GPUs' dense bf16 peaks, as the trainer's MFU uses
+    from dyt.tasks.language import PEAK_BF16  # the GPUs' dense bf16 peaks, as the trainer's MFU uses
     flops = flops_per_token * tokens
     gpu_hours = {gpu: flops / (mfu * PEAK_BF16[gpu]) / 3600 for gpu in COST_GPUS}
     return {"flops_per_token": flops_per_token, "tokens": tokens, "flops": flops, "mfu": mfu,

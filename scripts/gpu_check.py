@@ -116,14 +116,14 @@ def lm_flops_per_token(model: str, seq_len: int) -> float:
 
 def parse_models(seq_len: int) -> Callable[[str], Parsed]:
     """scripts/bench/models.py's lines: `<model> <norm> <mode> <ms> ms/step <rate> <unit>/s (first step <s> s)`;
-    MFU against the GPU's bf16 peak (dyt.families.llama.task.peak_flops) for language models."""
+    MFU against the GPU's bf16 peak (dyt.tasks.language.peak_flops) for language models."""
     pattern = re.compile(r"^(\S+)\s+(\S+)\s+(eager|compile)\s+([\d.]+) ms/step\s+([\d.]+) (\w+)/s "
                          r"\(first step ([\d.]+) s\)", re.M)
 
     def parse(log: str) -> Parsed:
         import torch
 
-        from dyt.families.llama.task import peak_flops
+        from dyt.tasks.language import peak_flops
         peak = peak_flops(torch.device("cuda", 0)) if torch.cuda.is_available() else None
         records = []
         for name, norm, mode, ms, rate, unit, first in pattern.findall(log):

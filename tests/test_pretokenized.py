@@ -16,7 +16,7 @@ from dyt.data.sampler import ShardedSampler
 from dyt.data.tokenizers import ByteTokenizer
 from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
-from dyt.families.llama.task import LanguageTask
+from dyt.tasks.language import LanguageTask
 from dyt.trainer import Trainer
 
 pretokenize = script("scripts/pretokenize.py")

@@ -13,7 +13,7 @@ from dyt.data import text as T
 from dyt.data.tokenizers import ByteTokenizer, load_tokenizer, vocab_size
 from dyt.distributed import DistInfo
 from dyt.errors import ConfigError
-from dyt.families.llama.task import LanguageTask
+from dyt.tasks.language import LanguageTask
 
 
 def data_cfg(*extra):

@@ -1,1 +1,2 @@
-"""Tasks shared by several families (a family's own task lives in its folder): the base and classification."""
+"""Tasks shared by several families (a family's own task lives in its folder): the base, classification, and
+language modeling (LLaMA, GPT-2)."""

@@ -28,7 +28,7 @@ def llama_shape(model, cfg) -> Shape:
 LM_EVAL = Evaluation("lm-eval", lm_eval_arguments, requested=lambda a: bool(a.tasks),
                      run=lazy("dyt.families.llama.lm_eval", "lm_eval_from_args"))
 
-FAMILY = Family("llama", lazy("dyt.families.llama.model", "build_llama"), lazy("dyt.families.llama.task", "LanguageTask"), data_kinds=("text",), schemas={"schema_llama": LlamaModelConfig},
+FAMILY = Family("llama", lazy("dyt.families.llama.model", "build_llama"), lazy("dyt.tasks.language", "LanguageTask"), data_kinds=("text",), schemas={"schema_llama": LlamaModelConfig},
                 blocks=lambda m: indexed(m.layers), shape=llama_shape, check=llama_check, evals=(LM_EVAL,))
 
 __all__ = ["FAMILY", "LlamaModelConfig"]

@@ -1,4 +1,4 @@
-"""Language modeling (LLaMA): next-token cross-entropy on packed sequences; val loss, perplexity, MFU."""
+"""Language modeling (LLaMA, GPT-2): next-token cross-entropy on packed sequences; val loss, perplexity, MFU."""
 from __future__ import annotations
 
 import math
