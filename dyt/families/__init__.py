@@ -11,7 +11,7 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
 from dyt.config import register_shared
-from dyt.families import caduceus, dino, dit, hyenadna, llama, mae, timm
+from dyt.families import caduceus, dino, dit, gpt2, hyenadna, llama, mae, timm
 from dyt.family import Family, families, get_family, register_family
 from dyt.tasks.base import Task
 
@@ -23,6 +23,7 @@ BUILTIN: tuple[Family, ...] = (
     dino.FAMILY,  # Table 2 (DINO pre-training)
     hyenadna.FAMILY,  # Table 6 (HyenaDNA pre-training)
     caduceus.FAMILY,  # Table 6 (Caduceus pre-training)
+    gpt2.FAMILY,  # the Derf follow-up's GPT-2 row (nanoGPT)
 )
 for _family in BUILTIN:
     register_family(_family)

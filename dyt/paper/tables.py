@@ -317,24 +317,43 @@ T15 = Table("table15", "DyT replacing BatchNorm in CNNs (ImageNet-1K top-1)", (T
 ))
 
 
-def _derf_row(label: str, metric: Metric, model: str, paper_table: str, values: dict) -> Row:
-    """LayerNorm and DyT are the paper table's runs (same recipe) or derf-tagged ones; Derf runs from derf_<model>."""
-    match = {"table": ("derf", paper_table), "model.name": model}
-    launcher = NODE if paper_table == "table3" else IMAGENET
-    return Row(label, {norm: run_cell((metric,), v, f"derf_{model}", match, norm, launcher)
+def _derf_row(label: str, metric: Metric, model: str, values: dict, launcher: str, paper_table: str | None = None,
+              experiment: str | None = None) -> Row:
+    """Runs of `experiment` (default derf_<model>: Derf's own settings, in its yaml); LayerNorm and DyT also count
+    the DyT paper table's runs of the model (`paper_table`), the values the Derf paper quotes for them."""
+    match = {"table": ("derf", paper_table) if paper_table else "derf", "model.name": model}
+    return Row(label, {norm: run_cell((metric,), v, experiment or f"derf_{model}", match, norm, launcher)
                        for norm, v in values.items()},
                (metric,))
 
 
+def _derf_dna_row(label: str, family: str, derf: float) -> Row:
+    """LayerNorm and DyT are Table 6's cells (the Derf paper quotes its values); Derf is the same protocol after a
+    pre-training with norm=derf (zlab-princeton/Derf, DNA model/dynamic_erf.patch: alpha0 0.5, shift 0)."""
+    t6 = T6.row(label)
+    return Row(label, {**t6.cells, "derf": gb_suite(derf, family, "derf")}, (DNA_ACC,))
+
+
 DERF = Table("derf", "Derf follow-up (arXiv 2512.10938): LayerNorm / DyT / Derf", (TOP1,),
              {**LN_DYT, "derf": "Derf"}, reference="layernorm",
-             notes="Derf(x) = weight * erf(alpha * x + s) + bias. LayerNorm and DyT cells also count Table 1 / 3 runs.",
+             notes="Derf(x) = weight * erf(alpha * x + s) + bias. Each derf_<model> experiment carries Derf's own "
+                   "settings (zlab-princeton/Derf): ViT drop path 0.15 / 0.5, DiT-XL alpha0 1.0, DiT-B's blocks "
+                   "keep adaLN zero-init, GPT-2 as its nanoGPT patch (alpha0 1.0, a bias per site, an embedding "
+                   "scale); LayerNorm and DyT cells also count Table 1 / 3 / 6 runs (the values it quotes). "
+                   "Caduceus: Derf's patch gives every converted RMSNorm site a bias; ours has none.",
              rows=(
-    _derf_row("ViT-B", TOP1, "vit_b", "table1", {"layernorm": 82.3, "dyt": 82.5, "derf": 82.8}),
-    _derf_row("ViT-L", TOP1, "vit_l", "table1", {"layernorm": 83.1, "dyt": 83.6, "derf": 83.8}),
-    _derf_row("DiT-XL/2", FID, "dit_xl2", "table3", {"layernorm": 19.94, "dyt": 20.83, "derf": 18.92}),
-    not_implemented_row("GPT-2", "no GPT-2 family: our language model is LLaMA (RMSNorm, RoPE, SwiGLU)", (VAL_LOSS,),
-                        {"layernorm": 2.94, "dyt": 2.97, "derf": 2.94}),
+    _derf_row("ViT-B", TOP1, "vit_b", {"layernorm": 82.3, "dyt": 82.5, "derf": 82.8}, IMAGENET, "table1"),
+    _derf_row("ViT-L", TOP1, "vit_l", {"layernorm": 83.1, "dyt": 83.6, "derf": 83.8}, IMAGENET, "table1"),
+    _derf_row("DiT-B/4", FID, "dit_b4", {"layernorm": 64.93, "dyt": 63.94, "derf": 63.23}, NODE, "table3"),
+    _derf_row("DiT-L/4", FID, "dit_l4", {"layernorm": 45.91, "dyt": 45.66, "derf": 43.94}, NODE, "table3"),
+    _derf_row("DiT-XL/2", FID, "dit_xl2", {"layernorm": 19.94, "dyt": 20.83, "derf": 18.92}, NODE, "table3"),
+    not_implemented_row("wav2vec 2.0 Base", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.95, "dyt": 1.95, "derf": 1.93}),
+    not_implemented_row("wav2vec 2.0 Large", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.92, "dyt": 1.91, "derf": 1.90}),
+    _derf_dna_row("HyenaDNA", "hyenadna", 85.7),
+    _derf_dna_row("Caduceus", "caduceus", 87.3),
+    # nanoGPT's job: one node of 8 GPUs (config/train_gpt2.py)
+    _derf_row("GPT-2", VAL_LOSS, "gpt2_124m", {"layernorm": 2.94, "dyt": 2.97, "derf": 2.94}, NODE,
+              experiment="derf_gpt2"),
 ))
 
 PAPER_TABLES = (T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14, T15, DERF)

@@ -38,6 +38,9 @@ class DiTModelConfig:
     # adaLN-Zero's zero init of the modulation and output layers; null = on for LayerNorm / RMSNorm, off for DyT
     # and the other element-wise norms (the paper's DyT runs remove it).
     adaln_zero_init: Optional[bool] = None
+    # the blocks' adaLN zero-init alone; null = as adaln_zero_init. Derf's DiT-B keeps it with every norm while its
+    # final layer follows the norm (zlab-princeton/Derf DiT/models.py:211-220): derf_dit_b4 sets it true.
+    adaln_zero_blocks: Optional[bool] = None
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 

@@ -107,7 +107,7 @@ class DiT(nn.Module):
     def __init__(self, *, input_size: int, in_channels: int, num_classes: int, hidden: int, depth: int, heads: int,
                  patch_size: int, mlp_ratio: float = 4.0, class_dropout: float = 0.1, learn_sigma: bool = True,
                  norm: str = "layernorm", alpha_init: float = 0.5, learn_alpha: bool = True, norm_eps: float = 1e-6,
-                 adaln_zero_init: bool = True):
+                 adaln_zero_init: bool = True, adaln_zero_blocks: bool | None = None):
         super().__init__()
         if input_size % patch_size:
             raise ConfigError(f"DiT input size {input_size} is not a multiple of its patch size {patch_size}")
@@ -116,6 +116,7 @@ class DiT(nn.Module):
         self.in_channels, self.num_classes, self.patch_size = in_channels, num_classes, patch_size
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.adaln_zero_init = adaln_zero_init
+        self.adaln_zero_blocks = adaln_zero_init if adaln_zero_blocks is None else adaln_zero_blocks
         norm_site = lambda: build_norm(norm, hidden, eps=norm_eps, alpha_init=alpha_init,  # noqa: E731
                                        learn_alpha=learn_alpha, elementwise_affine=False)
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden, bias=True)
@@ -145,11 +146,13 @@ class DiT(nn.Module):
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        if self.adaln_zero_init:  # exactly what the paper's DyT runs remove
-            for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1],
-                                                                          self.final_layer.linear]:
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        # exactly what the paper's DyT runs remove (Derf's DiT-B keeps the blocks' part: adaln_zero_blocks)
+        zeroed = [b.adaLN_modulation[-1] for b in self.blocks] if self.adaln_zero_blocks else []
+        if self.adaln_zero_init:
+            zeroed += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        for layer in zeroed:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, p*p*C) -> (B, C, H, W)."""
@@ -177,4 +180,5 @@ def build_dit(model_cfg, norm_cfg, data_cfg) -> DiT:
                mlp_ratio=model_cfg.mlp_ratio, class_dropout=model_cfg.class_dropout,
                learn_sigma=model_cfg.diffusion.learn_sigma, norm=norm_cfg.name, alpha_init=norm_cfg.alpha_init,
                learn_alpha=norm_cfg.get("learn_alpha", True), norm_eps=model_cfg.norm_eps,
-               adaln_zero_init=resolve_adaln_zero_init(model_cfg, norm_cfg.name))
+               adaln_zero_init=resolve_adaln_zero_init(model_cfg, norm_cfg.name),
+               adaln_zero_blocks=model_cfg.get("adaln_zero_blocks"))
