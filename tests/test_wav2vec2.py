@@ -237,3 +237,16 @@ def test_bad_configs_are_clear_errors():
         validate(compose(["model=w2v_base", "data=speech_synth", "data.min_sample_size=300"]))
     with pytest.raises(ConfigError, match="is not a multiple of model.heads"):
         validate(compose(["model=w2v_tiny", "data=speech_synth", "model.heads=3"]))
+
+
+def test_paper_cells_run_the_recipes():
+    """Table 5's cells run table5_w2v_<size> on the paper's jobs; Tables 13 / 14 reuse them beside the tuned run."""
+    from dyt.paper import TABLES
+    base = TABLES["table5"].cell("wav2vec 2.0 Base", "dyt")
+    assert base.overrides == ("experiment=table5_w2v_base", "norm=dyt") and base.launcher == "slurm_8x8"
+    assert TABLES["table5"].cell("wav2vec 2.0 Large", "layernorm").launcher == "slurm_16x8"
+    assert TABLES["table13"].cell("wav2vec 2.0 Base", "dyt") is base
+    tuned = TABLES["table14"].cell("wav2vec 2.0 Large", "dyt_tuned")
+    assert tuned.paper == {"val/loss": 1.90} and compose(list(tuned.overrides)).norm.alpha_init == 1.0
+    assert compose(list(TABLES["table13"].cell("wav2vec 2.0 Base", "dyt_tuned").overrides)).optim.lr == 6e-4
+    assert TABLES["derf"].cell("wav2vec 2.0 Base", "derf").paper == {"val/loss": 1.93}
