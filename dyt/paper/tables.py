@@ -25,7 +25,8 @@ IMAGENET, NODE, LLAMA = "slurm_8x8", "node8", {"7b": "slurm_64x8", "13b": "slurm
 
 LN_DYT = {"layernorm": "LayerNorm", "dyt": "DyT"}
 MAE_DINO = "MAE / DINO self-supervised pre-training is not implemented (no masked-image or self-distillation task)"
-WAV2VEC = "wav2vec 2.0 (speech) is not implemented"
+# wav2vec 2.0: Base on 8 x 8 GPUs, Large on 16 x 8 (the DyT repo's wav2vec2 README commands)
+W2V_JOBS = {"base": "slurm_8x8", "large": "slurm_16x8"}
 
 T1 = Table("table1", "Supervised classification on ImageNet-1K", (TOP1,), LN_DYT, reference="layernorm", rows=tuple(
     run_row(label, (TOP1,), f"table1_{model}", {"table": "table1", "model.name": model}, {"layernorm": ln, "dyt": dyt},
@@ -106,8 +107,10 @@ T4 = Table("table4", "LLaMA pre-training on The Pile (avg zero-shot score over 1
                          ("70B", {"rmsnorm": (0.549, 1.45), "dyt": (0.549, 1.45)}))))
 
 T5 = Table("table5", "wav2vec 2.0 pre-training on LibriSpeech (val loss)", (VAL_LOSS,), LN_DYT, reference="layernorm",
-           rows=(not_implemented_row("wav2vec 2.0 Base", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.95, "dyt": 1.95}),
-                 not_implemented_row("wav2vec 2.0 Large", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.92, "dyt": 1.91})))
+           rows=tuple(run_row(f"wav2vec 2.0 {size.title()}", (VAL_LOSS,), f"table5_w2v_{size}",
+                              {"table": "table5", "model.name": f"w2v_{size}"}, values, W2V_JOBS[size])
+                      for size, values in (("base", {"layernorm": 1.95, "dyt": 1.95}),
+                                           ("large", {"layernorm": 1.92, "dyt": 1.91}))))
 
 # Table 6 is a pre-training run (the DNA family's experiment, the Caduceus repo's run_pretrain_*.sh on one node of 8
 # GPUs), then the GenomicBenchmarks protocol from it (configs/experiment/table6_*_ft.yaml: one -m sweep of 8 tasks x
@@ -211,9 +214,13 @@ def _mae_row(label: str, stages: tuple, tuned: Cell) -> Row:
     return Row(label, {"layernorm": t2.cells["layernorm"], "dyt": t2.cells["dyt"], "dyt_tuned": tuned})
 
 
-def _not_implemented_row(label: str, reason: str, metric: Metric, values) -> Row:
-    return Row(label, {k: not_implemented(reason, (metric,), v) for k, v in zip(("layernorm", "dyt", "dyt_tuned"), values)},
-               (metric,))
+def _w2v_row(size: str, table_id: str, value: float) -> Row:
+    """LayerNorm and DyT are Table 5's cells; the tuned DyT run is table<N>_w2v_<size>."""
+    label = f"wav2vec 2.0 {size.title()}"
+    tuned = Cell(paper=values_of((VAL_LOSS,), value), overrides=(f"experiment={table_id}_w2v_{size}", "norm=dyt"),
+                 match={"table": table_id, "model.name": f"w2v_{size}", "norm.name": "dyt"}, launcher=W2V_JOBS[size])
+    return Row(label, {"layernorm": T5.cell(label, "layernorm"), "dyt": T5.cell(label, "dyt"), "dyt_tuned": tuned},
+               (VAL_LOSS,))
 
 
 # MAE's tuned pre-training lr: 3.2e-3 (the recipe's: blr 1.5e-4 x 4096 / 256 = 2.4e-3)
@@ -223,13 +230,13 @@ T13 = _tuned_table("table13", "Learning-rate tuning for DyT", "DyT, tuned lr",
     _vit_b_row(TUNED_LR),
     _mae_row("MAE ViT-B", MAE_B, finetuned(83.7, MAE_B, "dyt", tuned=("optim.lr=3.2e-3",), table="table13")),
     _mae_row("MAE ViT-L", MAE_L, finetuned(85.8, MAE_L, "dyt", tuned=("optim.lr=3.2e-3",), table="table13")),
-    _not_implemented_row("wav2vec 2.0 Base", WAV2VEC, VAL_LOSS, (1.95, 1.95, 1.94))))
+    _w2v_row("base", "table13", 1.94)))
 
 T14 = _tuned_table("table14", "alpha0 tuning for DyT", "DyT, alpha0 = 1.0",
                    "Tuned alpha0 = 1.0 for all three (recipe 0.5); MAE's is the pre-training's. " + FT_NOTE, (
     _vit_b_row(TUNED_ALPHA),
     _mae_row("MAE ViT-B", MAE_B, finetuned(83.4, MAE_B, "dyt", tuned=("norm.alpha_init=1.0",), table="table14")),
-    _not_implemented_row("wav2vec 2.0 Large", WAV2VEC, VAL_LOSS, (1.92, 1.91, 1.90))))
+    _w2v_row("large", "table14", 1.90)))
 
 # Table 10's lr per method. The paper tuned them ("Fixup and SkipInit require significantly lower learning rates to
 # prevent training divergence ... we conduct a simple learning rate search for all methods", v1 Sec. 6) but prints
@@ -320,7 +327,7 @@ T15 = Table("table15", "DyT replacing BatchNorm in CNNs (ImageNet-1K top-1)", (T
 def _derf_row(label: str, metric: Metric, model: str, paper_table: str, values: dict) -> Row:
     """LayerNorm and DyT are the paper table's runs (same recipe) or derf-tagged ones; Derf runs from derf_<model>."""
     match = {"table": ("derf", paper_table), "model.name": model}
-    launcher = NODE if paper_table == "table3" else IMAGENET
+    launcher = {"table3": NODE, "table5": W2V_JOBS.get(model.removeprefix("w2v_"))}.get(paper_table, IMAGENET)
     return Row(label, {norm: run_cell((metric,), v, f"derf_{model}", match, norm, launcher)
                        for norm, v in values.items()},
                (metric,))
@@ -333,6 +340,8 @@ DERF = Table("derf", "Derf follow-up (arXiv 2512.10938): LayerNorm / DyT / Derf"
     _derf_row("ViT-B", TOP1, "vit_b", "table1", {"layernorm": 82.3, "dyt": 82.5, "derf": 82.8}),
     _derf_row("ViT-L", TOP1, "vit_l", "table1", {"layernorm": 83.1, "dyt": 83.6, "derf": 83.8}),
     _derf_row("DiT-XL/2", FID, "dit_xl2", "table3", {"layernorm": 19.94, "dyt": 20.83, "derf": 18.92}),
+    _derf_row("wav2vec 2.0 Base", VAL_LOSS, "w2v_base", "table5", {"layernorm": 1.95, "dyt": 1.95, "derf": 1.93}),
+    _derf_row("wav2vec 2.0 Large", VAL_LOSS, "w2v_large", "table5", {"layernorm": 1.92, "dyt": 1.91, "derf": 1.90}),
     not_implemented_row("GPT-2", "no GPT-2 family: our language model is LLaMA (RMSNorm, RoPE, SwiGLU)", (VAL_LOSS,),
                         {"layernorm": 2.94, "dyt": 2.97, "derf": 2.94}),
 ))
