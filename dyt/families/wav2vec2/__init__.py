@@ -5,6 +5,7 @@ from __future__ import annotations
 from dyt.families.wav2vec2.config import EXTRACTOR_MODES, Wav2Vec2ModelConfig, conv_frames, receptive_field
 from dyt.families.wav2vec2.data import AudioDataConfig
 from dyt.family import Family, Shape, indexed, lazy
+from dyt.nn import NORM_KINDS
 from dyt.ranges import COUNT
 
 
@@ -12,6 +13,8 @@ def w2v_check(cfg) -> list[str]:
     m, d = cfg.model, cfg.data
     ok = lambda *vals: all(COUNT.accepts(v) for v in vals)  # noqa: E731 - each reported apart when not
     problems = []
+    if m.get("feature_norm") is not None and m.feature_norm not in NORM_KINDS:
+        problems.append(f"model.feature_norm={m.feature_norm}: choose one of {', '.join(NORM_KINDS)} (or null: norm's)")
     if m.extractor_mode not in EXTRACTOR_MODES:
         problems.append(f"model.extractor_mode={m.extractor_mode!r}: choose one of {', '.join(EXTRACTOR_MODES)}")
     layers = [list(c) for c in m.conv_layers]

@@ -4,7 +4,7 @@ fairseq/models/wav2vec/wav2vec2.py, class Wav2Vec2Config)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -38,6 +38,10 @@ class Wav2Vec2ModelConfig:
     conv_pos: int = ranged(128, COUNT)  # kernel of the convolutional positional embedding
     conv_pos_groups: int = ranged(16, COUNT)
     norm_eps: float = ranged(1e-5, POSITIVE)  # fairseq's LayerNorm default
+    # the norm after the feature encoder when it differs from norm= (null: norm='s). The released DyT patch calls a
+    # DyT there that it never builds (an AttributeError), so which norm the paper's DyT runs had at this site is
+    # unknown: feature_norm=layernorm keeps fairseq's LayerNorm there and DyT everywhere else.
+    feature_norm: Optional[str] = None
     dropout: float = ranged(0.1, FRACTION)
     attention_dropout: float = ranged(0.1, FRACTION)
     activation_dropout: float = ranged(0.0, FRACTION)

@@ -191,7 +191,8 @@ class Wav2Vec2(nn.Module):
         self.cfg = m
         self.feature_extractor = FeatureEncoder([tuple(c) for c in m.conv_layers], m.extractor_mode, m.conv_bias)
         embed = m.conv_layers[-1][0]
-        self.feature_norm = norm(embed)  # fairseq: Wav2Vec2Model.layer_norm
+        self.feature_norm = (norm(embed) if m.get("feature_norm") is None  # fairseq: Wav2Vec2Model.layer_norm
+                             else build_norm(m.feature_norm, embed, eps=m.norm_eps))
         self.post_extract_proj = nn.Linear(embed, m.hidden) if embed != m.hidden else None
         self.dropout_input, self.dropout_features = nn.Dropout(m.dropout_input), nn.Dropout(m.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(m.hidden).uniform_())
