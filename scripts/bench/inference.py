@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dyt.nn import ElementwiseNorm  # noqa: E402
 from dyt.nn.fold import fold_dyt  # noqa: E402
 from models import build  # noqa: E402 - scripts/bench/models.py: a model exactly as training builds it
 from record import machine, write_section  # noqa: E402 - scripts/bench/record.py
@@ -45,6 +46,10 @@ def models_for(name: str, device, dtype, overrides: list[str]) -> dict:
         with torch.device(device):
             model, _ = build(name, norm, "text_pydoc", overrides)
         if norm == "dyt":
+            with torch.no_grad():  # trained-like norm weights (init is all ones): the fold check below then means something
+                for m in model.modules():
+                    if isinstance(m, ElementwiseNorm) and m.weight is not None:
+                        m.weight.normal_(1.0, 0.2)
             out["dyt-folded"] = fold_dyt(copy.deepcopy(model)).to(dtype).eval()
         out[norm] = model.to(dtype).eval()
     return {k: out[k] for k in ("rmsnorm", "dyt", "dyt-folded")}
