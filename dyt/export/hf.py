@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from dyt.config import plain_kwargs
 from dyt.errors import ConfigError
 from dyt.eval.load import load_run
 
@@ -32,7 +33,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 LAYER_FILE = "dyt_layer.py"
 
 
-def _norm_kind(model: nn.Module, dyt: str, baseline: str, cfg) -> str:
+def _norm_kind(cfg, dyt: str, baseline: str) -> str:
     kind = cfg.norm.name
     if kind not in (dyt, baseline):
         raise ConfigError(f"export to transformers supports norm={baseline} or norm={dyt}; this run has "
@@ -48,7 +49,7 @@ def _rope_halves(w: torch.Tensor, heads: int) -> torch.Tensor:
 def _llama(model: nn.Module, cfg):
     """(config, state dict, remote-code module or None) of transformers' Llama for our LLaMA."""
     import transformers
-    kind = _norm_kind(model, "dyt", "rmsnorm", cfg)
+    kind = _norm_kind(cfg, "dyt", "rmsnorm")
     c = model.cfg
     heads, kv = c.n_heads, c.n_kv_heads or c.n_heads
     ours = model.state_dict()
@@ -89,10 +90,10 @@ def _llama(model: nn.Module, cfg):
 def _vit(model: nn.Module, cfg):
     """(config, state dict, remote-code module or None) of transformers' timm wrapper for our timm ViT."""
     import transformers
-    kind = _norm_kind(model, "dyt", cfg.model.get("norm_sites", "layernorm"), cfg)
+    kind = _norm_kind(cfg, "dyt", cfg.model.get("norm_sites", "layernorm"))
     m, d = cfg.model, cfg.data
     model_args = {"img_size": int(d.image_size), "patch_size": int(m.patch_size or d.patch_size),
-                  "in_chans": int(d.in_chans), **{k: v for k, v in dict(m.kwargs).items()}}
+                  "in_chans": int(d.in_chans), **plain_kwargs(m.kwargs)}
     if m.global_pool is not None:
         model_args["global_pool"] = m.global_pool
     state = {f"timm_model.{k}": v for k, v in model.state_dict().items()}
