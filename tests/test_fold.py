@@ -89,3 +89,10 @@ def test_a_site_that_cannot_be_folded_is_refused_and_nothing_changes():
 def test_an_unknown_architecture_is_refused():
     with pytest.raises(FoldError, match="no folding rules for a Sequential"):
         fold_dyt(nn.Sequential(DynamicTanh(8), nn.GELU(), nn.Linear(8, 8)))
+
+
+def test_a_headless_vit_keeps_its_final_norm_and_is_refused():
+    model = built([*VIT, "norm=dyt"])
+    model.reset_classifier(0)  # a feature extractor: the final norm feeds no Linear
+    with pytest.raises(FoldError, match=r"fc_norm: its consumer head is a Identity, not a Linear over its 32 channels"):
+        fold_dyt(model)

@@ -94,9 +94,13 @@ def _problems(model: nn.Module, sites: Sites) -> list[str]:
             out.append(f"{path}: a channels-first or multi-dim norm (folding needs a (..., C) input)")
             continue
         for lin_path in sites[path]:
-            lin = model.get_submodule(lin_path)
+            try:
+                lin = model.get_submodule(lin_path)
+            except AttributeError:  # a variant of the architecture without that layer (e.g. separate q / k / v)
+                lin = None
             if not isinstance(lin, nn.Linear) or lin.in_features != norm.normalized_shape[0]:
-                out.append(f"{path}: its consumer {lin_path} is a {type(lin).__name__}, not a Linear over its "
+                what = "missing" if lin is None else f"a {type(lin).__name__}"
+                out.append(f"{path}: its consumer {lin_path} is {what}, not a Linear over its "
                            f"{norm.normalized_shape[0]} channels")
     return out
 
