@@ -13,7 +13,10 @@
 #   T11/12  mini_llama_alpha: DyT alpha0 grid at widths 64 and 128 (+ each width's RMSNorm) on pydoc text
 #   T2      mini_mae and mini_dino (layernorm, dyt) pre-training on Fashion-MNIST, then mini_finetune from each
 #           run: fine-tuned as released (LayerNorm) and with the pre-training's norm
-#   T6      mini_dna (layernorm, dyt): pico HyenaDNA on a synthetic genome, then mini_dna_ft from each run: the
+#   T5      mini_w2v (layernorm, dyt, and dyt with LayerNorm after the feature encoder): a tiny wav2vec 2.0 on
+#           synthetic speech (data=speech_synth)
+#   T6      mini_dna (layernorm, dyt): pico HyenaDNA on a synthetic genome, then mini_dna_ft from each run (and DyT
+#           put in at fine-tuning only, from the LayerNorm run, as the released HyenaDNA path does): the
 #           synthetic motif task (data=gb_synth), 5 split seeds, test accuracy at the best validation epoch
 # Runs: multirun/mini_*; logs: multirun/mini_logs/.
 set -euo pipefail
@@ -48,6 +51,8 @@ SWEEPS=(
   "dino       -m experiment=mini_dino"
   "mae        -m experiment=mini_mae"
   "dna        -m experiment=mini_dna"
+  "w2v        -m experiment=mini_w2v"
+  "w2v_feature_ln -m experiment=mini_w2v norm=dyt model.feature_norm=layernorm"
 )
 mkdir -p multirun/mini_logs
 start=$(date +%s)
@@ -70,9 +75,12 @@ finetune() {  # finetune <name> <pre-training sweep> <its run-name prefix>
 }
 finetune mae_finetune mini_mae mae_pico
 finetune dino_finetune mini_dino dino_pico
-log=multirun/mini_logs/dna_finetune.log  # Table 6: each pre-training fine-tuned with its own norm (as released)
+log=multirun/mini_logs/dna_finetune.log  # Table 6: each pre-training fine-tuned with its own norm (as released),
+# and the LayerNorm one with DyT put in at fine-tuning (the released HyenaDNA path: a LayerNorm checkpoint converted)
 if "$PY" train.py -m experiment=mini_dna_ft \
-    "trainer.init_from='$(run_of mini_dna "hyenadna_pico-layernorm-*")','$(run_of mini_dna "hyenadna_pico-dyt-*")'" > "$log" 2>&1; then
+    "trainer.init_from='$(run_of mini_dna "hyenadna_pico-layernorm-*")','$(run_of mini_dna "hyenadna_pico-dyt-*")'" > "$log" 2>&1 \
+  && "$PY" train.py -m experiment=mini_dna_ft finetune_norm=null norm=dyt \
+    "trainer.init_from='$(run_of mini_dna "hyenadna_pico-layernorm-*")'" >> "$log" 2>&1; then
   echo "  done: dna_finetune ($(grep -c "^\[dyt\] \(completed\|diverged\)" "$log") runs)"
 else echo "  FAILED: dna_finetune (see $log)" >&2; exit 1; fi
 echo "mini-suite: sweeps done in $(( ($(date +%s) - start) / 60 )) min"
@@ -80,8 +88,8 @@ echo "mini-suite: sweeps done in $(( ($(date +%s) - start) / 60 )) min"
 # Tables next to the paper's, and the figures (S-curves of the LayerNorm ViT, alpha vs 1/std of the DyT ViT).
 mkdir -p "$OUT"
 "$PY" scripts/report.py multirun/mini_vit multirun/mini_vit_fixed_alpha multirun/mini_convnext \
-  multirun/mini_llama_alpha multirun/mini_finetune multirun/mini_dna_ft \
-  --tables mini_t1,mini_t2,mini_t6,mini_t8,mini_t9,mini_t12 --out "$OUT"
+  multirun/mini_llama_alpha multirun/mini_finetune multirun/mini_dna_ft multirun/mini_w2v \
+  --tables mini_t1,mini_t2,mini_t5,mini_t6,mini_t8,mini_t9,mini_t12 --out "$OUT"
 "$PY" scripts/figures.py scurves "$(run_of mini_vit 'vit_pico-layernorm-*')" --out "$OUT/scurves_vit_layernorm.png"
 "$PY" scripts/figures.py scurves "$(run_of mini_vit 'vit_pico-dyt-*')" --out "$OUT/scurves_vit_dyt.png"
 "$PY" scripts/figures.py alpha-std "$(run_of mini_vit 'vit_pico-dyt-*')" --out "$OUT/alpha_std_vit_dyt.png"

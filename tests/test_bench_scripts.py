@@ -39,3 +39,12 @@ def test_bench_default_job_runs_train_py(tmp_path):
                       "trainer.max_steps=3", "trainer.eval_every=3"], cwd=tmp_path, timeout=600).stdout
     assert "## The default job (`python train.py trainer.max_steps=3 trainer.eval_every=3`)" in out
     assert "| 1 |" in out and "| 3 |" in out and "Median process wall time" in out
+
+
+def test_bench_inference_folded_dyt(tmp_path):
+    out = run_script(["python", str(ROOT / "scripts/bench/inference.py"), "--no-write", "--model", "llama_tiny",
+                      "--seq-len", "32", "--passes", "2", "--repeats", "2"], cwd=tmp_path, timeout=600).stdout
+    for norm in ("rmsnorm", "dyt", "dyt-folded"):
+        assert f"| llama_tiny | 1x32 | fp32 | {norm} | eager |" in out
+    err = float(out.split("folded vs unfolded DyT logits: relative error ")[1].split()[0])
+    assert err < 1e-5  # folding changes rounding only

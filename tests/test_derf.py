@@ -31,6 +31,8 @@ def test_derf_cells_take_derfs_own_settings():
     assert derf_cfg("ViT-L").model.drop_path == 0.5  # ViT/README.md:35 (Table 1: 0.4)
     assert derf_cfg("DiT-XL/2").norm.alpha_init == 1.0  # DiT/train.py:149-152 (Table 3: 0.5)
     assert derf_cfg("DiT-L/4").norm.alpha_init == 0.5 and derf_cfg("DiT-B/4").model.adaln_zero_blocks is True
+    base, large = derf_cfg("wav2vec 2.0 Base"), derf_cfg("wav2vec 2.0 Large")  # speech model/dynamic_erf.patch
+    assert base.model.layer_norm_first is True and base.trainer.precision == large.trainer.precision == "fp32"
     gpt2 = derf_cfg("GPT-2")
     assert gpt2.model.name == "gpt2_124m" and gpt2.model.alpha_attn == 1.0 and gpt2.norm.name == "derf"
     for label in ("ViT-B", "DiT-XL/2", "GPT-2"):

@@ -495,3 +495,14 @@ def test_a_mini_fine_tuning_run_is_not_a_from_scratch_mini_cell(tmp_path):
     t1, t2 = report.tables
     assert [Path(r.source).name for r in t1.result("ViT", "layernorm").runs] == ["scratch"]
     assert [Path(r.source).name for r in t2.result("MAE", "layernorm").runs] == ["finetuned"]
+
+
+def test_a_cells_origins_name_each_pre_training_once_with_its_count():
+    """Table 6's fine-tunings (5 split seeds) share one pre-training: the cell names it once, with how many runs."""
+    from types import SimpleNamespace
+    from dyt.paper.render import origins
+    run = lambda src, norm: SimpleNamespace(summary={"init_from": {"run_dir": f"/x/{src}", "step": 300}},  # noqa: E731
+                                            config={"norm": {"name": norm}, "finetune_norm": "pretrain"})
+    res = SimpleNamespace(runs=[run("pre_ln", "layernorm")] * 5 + [run("pre_dyt", "dyt")])
+    assert origins(res) == ("5 x from pre_ln @300, fine-tuned with layernorm (pretrain); "
+                            "from pre_dyt @300, fine-tuned with dyt (pretrain)")

@@ -11,7 +11,7 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
 from dyt.config import register_shared
-from dyt.families import caduceus, dino, dit, gpt2, hyenadna, llama, mae, timm
+from dyt.families import caduceus, dino, dit, gpt2, hyenadna, llama, mae, timm, wav2vec2
 from dyt.family import Family, families, get_family, register_family
 from dyt.tasks.base import Task
 
@@ -21,6 +21,7 @@ BUILTIN: tuple[Family, ...] = (
     dit.FAMILY,  # Table 3
     mae.FAMILY,  # Table 2 (pre-training), MAE rows of Tables 10, 13, 14
     dino.FAMILY,  # Table 2 (DINO pre-training)
+    wav2vec2.FAMILY,  # Table 5 (speech pre-training), wav2vec rows of Tables 13, 14
     hyenadna.FAMILY,  # Table 6 (HyenaDNA pre-training)
     caduceus.FAMILY,  # Table 6 (Caduceus pre-training)
     gpt2.FAMILY,  # the Derf follow-up's GPT-2 row (nanoGPT)

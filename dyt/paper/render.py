@@ -62,16 +62,18 @@ def ours_text(res: CellResult, key: str) -> str:
 
 def origins(res: CellResult) -> str:
     """Where a cell's fine-tuning runs started: each one's pre-training run (its step) and the norm it was
-    fine-tuned with (finetune_norm); empty for runs trained from scratch."""
-    out = []
+    fine-tuned with (finetune_norm), each origin once with its count (Table 6's fine-tunings share one pre-training);
+    empty for runs trained from scratch."""
+    out: dict[str, int] = {}
     for r in res.runs:
         src = r.summary.get("init_from")
         if isinstance(src, dict):
             norm = (r.config.get("norm") or {}).get("name")
             how = r.config.get("finetune_norm")
-            out.append(f"from {Path(str(src.get('run_dir'))).name} @{src.get('step')}, fine-tuned with {norm}"
-                       + (f" ({how})" if how else ""))
-    return "; ".join(out)
+            key = (f"from {Path(str(src.get('run_dir'))).name} @{src.get('step')}, fine-tuned with {norm}"
+                   + (f" ({how})" if how else ""))
+            out[key] = out.get(key, 0) + 1
+    return "; ".join(k if n == 1 else f"{n} x {k}" for k, n in out.items())
 
 
 def _status(res: CellResult) -> str:

@@ -25,7 +25,8 @@ IMAGENET, NODE, LLAMA = "slurm_8x8", "node8", {"7b": "slurm_64x8", "13b": "slurm
 
 LN_DYT = {"layernorm": "LayerNorm", "dyt": "DyT"}
 MAE_DINO = "MAE / DINO self-supervised pre-training is not implemented (no masked-image or self-distillation task)"
-WAV2VEC = "wav2vec 2.0 (speech) is not implemented"
+# wav2vec 2.0: Base on 8 x 8 GPUs, Large on 16 x 8 (the DyT repo's wav2vec2 README commands)
+W2V_JOBS = {"base": "slurm_8x8", "large": "slurm_16x8"}
 
 T1 = Table("table1", "Supervised classification on ImageNet-1K", (TOP1,), LN_DYT, reference="layernorm", rows=tuple(
     run_row(label, (TOP1,), f"table1_{model}", {"table": "table1", "model.name": model}, {"layernorm": ln, "dyt": dyt},
@@ -106,8 +107,10 @@ T4 = Table("table4", "LLaMA pre-training on The Pile (avg zero-shot score over 1
                          ("70B", {"rmsnorm": (0.549, 1.45), "dyt": (0.549, 1.45)}))))
 
 T5 = Table("table5", "wav2vec 2.0 pre-training on LibriSpeech (val loss)", (VAL_LOSS,), LN_DYT, reference="layernorm",
-           rows=(not_implemented_row("wav2vec 2.0 Base", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.95, "dyt": 1.95}),
-                 not_implemented_row("wav2vec 2.0 Large", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.92, "dyt": 1.91})))
+           rows=tuple(run_row(f"wav2vec 2.0 {size.title()}", (VAL_LOSS,), f"table5_w2v_{size}",
+                              {"table": "table5", "model.name": f"w2v_{size}"}, values, W2V_JOBS[size])
+                      for size, values in (("base", {"layernorm": 1.95, "dyt": 1.95}),
+                                           ("large", {"layernorm": 1.92, "dyt": 1.91}))))
 
 # Table 6 is a pre-training run (the DNA family's experiment, the Caduceus repo's run_pretrain_*.sh on one node of 8
 # GPUs), then the GenomicBenchmarks protocol from it (configs/experiment/table6_*_ft.yaml: one -m sweep of 8 tasks x
@@ -152,15 +155,16 @@ def _bench(value: float, command: str) -> Cell:
     return Cell(paper=values_of((SECONDS,), value), status=BENCHMARK, command_text=command)
 
 
-_INFERENCE = "scripts/bench/models.py times training steps only (forward + backward + AdamW)"
+# forward only, as the paper: its rows are rmsnorm and dyt; the script adds folded DyT (dyt.nn.fold) beside them
+_INFER_MODEL = "python scripts/bench/inference.py --model llama_7b --seq-len 4096 --passes 100 --dtype bf16"
 T7 = Table("table7", "LLaMA 7B speed: 100 passes of one 4096-token sequence, BF16, eager (s)", (SECONDS,),
            {"rmsnorm": "RMSNorm", "dyt": "DyT"}, reference="rmsnorm", kind=SPEED,
            notes="Our benchmarks report their own units (ms per layer call; tokens/s per training step) in "
-                 "docs/BENCHMARKS.md. The paper's later version: with the norm layers compiled, RMSNorm and DyT "
+                 "docs/BENCHMARKS.md; the inference benchmark also times DyT folded into its Linears (dyt.nn.fold). "
+                 "The paper's later version: with the norm layers compiled, RMSNorm and DyT "
                  "take the same time.", rows=(
     Row("inference, norm layers", {"rmsnorm": _bench(2.1, _BENCH_LAYERS), "dyt": _bench(1.0, _BENCH_LAYERS)}),
-    Row("inference, model", {"rmsnorm": not_implemented(_INFERENCE, (SECONDS,), 14.1),
-                             "dyt": not_implemented(_INFERENCE, (SECONDS,), 13.0)}),
+    Row("inference, model", {"rmsnorm": _bench(14.1, _INFER_MODEL), "dyt": _bench(13.0, _INFER_MODEL)}),
     Row("training, norm layers", {"rmsnorm": _bench(8.3, _BENCH_LAYERS), "dyt": _bench(4.8, _BENCH_LAYERS)}),
     Row("training, model", {"rmsnorm": _bench(42.6, _BENCH_MODEL), "dyt": _bench(39.1, _BENCH_MODEL)}),
 ))
@@ -211,9 +215,13 @@ def _mae_row(label: str, stages: tuple, tuned: Cell) -> Row:
     return Row(label, {"layernorm": t2.cells["layernorm"], "dyt": t2.cells["dyt"], "dyt_tuned": tuned})
 
 
-def _not_implemented_row(label: str, reason: str, metric: Metric, values) -> Row:
-    return Row(label, {k: not_implemented(reason, (metric,), v) for k, v in zip(("layernorm", "dyt", "dyt_tuned"), values)},
-               (metric,))
+def _w2v_row(size: str, table_id: str, value: float) -> Row:
+    """LayerNorm and DyT are Table 5's cells; the tuned DyT run is table<N>_w2v_<size>."""
+    label = f"wav2vec 2.0 {size.title()}"
+    tuned = Cell(paper=values_of((VAL_LOSS,), value), overrides=(f"experiment={table_id}_w2v_{size}", "norm=dyt"),
+                 match={"table": table_id, "model.name": f"w2v_{size}", "norm.name": "dyt"}, launcher=W2V_JOBS[size])
+    return Row(label, {"layernorm": T5.cell(label, "layernorm"), "dyt": T5.cell(label, "dyt"), "dyt_tuned": tuned},
+               (VAL_LOSS,))
 
 
 # MAE's tuned pre-training lr: 3.2e-3 (the recipe's: blr 1.5e-4 x 4096 / 256 = 2.4e-3)
@@ -223,13 +231,13 @@ T13 = _tuned_table("table13", "Learning-rate tuning for DyT", "DyT, tuned lr",
     _vit_b_row(TUNED_LR),
     _mae_row("MAE ViT-B", MAE_B, finetuned(83.7, MAE_B, "dyt", tuned=("optim.lr=3.2e-3",), table="table13")),
     _mae_row("MAE ViT-L", MAE_L, finetuned(85.8, MAE_L, "dyt", tuned=("optim.lr=3.2e-3",), table="table13")),
-    _not_implemented_row("wav2vec 2.0 Base", WAV2VEC, VAL_LOSS, (1.95, 1.95, 1.94))))
+    _w2v_row("base", "table13", 1.94)))
 
 T14 = _tuned_table("table14", "alpha0 tuning for DyT", "DyT, alpha0 = 1.0",
                    "Tuned alpha0 = 1.0 for all three (recipe 0.5); MAE's is the pre-training's. " + FT_NOTE, (
     _vit_b_row(TUNED_ALPHA),
     _mae_row("MAE ViT-B", MAE_B, finetuned(83.4, MAE_B, "dyt", tuned=("norm.alpha_init=1.0",), table="table14")),
-    _not_implemented_row("wav2vec 2.0 Large", WAV2VEC, VAL_LOSS, (1.92, 1.91, 1.90))))
+    _w2v_row("large", "table14", 1.90)))
 
 # Table 10's lr per method. The paper tuned them ("Fixup and SkipInit require significantly lower learning rates to
 # prevent training divergence ... we conduct a simple learning rate search for all methods", v1 Sec. 6) but prints
@@ -338,7 +346,7 @@ DERF = Table("derf", "Derf follow-up (arXiv 2512.10938): LayerNorm / DyT / Derf"
              {**LN_DYT, "derf": "Derf"}, reference="layernorm",
              notes="Derf(x) = weight * erf(alpha * x + s) + bias. Each derf_<model> experiment carries Derf's own "
                    "settings (zlab-princeton/Derf): ViT drop path 0.15 / 0.5, DiT-XL alpha0 1.0, DiT-B's blocks "
-                   "keep adaLN zero-init, GPT-2 as its nanoGPT patch (alpha0 1.0, a bias per site, an embedding "
+                   "keep adaLN zero-init, wav2vec 2.0 in fp32 (Base pre-norm), GPT-2 as its nanoGPT patch (alpha0 1.0, a bias per site, an embedding "
                    "scale); LayerNorm and DyT cells also count Table 1 / 3 / 6 runs (the values it quotes). "
                    "Caduceus: Derf's patch gives every converted RMSNorm site a bias; ours has none.",
              rows=(
@@ -347,8 +355,10 @@ DERF = Table("derf", "Derf follow-up (arXiv 2512.10938): LayerNorm / DyT / Derf"
     _derf_row("DiT-B/4", FID, "dit_b4", {"layernorm": 64.93, "dyt": 63.94, "derf": 63.23}, NODE, "table3"),
     _derf_row("DiT-L/4", FID, "dit_l4", {"layernorm": 45.91, "dyt": 45.66, "derf": 43.94}, NODE, "table3"),
     _derf_row("DiT-XL/2", FID, "dit_xl2", {"layernorm": 19.94, "dyt": 20.83, "derf": 18.92}, NODE, "table3"),
-    not_implemented_row("wav2vec 2.0 Base", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.95, "dyt": 1.95, "derf": 1.93}),
-    not_implemented_row("wav2vec 2.0 Large", WAV2VEC, (VAL_LOSS,), {"layernorm": 1.92, "dyt": 1.91, "derf": 1.90}),
+    _derf_row("wav2vec 2.0 Base", VAL_LOSS, "w2v_base", {"layernorm": 1.95, "dyt": 1.95, "derf": 1.93},
+              W2V_JOBS["base"], "table5"),
+    _derf_row("wav2vec 2.0 Large", VAL_LOSS, "w2v_large", {"layernorm": 1.92, "dyt": 1.91, "derf": 1.90},
+              W2V_JOBS["large"], "table5"),
     _derf_dna_row("HyenaDNA", "hyenadna", 85.7),
     _derf_dna_row("Caduceus", "caduceus", 87.3),
     # nanoGPT's job: one node of 8 GPUs (config/train_gpt2.py)

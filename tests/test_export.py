@@ -1,0 +1,107 @@
+"""Hugging Face export (dyt/export/hf.py, scripts/export_hf.py): a trained tiny LLaMA-DyT / ViT-DyT run becomes a
+folder transformers loads offline (trust_remote_code) whose logits equal ours; baselines load as stock classes."""
+import json
+
+import pytest
+import torch
+
+from conftest import compose, script
+from dyt import DynamicTanh
+from dyt.eval.load import load_run
+from dyt.export import export_model
+from dyt.run import train
+
+transformers = pytest.importorskip("transformers")
+
+STEPS = ["trainer.max_steps=2", "optim.warmup_steps=1", "trainer.eval_every=2", "trainer.ckpt_every=2",
+         "trainer.log_every=1"]
+LLAMA = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=4",
+         "model.n_kv_heads=2", "data.seq_len=16", "data.max_val_tokens=256", "trainer.batch_size=4", "optim=llama",
+         *STEPS]
+VIT = ["model=vit_pico", "data=digits", "model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
+       "trainer.batch_size=16", *STEPS]
+
+
+def exported(tmp_path, overrides):
+    """(our model from the run's checkpoint, the exported folder) of a 2-step run."""
+    run_dir, out = tmp_path / "run", tmp_path / "hf"
+    assert train(compose(overrides), run_dir)["status"] == "completed"
+    assert script("scripts/export_hf.py").main([str(run_dir), str(out)]) == 0
+    with load_run(run_dir, device="cpu", weights=("model",)) as run:
+        return run.model(), out
+
+
+def randomize_norms(model):
+    """Each DyT's alpha, weight and bias set to its own values."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, DynamicTanh):
+                for p in (m.alpha, m.weight, m.bias):
+                    if p is not None:
+                        p.mul_(1 + torch.rand(p.shape, generator=g)).add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("extra", [["model.tie_embeddings=false"], ["model.tie_embeddings=true"]])
+def test_exported_llama_dyt_logits_equal_ours(tmp_path, extra):
+    ours, out = exported(tmp_path, [*LLAMA, "norm=dyt", *extra])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama_dyt" and config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_llama_dyt.")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(hf).__name__ == "DyTLlamaForCausalLM" and isinstance(hf, transformers.LlamaForCausalLM)
+    assert not any(type(m).__name__ == "LlamaRMSNorm" for m in hf.modules())
+    tokens = torch.randint(0, ours.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, ours(tokens), atol=1e-5, rtol=0)
+        # AutoModel: the decoder without its head; its last hidden state is our final norm's output
+        base = transformers.AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+        hidden = {}
+        ours.final_norm.register_forward_hook(lambda m, i, o: hidden.update(y=o))
+        ours(tokens)
+        torch.testing.assert_close(base(tokens).last_hidden_state, hidden["y"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("overrides", [LLAMA, VIT], ids=["llama", "vit"])
+def test_every_norm_parameter_reaches_its_own_site(tmp_path, overrides):
+    """Two steps barely move alpha and the affine from their init (equal at every site): set each site's own
+    values, export, and a swapped or dropped norm parameter shows in the logits."""
+    train(compose([*overrides, "norm=dyt"]), tmp_path / "run")
+    with load_run(tmp_path / "run", device="cpu", weights=("model",)) as run:
+        ours, cfg = randomize_norms(run.model()), run.cfg
+    export_model(ours, cfg, tmp_path / "hf")
+    auto = transformers.AutoModelForCausalLM if "llama" in overrides[0] else transformers.AutoModelForImageClassification
+    hf = auto.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    x = torch.randint(0, ours.vocab_size, (2, 16)) if "llama" in overrides[0] else torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x), atol=1e-5, rtol=0)
+
+
+def test_exported_llama_rmsnorm_is_a_stock_llama(tmp_path):
+    ours, out = exported(tmp_path, [*LLAMA, "norm=rmsnorm"])
+    assert not (out / "modeling_llama_dyt.py").exists()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()  # no remote code
+    assert type(hf) is transformers.LlamaForCausalLM
+    tokens = torch.randint(0, ours.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, ours(tokens), atol=1e-5, rtol=0)
+
+
+def test_exported_vit_dyt_logits_equal_ours(tmp_path):
+    ours, out = exported(tmp_path, [*VIT, "norm=dyt"])
+    hf = transformers.AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(hf).__name__ == "DyTTimmWrapperForImageClassification"
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in hf.modules())
+    images = torch.randn(3, 1, 8, 8)  # digits: 8x8 grey
+    with torch.no_grad():
+        torch.testing.assert_close(hf(images).logits, ours(images), atol=1e-5, rtol=0)
+        base = transformers.AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+        pooled = ours.forward_head(ours.forward_features(images), pre_logits=True)
+        torch.testing.assert_close(base(images).pooler_output, pooled, atol=1e-5, rtol=0)
+
+
+def test_a_family_without_a_counterpart_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(compose(["model=convnext_atto", "data=digits", "data.image_size=32", "trainer.batch_size=4", *STEPS]), run_dir)
+    assert script("scripts/export_hf.py").main([str(run_dir), str(tmp_path / "hf")]) == 2
+    assert "a convnext run, which has no Hugging Face counterpart" in capsys.readouterr().err
