@@ -120,7 +120,7 @@ def test_torchrun_two_processes_match_single_process(single_run, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model=vit_huge"], "error: no model config 'vit_huge'; did you mean vit_s or vit_l or vit_b? (choices: convnext_atto"),
+    (["model=vit_huge"], "error: no model config 'vit_huge'; did you mean vit_s or vit_l or vit_b? (choices: caduceus_ps_131k_d256_n8, caduceus_ps_1k_d118_n4, caduceus_tiny, convnext_atto"),
     (["trainer.max_stpes=3"], "error: trainer.max_stpes is not a setting of trainer; did you mean trainer.max_steps?"),
     (["++trainer.max_stpes=3"], "error: trainer.max_stpes is not a setting of trainer; did you mean trainer.max_steps?"),
     # a value of the wrong type for a real key was reported as an unknown key ("did you mean trainer.max_steps?")
@@ -162,7 +162,7 @@ def test_help_is_instant_and_lists_only_choices(tmp_path):
     out = run_script(["python", "-X", "importtime", str(ROOT / "train.py"), "--help"], cwd=tmp_path)
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert not {"torch", "hydra", "timm"} & imported, sorted(imported)[:20]
-    assert "  norm: batchnorm, derf, dyisru, dyt," in out.stdout and "  model: convnext_atto" in out.stdout
+    assert "  norm: batchnorm, derf, dyisru, dyt," in out.stdout and "  model: caduceus_ps_131k_d256_n8, caduceus_ps_1k_d118_n4, caduceus_tiny, convnext_atto" in out.stdout
     assert "schema_" not in out.stdout and "_llama_recipe" not in out.stdout
 
 

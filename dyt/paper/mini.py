@@ -122,7 +122,9 @@ def _mini_dna(column: str) -> Cell:
     pre, ft = ("layernorm", "dyt") if column == "dyt_ft" else (column, column)
     extra = ("finetune_norm=null", "norm=dyt") if column == "dyt_ft" else ()
     return Cell(paper=T6.cell("HyenaDNA", ft).paper, overrides=("experiment=mini_dna_ft", *extra), sweep=True,
-                match={"table": MINI, "model.family": "hyenadna", "data.task": "synth", "norm.name": ft,
+                match={"table": MINI, "model.family": "hyenadna", "data.task": "synth",
+                       # the pre-training's norm (resolved when the run starts), or norm=dyt put in at fine-tuning
+                       **({"finetune_norm": None, "norm.name": ft} if column == "dyt_ft" else {"finetune_norm": "pretrain"}),
                        "init_from.family": "hyenadna", "init_from.norm": pre},
                 pretrain=Cell(overrides=("experiment=mini_dna", f"norm={pre}")),
                 aggregate=SuiteAverage("data.task", ("synth",), ()))
