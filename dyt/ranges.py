@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -56,11 +57,22 @@ class Num:
 @dataclass(frozen=True)
 class NumList:
     """A list of numbers, each accepted by `item`; `length` = a fixed length, or the name of the sibling key
-    that gives it (``in_chans`` for mean/std)."""
-    item: Num
+    that gives it (``in_chans`` for mean/std). `item` may itself be a NumList of a fixed length: a list of lists
+    (wav2vec 2.0's conv layers, [channels, kernel, stride] each)."""
+    item: "Num | NumList"
     length: Any = None
 
+    def accepts(self, v: Any, n: Optional[int] = None) -> bool:
+        """`v` is a list of `n` items (any number when None), each accepted by `item`."""
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+            return False
+        inner = (lambda x: self.item.accepts(x, self.item.length)) if isinstance(self.item, NumList) else self.item.accepts
+        return (n is None or len(v) == n) and all(inner(x) for x in v)
+
     def describe(self, n: Optional[int]) -> str:
+        if isinstance(self.item, NumList):
+            count = "" if n is None else f"{n} "
+            return f"a list of {count}lists, each {self.item.describe(self.item.length)}"
         each = self.item.describe().removeprefix("a finite number").strip()
         if n is None:
             return f"a list of numbers{', each ' + each if each else ''}"

@@ -90,9 +90,7 @@ def _check_node(node: DictConfig, prefix: str, problems: list[str]) -> None:
             n = rule.length if isinstance(rule.length, int) else node.get(rule.length) if rule.length else None
             if isinstance(rule.length, str) and not own.get(rule.length, COUNT).accepts(n):
                 n = None  # the sibling that gives the length is itself wrong (and reported)
-            ok = (isinstance(v, (ListConfig, list)) and all(rule.item.accepts(x) for x in v)
-                  and (not isinstance(n, int) or len(v) == n))
-            if not ok:
+            if not rule.accepts(v, n if isinstance(n, int) else None):
                 what = rule.describe(n if isinstance(n, int) else None)
                 why = f" ({rule.length}={n})" if isinstance(rule.length, str) else ""
                 problems.append(f"{prefix}{key}={_fmt(v)}: must be {what}{why}")

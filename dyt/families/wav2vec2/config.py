@@ -3,7 +3,7 @@ paper's two recipes use, under fairseq's names where one exists, with fairseq's 
 fairseq/models/wav2vec/wav2vec2.py, class Wav2Vec2Config)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 from omegaconf import MISSING
@@ -26,7 +26,7 @@ class Wav2Vec2ModelConfig:
     family: str = "wav2vec2"
     # the convolutional feature encoder
     extractor_mode: str = "default"  # default (GroupNorm on the first conv: Base, and the DyT repo's Large yaml) | layer_norm
-    conv_layers: List[List[int]] = field(default_factory=_conv_layers)  # checked by the family's check
+    conv_layers: List[List[int]] = ranged_list(_conv_layers, NumList(NumList(COUNT, 3)))
     conv_bias: bool = False
     feature_grad_mult: float = ranged(1.0, NONNEG)  # the feature encoder's gradient scaled by this (0.1 in both recipes)
     # the Transformer encoder (fairseq: encoder_embed_dim, encoder_layers, encoder_attention_heads, encoder_ffn_embed_dim)
