@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dyt.data.genomic_benchmarks import TASKS
 from dyt.paper.suite import SuiteAverage
-from dyt.paper.schema import (ALPHA_GRID, BENCHMARK, SPEED, Cell, Grid, Metric, Row, Table,
-                              not_implemented, not_implemented_row, run_cell, run_row, values_of)
+from dyt.paper.schema import (ALPHA_GRID, BENCHMARK, SPEED, Cell, Grid, Metric, Row, Table, run_cell, run_row,
+                              values_of)
 
 TOP1 = Metric("val/top1", True, ema="val_ema/top1", label="top-1 (%)")
 FID = Metric("val/fid", False, ema="val_ema/fid", label="FID-50K")  # eval.json (python eval.py <run> --fid 50000)
