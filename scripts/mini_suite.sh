@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU mini-suite: the paper's claims in miniature, each a real sweep through train.py, then the report and the
-# analysis figures. One command, about 70 minutes on 2 busy CPU cores; re-running skips finished runs (and resumes
+# analysis figures. One command, about 85 minutes on 2 busy CPU cores; re-running skips finished runs (and resumes
 # unfinished ones), so an interrupted suite continues where it stopped.
 #   scripts/mini_suite.sh                  # every sweep, two at a time; tables + figures in docs/reproduction
 #   JOBS=1 scripts/mini_suite.sh           # one run at a time (a 1-core machine)
@@ -28,7 +28,7 @@ JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=1  # one thread per run: JOBS runs share JOBS cores without oversubscription
 mkdir -p multirun
 
-# 6 of the 9 sweeps train on Fashion-MNIST: say so first, in one line, rather than after the first sweeps failed.
+# 6 of the 12 sweeps train on Fashion-MNIST: say so first, in one line, rather than after the first sweeps failed.
 FMNIST=${DYT_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 if [ ! -f "$FMNIST/t10k-images-idx3-ubyte.gz" ]; then
   echo "mini-suite: needs Fashion-MNIST in $FMNIST: sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu)," \
