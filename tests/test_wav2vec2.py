@@ -205,8 +205,10 @@ def test_temperature_anneals_with_the_step():
 
 # --- training runs --------------------------------------------------------------------------------------------
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    """With layerdrop and dropout on (global RNGs) and masks, distractors, Gumbel noise drawn per sample."""
-    overrides = [*TINY, "norm=dyt", "trainer.max_steps=20", "model.encoder_layerdrop=0.3", "model.dropout=0.1"]
+    """With layerdrop and dropout on (global RNGs), masks, distractors, Gumbel noise drawn per sample, and 2 data
+    workers."""
+    overrides = [*TINY, "norm=dyt", "trainer.max_steps=20", "model.encoder_layerdrop=0.3", "model.dropout=0.1",
+                 "data.num_workers=2"]  # the per-sample seeds come the same from data workers
     a, b = killed_and_resumed(tmp_path, overrides, step=5, timeout=300)
     assert a["status"] == b["status"] == "completed"
     assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
