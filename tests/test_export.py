@@ -1,5 +1,6 @@
 """Hugging Face export (dyt/export/hf.py, scripts/export_hf.py): a trained tiny LLaMA-DyT / ViT-DyT / GPT-2 DyT or
-Derf run becomes a folder transformers loads offline (trust_remote_code) whose logits equal ours; baselines load as stock classes."""
+Derf run becomes a folder transformers loads offline (trust_remote_code) whose logits equal ours; baselines load as
+stock classes."""
 import json
 
 import pytest
@@ -105,14 +106,15 @@ def test_exported_vit_dyt_logits_equal_ours(tmp_path):
         torch.testing.assert_close(base(images).pooler_output, pooled, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("extra", [["norm=dyt", "model.bias=true"], ["norm=derf"], ["norm=dyt", "model.embed_scale=false"]],
-                         ids=["dyt-bias", "derf", "dyt-tied"])
+@pytest.mark.parametrize("extra", [["norm=dyt", "model.bias=true"], ["norm=derf"],
+                                   ["norm=dyt", "model.embed_scale=false"]], ids=["dyt-bias", "derf", "dyt-tied"])
 def test_exported_gpt2_dyt_logits_equal_ours(tmp_path, extra):
     """DyT / Derf GPT-2 (Derf's patch: an embedding scale, per-site alpha, norm biases; with or without Linear
     biases; the scale off keeps the head tied) loads as transformers' GPT-2 with every LayerNorm replaced."""
     ours, out = exported(tmp_path, [*GPT2, *extra])
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "gpt2_dyt" and config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_gpt2_dyt.")
+    assert config["model_type"] == "gpt2_dyt"
+    assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_gpt2_dyt.")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert type(hf).__name__ == "DyTGPT2LMHeadModel" and isinstance(hf, transformers.GPT2LMHeadModel)
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in hf.modules())
@@ -142,8 +144,9 @@ def test_a_gpt2_with_another_norm_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     train(compose([*GPT2, "norm=rmsnorm"]), run_dir)
     with load_run(run_dir, device="cpu", weights=("model",)) as run:
-        with pytest.raises(ConfigError, match="supports norm=layernorm or norm=dyt or norm=derf; this run has norm=rmsnorm"):
-            export_model(run.model(), run.cfg, tmp_path / "hf")
+        model, cfg = run.model(), run.cfg
+    with pytest.raises(ConfigError, match="norm=layernorm or norm=dyt or norm=derf; this run has norm=rmsnorm"):
+        export_model(model, cfg, tmp_path / "hf")
 
 
 def test_a_family_without_a_counterpart_is_refused(tmp_path, capsys):
