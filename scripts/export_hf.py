@@ -4,9 +4,10 @@
     python scripts/export_hf.py runs/<vit run> out/vit-dyt --checkpoint runs/<vit run>/checkpoints/step_00001000.pt
     python scripts/export_hf.py runs/<vit run> out/vit-dyt-ema --weights ema
 
-Families: llama (-> LlamaForCausalLM), vit (-> transformers' timm wrapper). Load the folder with
-AutoModelForCausalLM / AutoModelForImageClassification / AutoModel .from_pretrained(out, trust_remote_code=True)
-(DyT runs; RMSNorm / LayerNorm runs load as the stock classes). See dyt/export/hf.py.
+Families: llama (-> LlamaForCausalLM), vit (-> transformers' timm wrapper), gpt2 (-> GPT2LMHeadModel). Load the
+folder with AutoModelForCausalLM / AutoModelForImageClassification / AutoModel
+.from_pretrained(out, trust_remote_code=True) (DyT / Derf runs; RMSNorm / LayerNorm runs load as the stock
+classes). See dyt/export/hf.py.
 """
 from __future__ import annotations
 

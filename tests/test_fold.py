@@ -13,6 +13,7 @@ from dyt.nn.fold import FoldError, fold_dyt
 
 LLAMA = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=4",
          "model.n_kv_heads=2"]
+GPT2 = ["model=gpt2_tiny", "data=text_pydoc", "model.n_layer=2", "model.n_embd=32"]
 VIT = ["model=vit_pico", "data=cifar10", "model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2"]
 
 
@@ -58,6 +59,16 @@ def test_folded_llama_with_tied_embeddings_unties_the_head():
     folded = check_folded(model, tokens)
     assert folded.output.weight is not folded.tok_embeddings.weight
     torch.testing.assert_close(folded.tok_embeddings.weight, model.tok_embeddings.weight)  # the embedding is kept
+
+
+@pytest.mark.parametrize("bias", ["false", "true"])
+def test_folded_gpt2_equals_unfolded_and_unties_the_head(bias):
+    """ln_1 -> c_attn, ln_2 -> c_fc, ln_f -> the tied lm_head (which gets its own folded copy); with and without
+    the Linears' own biases (the norm's bias then creates one)."""
+    model = built([*GPT2, "norm=dyt", f"model.bias={bias}"])
+    folded = check_folded(model, torch.randint(0, model.vocab_size, (2, 12)))
+    assert folded.lm_head.weight is not folded.transformer.wte.weight
+    torch.testing.assert_close(folded.transformer.wte.weight, model.transformer.wte.weight)  # the embedding is kept
 
 
 def test_folded_vit_equals_unfolded():

@@ -11,11 +11,16 @@ Families with a transformers counterpart:
 * ``vit``: our timm VisionTransformer inside transformers' timm wrapper (``TimmWrapperForImageClassification``,
   the same state dict under ``timm_model.``): LayerNorm runs need no remote code; DyT runs use
   templates/modeling_vit_dyt.py (the wrapper with each LayerNorm replaced by DyT, as the paper's code does).
+* ``gpt2``: our nanoGPT-style GPT-2 as transformers' ``GPT2LMHeadModel`` (Linear weights transposed into its
+  Conv1D layout, zero biases where the run has none, exact GELU). LayerNorm runs export as a stock GPT-2 (no remote
+  code); DyT and Derf runs as ``DyTGPT2LMHeadModel`` (templates/modeling_gpt2_dyt.py: GPT-2's classes with each
+  LayerNorm replaced, every site's trained alpha (and Derf's shift) in the weights). Derf's patch scales
+  ``tok + pos`` by a learnable scalar: it is folded into ``wte`` and ``wpe``, and the head gets the unscaled copy.
 
 DyT folders load with ``AutoModel`` / ``AutoModelForCausalLM`` / ``AutoModelForImageClassification``
 ``.from_pretrained(folder, trust_remote_code=True)``, offline, without `dyt` installed; their ``model_type``
-(``llama_dyt``, ``timm_wrapper_dyt``) makes a load without the remote code fail instead of silently building the
-wrong norms. The tokenizer / image preprocessing are not exported (the run's data config describes them).
+(``llama_dyt``, ``timm_wrapper_dyt``, ``gpt2_dyt``) makes a load without the remote code fail instead of silently
+building the wrong norms. The tokenizer / image preprocessing are not exported (the run's data config describes them).
 """
 from __future__ import annotations
 
@@ -33,11 +38,12 @@ TEMPLATES = Path(__file__).parent / "templates"
 LAYER_FILE = "dyt_layer.py"
 
 
-def _norm_kind(cfg, dyt: str, baseline: str) -> str:
+def _norm_kind(cfg, elementwise: tuple[str, ...], baseline: str) -> str:
+    """The run's norm kind, refused unless `baseline` or one of the `elementwise` kinds the remote code has."""
     kind = cfg.norm.name
-    if kind not in (dyt, baseline):
-        raise ConfigError(f"export to transformers supports norm={baseline} or norm={dyt}; this run has "
-                          f"norm={kind}")
+    if kind not in (*elementwise, baseline):
+        raise ConfigError(f"export to transformers supports norm={' or norm='.join((baseline, *elementwise))}; "
+                          f"this run has norm={kind}")
     return kind
 
 
@@ -49,7 +55,7 @@ def _rope_halves(w: torch.Tensor, heads: int) -> torch.Tensor:
 def _llama(model: nn.Module, cfg):
     """(config, state dict, remote-code module or None) of transformers' Llama for our LLaMA."""
     import transformers
-    kind = _norm_kind(cfg, "dyt", "rmsnorm")
+    kind = _norm_kind(cfg, ("dyt",), "rmsnorm")
     c = model.cfg
     heads, kv = c.n_heads, c.n_kv_heads or c.n_heads
     ours = model.state_dict()
@@ -90,7 +96,7 @@ def _llama(model: nn.Module, cfg):
 def _vit(model: nn.Module, cfg):
     """(config, state dict, remote-code module or None) of transformers' timm wrapper for our timm ViT."""
     import transformers
-    kind = _norm_kind(cfg, "dyt", cfg.model.get("norm_sites", "layernorm"))
+    kind = _norm_kind(cfg, ("dyt",), cfg.model.get("norm_sites", "layernorm"))
     m, d = cfg.model, cfg.data
     model_args = {"img_size": int(d.image_size), "patch_size": int(m.patch_size or d.patch_size),
                   "in_chans": int(d.in_chans), **plain_kwargs(m.kwargs)}
@@ -108,7 +114,50 @@ def _vit(model: nn.Module, cfg):
     return config, state, "modeling_vit_dyt.py", "DyTTimmWrapperForImageClassification"
 
 
-EXPORTERS = {"llama": _llama, "vit": _vit}
+GPT2_NORM_PARAMS = {"layernorm": ("weight", "bias"), "dyt": ("alpha", "weight", "bias"),
+                    "derf": ("alpha", "shift", "weight", "bias")}
+
+
+def _gpt2(model: nn.Module, cfg):
+    """(config, state dict, remote-code module or None) of transformers' GPT2LMHeadModel for our GPT-2."""
+    import transformers
+    kind = _norm_kind(cfg, ("dyt", "derf"), "layernorm")
+    c = model.cfg
+    ours = model.state_dict()
+    wte, wpe = ours["transformer.wte.weight"], ours["transformer.wpe.weight"]
+    if model.embed_scale is not None:  # (wte + wpe) * s = s wte + s wpe; the head keeps the unscaled matrix
+        wte, wpe = wte * model.embed_scale.detach(), wpe * model.embed_scale.detach()
+    state = {"transformer.wte.weight": wte, "transformer.wpe.weight": wpe, "lm_head.weight": ours["lm_head.weight"]}
+    # transformers' GPT-2 always has biases (Linears and norms): a run without them exports zeros
+    for name in [f"h.{i}.{site}" for i in range(c.n_layer) for site in ("ln_1", "ln_2")] + ["ln_f"]:
+        for p in GPT2_NORM_PARAMS[kind]:
+            v = ours.get(f"transformer.{name}.{p}")
+            state[f"transformer.{name}.{p}"] = v if v is not None else torch.zeros(c.n_embd)  # bias=False
+    for i in range(c.n_layer):
+        for lin in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            linear = model.transformer.h[i].get_submodule(lin)
+            key = f"transformer.h.{i}.{lin}"
+            state[key + ".weight"] = linear.weight.detach().t()  # transformers' Conv1D holds (in, out)
+            state[key + ".bias"] = (linear.bias.detach() if linear.bias is not None
+                                    else torch.zeros(linear.out_features))
+    args = dict(vocab_size=model.vocab_size, n_positions=int(c.block_size), n_embd=c.n_embd, n_layer=c.n_layer,
+                n_head=c.n_head, n_inner=4 * c.n_embd, activation_function="gelu",  # exact GELU, as nanoGPT
+                layer_norm_epsilon=float(c.norm_eps), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                tie_word_embeddings=model.embed_scale is None, bos_token_id=None, eos_token_id=None)
+    if kind == "layernorm":
+        return transformers.GPT2Config(**args), state, None, "GPT2LMHeadModel"
+    from dyt.export.templates.modeling_gpt2_dyt import DyTGPT2Config
+    alpha0 = float(cfg.norm.get("alpha_init", 0.5))
+    alphas = {site: float(a) if a is not None else alpha0
+              for site, a in (("attn", c.alpha_attn), ("ffn", c.alpha_ffn), ("final", c.alpha_final))}
+    config = DyTGPT2Config(**args, norm_kind=kind, dyt_alpha=alphas)
+    config.auto_map = {"AutoConfig": "modeling_gpt2_dyt.DyTGPT2Config",
+                       "AutoModel": "modeling_gpt2_dyt.DyTGPT2Model",
+                       "AutoModelForCausalLM": "modeling_gpt2_dyt.DyTGPT2LMHeadModel"}
+    return config, state, "modeling_gpt2_dyt.py", "DyTGPT2LMHeadModel"
+
+
+EXPORTERS = {"llama": _llama, "vit": _vit, "gpt2": _gpt2}
 
 
 def export_model(model: nn.Module, cfg, out_dir: str | Path) -> Path:

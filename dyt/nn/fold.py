@@ -7,7 +7,8 @@ one element-wise pass with no multiply-add (what RMSNorm and LayerNorm cannot do
 ``x`` and the affine, so only their affine folds, never the reduction).
 
 Which Linears read which norm is architecture knowledge, written below as site rules for our LLaMA (``attn_norm ->
-wq, wk, wv``, ``ffn_norm -> w1, w3``, ``final_norm -> output``) and timm's VisionTransformer (``norm1 -> qkv``,
+wq, wk, wv``, ``ffn_norm -> w1, w3``, ``final_norm -> output``), our GPT-2 (``ln_1 -> c_attn``, ``ln_2 -> c_fc``,
+``ln_f -> lm_head``) and timm's VisionTransformer (``norm1 -> qkv``,
 ``norm2 -> fc1``, the final ``norm`` / ``fc_norm`` -> ``head``: token selection and average pooling are linear and
 commute with the per-channel affine). A model with any element-wise norm outside its rules (a norm that feeds the
 residual stream, attention pooling or a non-Linear layer) is refused whole, naming each such site, before anything
@@ -57,6 +58,16 @@ def _vit_sites(model: nn.Module) -> Sites:
     return sites
 
 
+def _gpt2_sites(model: nn.Module) -> Sites:
+    sites = {}
+    for i in range(len(model.transformer.h)):
+        p = f"transformer.h.{i}"
+        sites[f"{p}.ln_1"] = (f"{p}.attn.c_attn",)  # one fused q/k/v projection
+        sites[f"{p}.ln_2"] = (f"{p}.mlp.c_fc",)
+    sites["transformer.ln_f"] = ("lm_head",)
+    return sites
+
+
 def _is_timm_vit(model: nn.Module) -> bool:
     vt = sys.modules.get("timm.models.vision_transformer")  # a timm ViT exists only where timm is imported
     return vt is not None and isinstance(model, vt.VisionTransformer)
@@ -67,13 +78,21 @@ def _is_our_llama(model: nn.Module) -> bool:
     return all(hasattr(model, a) for a in ("layers", "final_norm", "output", "tok_embeddings"))
 
 
+def _is_our_gpt2(model: nn.Module) -> bool:
+    # nanoGPT's layout: transformer.{wte, h, ln_f} and a lm_head
+    t = getattr(model, "transformer", None)
+    return isinstance(t, nn.ModuleDict) and all(k in t for k in ("wte", "h", "ln_f")) and hasattr(model, "lm_head")
+
+
 def fold_sites(model: nn.Module) -> Sites:
-    """The site rules of this model's architecture (our LLaMA or a timm ViT); FoldError for any other model."""
+    """The site rules of this model's architecture (our LLaMA, our GPT-2 or a timm ViT); FoldError for any other."""
     if _is_timm_vit(model):
         return _vit_sites(model)
     if _is_our_llama(model):
         return _llama_sites(model)
-    raise FoldError(f"no folding rules for a {type(model).__name__}: fold_dyt knows our LLaMA and timm's "
+    if _is_our_gpt2(model):
+        return _gpt2_sites(model)
+    raise FoldError(f"no folding rules for a {type(model).__name__}: fold_dyt knows our LLaMA, our GPT-2 and timm's "
                     "VisionTransformer (dyt/nn/fold.py)")
 
 
