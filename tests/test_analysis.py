@@ -213,13 +213,13 @@ def test_alphas_are_read_in_one_collective_under_fsdp():
 
 
 def test_probe_benchmark_runs(capsys):
-    """scripts/bench/std_probe.py end to end on a tiny model: both norms, and the probe allocates one fp32 scalar
-    per site (its timings are measured by the script, never asserted)."""
+    """scripts/bench/std_probe.py end to end on a tiny model: both norms, and the largest tensor the probe creates
+    is a bool mask of at most one chunk (its timings are measured by the script, never asserted)."""
     assert script("scripts/bench/std_probe.py").main(
         ["--models", "vit_pico", "--steps", "1", "--no-write", "data.image_size=32"]) == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| vit_pico |")]
     assert [r[2] for r in rows] == ["layernorm", "dyt"]
-    assert all(r[8] == f"{4 * int(r[3]):,} B" for r in rows)
+    assert all(0 < int(r[8].removesuffix(" B").replace(",", "")) <= analysis.CHUNK for r in rows)
 
 
 # --- record_norm_io --------------------------------------------------------------------------------------------

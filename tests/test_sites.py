@@ -1,0 +1,59 @@
+"""Diagnostics at every norm site (issue 23): each site's input std, saturated share and output std, as the
+trainer logs them, equal an independent computation on a fixed batch; the run's mean saturation reaches
+summary.json; `scripts/figures.py sites` and `scripts/probe.py` run on tiny runs."""
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, compose, script
+from dyt.analysis import SATURATION, InputStdProbe, norm_layers
+from dyt.families import build_model
+from dyt.logging import read_jsonl
+from dyt.nn import ElementwiseNorm
+from dyt.run import train
+
+LLAMA = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=2",
+         "model.n_kv_heads=1"]  # a family with RMSNorm sites
+
+
+def expected(layers, forward) -> dict[str, float]:
+    """std/, sat/ and out_std/ of every site from our own hooks on its first call: saturated means
+    |alpha x| > SATURATION for DyT, |x - mean| / std > SATURATION (the input's own mean and std) otherwise."""
+    want = {}
+
+    def hook(name):
+        def record(module, args, out):
+            if f"std/{name}" in want:
+                return
+            x = args[0].detach().double()
+            z = module.alpha.double() * x if isinstance(module, ElementwiseNorm) else (x - x.mean()) / x.std()
+            want.update({f"std/{name}": x.std().item(), f"sat/{name}": (z.abs() > SATURATION).double().mean().item(),
+                         f"out_std/{name}": out.detach().double().std().item()})
+        return record
+    hooks = [m.register_forward_hook(hook(name)) for name, m in layers]
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return want
+
+
+@pytest.mark.parametrize("overrides", [[*TINY, "norm=dyt", "norm.alpha_init=4.0"], [*TINY, "norm=layernorm"],
+                                       [*LLAMA, "norm=dyt", "model.embed_init_std=1.0"], [*LLAMA, "norm=rmsnorm"]],
+                         ids=["vit-dyt", "vit-layernorm", "llama-dyt", "llama-rmsnorm"])
+def test_site_values_equal_an_independent_computation(overrides):
+    cfg = compose(overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    vision = cfg.model.family == "vit"
+    x = torch.randn(4, cfg.data.in_chans, cfg.data.image_size, cfg.data.image_size) if vision else \
+        torch.randint(0, cfg.model.get("vocab_size") or 256, (2, 32))
+    want = expected(norm_layers(model), lambda: model(x))
+    with torch.no_grad(), InputStdProbe(model) as probe:
+        model(x)
+    got = probe.metrics()
+    assert got.pop("train/probe_ms") > 0 and len(want) == 3 * len(norm_layers(model)) >= 9
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert any(v > 0 for k, v in got.items() if k.startswith("sat/"))  # the check can tell saturated from not
