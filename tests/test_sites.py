@@ -93,3 +93,16 @@ def test_sites_figure(runs, norm, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in capsys.readouterr().out
     (tmp_path / "metrics.jsonl").write_text("")  # a run dir without the metrics: an error naming what is missing
     assert figures.main(["sites", str(tmp_path)]) == 2 and "no sat/ metrics" in capsys.readouterr().err
+
+
+def test_probe_script_gives_a_verdict_at_tiny_n(tmp_path, capsys):
+    """scripts/probe.py trains the config's norm and DyT for N steps on the embedded digits and states the verdict
+    with the paper's accuracy; the cut-off decides it (a cut-off of 0 always predicts HELP, above 1 never)."""
+    probe = script("scripts/probe.py")
+    args = ["--steps", "3", "--out", str(tmp_path), *TINY, "norm=layernorm"]
+    assert probe.main(["--cutoff", "0", *args]) == 0
+    out = capsys.readouterr().out
+    assert "mean saturation at the last logged step: layernorm" in out and "predicted to HELP" in out
+    assert "75% raw in-sample accuracy" in out
+    assert (tmp_path / "layernorm" / "summary.json").is_file() and (tmp_path / "dyt" / "summary.json").is_file()
+    assert probe.main(["--cutoff", "1.01", *args]) == 0 and "predicted to HURT" in capsys.readouterr().out
