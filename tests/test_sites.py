@@ -106,3 +106,12 @@ def test_probe_script_gives_a_verdict_at_tiny_n(tmp_path, capsys):
     assert "75% raw in-sample accuracy" in out
     assert (tmp_path / "layernorm" / "summary.json").is_file() and (tmp_path / "dyt" / "summary.json").is_file()
     assert probe.main(["--cutoff", "1.01", *args]) == 0 and "predicted to HURT" in capsys.readouterr().out
+
+
+def test_report_shows_a_cells_mean_saturation_beside_its_runs():
+    from types import SimpleNamespace
+    from dyt.paper.render import saturation
+    run = lambda **summary: SimpleNamespace(summary=summary, config={})  # noqa: E731
+    assert saturation(SimpleNamespace(runs=[run(**{"train/saturation": 0.2}), run(**{"train/saturation": 0.4}),
+                                            run()])) == "sat 0.30"  # a run from before the diagnostics: left out
+    assert saturation(SimpleNamespace(runs=[run()])) == ""
