@@ -47,7 +47,7 @@ SATURATION = 2.0
 CHUNK = 1 << 24
 
 
-def saturation_bounds(module: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def saturation_bounds(module: nn.Module, mean: torch.Tensor | None, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) on the device: x outside [lo, hi] counts as saturated, the same rule for every norm kind: the
     share of |a (x - c)| > SATURATION, with a = alpha, c = 0 for element-wise norms (DyT: tanh(alpha x), so
     tanh' < 0.071 there) and a = 1 / std, c = mean of the site's whole input for the others (LayerNorm, RMSNorm,
@@ -71,15 +71,17 @@ def chunks(x: torch.Tensor) -> list[torch.Tensor]:
 @torch.no_grad()
 def site_stats(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[std, saturated share] of a norm site's input x, on x's device, with no host sync and no copy of x:
-    `torch.var_mean` is one fused reduction (Welford, as `input_std`), and the saturated elements are counted a
-    `CHUNK` at a time against device-side bounds (`saturation_bounds`)."""
+    `torch.std` (one fused Welford reduction, `input_std`), `torch.mean` where the bounds need it, and the
+    saturated elements counted a `CHUNK` at a time against device-side bounds (`saturation_bounds`).
+    `torch.var_mean` would be one pass fewer but is 10x slower than both on CPU (35 vs 4 ms at 4x197x1536 fp32,
+    one thread); `count_nonzero` of a mask is 4x faster than its `sum`."""
     with torch.autocast(x.device.type, enabled=False):
         x = x.detach()
-        var, mean = torch.var_mean(x)
-        std = var.sqrt()
+        std = torch.std(x)
+        mean = None if isinstance(module, ElementwiseNorm) else torch.mean(x)
         lo, hi = saturation_bounds(module, mean, std)
         lo, hi = lo.to(x.dtype), hi.to(x.dtype)
-        count = sum((c < lo).sum() + (c > hi).sum() for c in chunks(x))
+        count = sum(torch.count_nonzero(c < lo) + torch.count_nonzero(c > hi) for c in chunks(x))
         return torch.stack([std.float(), count.float() / x.numel()])
 
 
