@@ -47,7 +47,8 @@ SATURATION = 2.0
 CHUNK = 1 << 24
 
 
-def saturation_bounds(module: nn.Module, mean: torch.Tensor | None, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def saturation_bounds(module: nn.Module, mean: torch.Tensor | None,
+                      std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) on the device: x outside [lo, hi] counts as saturated, the same rule for every norm kind: the
     share of |a (x - c)| > SATURATION, with a = alpha, c = 0 for element-wise norms (DyT: tanh(alpha x), so
     tanh' < 0.071 there) and a = 1 / std, c = mean of the site's whole input for the others (LayerNorm, RMSNorm,
@@ -166,7 +167,7 @@ class InputStdProbe:
         names = list(self.stats)
         outs = [n for n in names if n in self.out_stds]
         values = torch.cat([torch.stack([self.stats[n] for n in names]).flatten(),
-                            torch.stack([self.out_stds[n].float() for n in outs]) if outs else self.stats[names[0]][:0]])
+                            *[self.out_stds[n].float().reshape(1) for n in outs]])
         world = torch_dist.get_world_size() if torch_dist.is_initialized() else 1
         means = (D.all_reduce_sum(values) / world).tolist()
         out = {}

@@ -51,8 +51,8 @@ def verdict(summaries: dict[str, dict], cutoff: float) -> list[str]:
              f"dyt {d['train/saturation']:.3f} (share of |alpha x| > 2 over norm sites)"]
     metric = d.get("metric")
     if metric and f"best/{metric}" in d and f"best/{metric}" in b:
-        lines.append(f"after {d['step']} steps: {metric} {base} {b[f'best/{metric}']:.4g}, dyt {d[f'best/{metric}']:.4g}; "
-                     f"train loss {base} {b['train/loss']:.4g}, dyt {d['train/loss']:.4g}")
+        lines.append(f"after {d['step']} steps: {metric} {base} {b[f'best/{metric}']:.4g}, "
+                     f"dyt {d[f'best/{metric}']:.4g}; train loss {base} {b['train/loss']:.4g}, dyt {d['train/loss']:.4g}")
     helps = d["train/saturation"] >= cutoff
     lines.append(f"verdict: DyT is predicted to {'HELP' if helps else 'HURT'} against {base} (saturation "
                  f"{'>=' if helps else '<'} {cutoff:g}, our cut-off); {PAPER}")
