@@ -82,8 +82,9 @@ def site_stats(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         mean = None if isinstance(module, ElementwiseNorm) else torch.mean(x)
         lo, hi = saturation_bounds(module, mean, std)
         lo, hi = lo.to(x.dtype), hi.to(x.dtype)
-        count = sum(torch.count_nonzero(c < lo) + torch.count_nonzero(c > hi) for c in chunks(x))
-        return torch.stack([std.float(), count.float() / x.numel()])
+        count = sum((torch.count_nonzero(c < lo) + torch.count_nonzero(c > hi) for c in chunks(x)),
+                    torch.zeros((), dtype=torch.int64, device=x.device))
+        return torch.stack([std.float(), count.float() / max(x.numel(), 1)])
 
 
 @torch.no_grad()
