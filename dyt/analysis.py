@@ -1,8 +1,9 @@
 """The paper's analysis of what normalization layers do, as data (`scripts/figures.py` draws the figures).
 
-- `InputStdProbe`: the std of each norm layer's input during training, logged as ``std/<module path>`` (every
-  norm kind alike, so LayerNorm and DyT runs pay the same cost); `alpha_metrics`: each element-wise norm's
-  ``alpha/<module path>``. Fig. 8: alpha tracks 1/std of its input.
+- `InputStdProbe`: per norm site during training (every norm kind alike, so LayerNorm and DyT runs pay the same
+  cost): its input's std ``std/<module path>``, saturation ``sat/<module path>`` (`saturation_bounds`) and output
+  std ``out_std/<module path>``; `alpha_metrics`: each element-wise norm's ``alpha/<module path>``. Fig. 8: alpha
+  tracks 1/std of its input.
 - `record_norm_io`: sampled (input, output, channel) points of every norm layer on one forward (Figs. 2-4: trained
   LayerNorms map inputs to outputs along tanh-like S-curves).
 """
@@ -36,6 +37,56 @@ def elementwise_norms(model: nn.Module) -> list[tuple[str, ElementwiseNorm]]:
     return [(name, m) for name, m in norm_layers(model) if isinstance(m, ElementwiseNorm)]
 
 
+#: |alpha x| beyond which an element counts as saturated: arXiv 2604.23434's threshold (its 49% vs 23% are shares
+#: of |alpha x| > 2, results/activation_analysis.json of its artifacts), where tanh'(2) = 0.071 < 0.1.
+SATURATION = 2.0
+
+
+#: elements compared at once when counting saturated ones: the probe's only temporaries (a bool mask of a chunk)
+#: stay this small however large the activations, for one small reduction per chunk.
+CHUNK = 1 << 24
+
+
+def saturation_bounds(module: nn.Module, mean: torch.Tensor | None,
+                      std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) on the device: x outside [lo, hi] counts as saturated, the same rule for every norm kind: the
+    share of |a (x - c)| > SATURATION, with a = alpha, c = 0 for element-wise norms (DyT: tanh(alpha x), so
+    tanh' < 0.071 there) and a = 1 / std, c = mean of the site's whole input for the others (LayerNorm, RMSNorm,
+    BatchNorm: the alpha that a DyT in their place tracks, Fig. 8)."""
+    if isinstance(module, ElementwiseNorm):
+        half = SATURATION / module.alpha.detach().float().abs().reshape(())
+        return -half, half
+    return mean.float() - SATURATION * std.float(), mean.float() + SATURATION * std.float()
+
+
+def chunks(x: torch.Tensor) -> list[torch.Tensor]:
+    """Views of x covering each element once, of at most `CHUNK` elements where x's layout allows (an element's
+    order does not matter to a count): x with its dims in memory order (channels-last NCHW included) is flattened
+    without a copy; any other layout is split along its outer dim."""
+    dense = x.permute(sorted(range(x.dim()), key=lambda d: -x.stride(d))) if x.dim() else x.reshape(1)
+    if dense.is_contiguous():
+        return list(dense.reshape(-1).split(CHUNK))
+    return list(dense.split(max(1, CHUNK // max(1, dense[0].numel()))))
+
+
+@torch.no_grad()
+def site_stats(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[std, saturated share] of a norm site's input x, on x's device, with no host sync and no copy of x:
+    `torch.std` (one fused Welford reduction, `input_std`), `torch.mean` where the bounds need it, and the
+    saturated elements counted a `CHUNK` at a time against device-side bounds (`saturation_bounds`).
+    `torch.var_mean` would be one pass fewer but is 10x slower than both on CPU (35 vs 4 ms at 4x197x1536 fp32,
+    one thread); `count_nonzero` of a mask is 4x faster than its `sum`."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.detach()
+        std = torch.std(x)
+        mean = None if isinstance(module, ElementwiseNorm) else torch.mean(x)
+        lo, hi = saturation_bounds(module, mean, std)
+        lo, hi = lo.to(x.dtype), hi.to(x.dtype)
+        count = sum((torch.count_nonzero(c < lo) + torch.count_nonzero(c > hi) for c in chunks(x)),
+                    torch.zeros((), dtype=torch.int64, device=x.device))
+        return torch.stack([std.float(), count.float() / max(x.numel(), 1)])
+
+
 @torch.no_grad()
 def input_std(x: torch.Tensor) -> torch.Tensor:
     """The std of all of x's elements, a 0-d tensor on x's device, without a copy of x: ONE fused reduction in x's
@@ -48,46 +99,58 @@ def input_std(x: torch.Tensor) -> torch.Tensor:
 
 
 class InputStdProbe:
-    """While open (and `enabled`), records the std of each norm layer's input (`norm_layers`, whatever the kind) in
-    the FIRST forward only; `metrics()` then gives ``{"std/<module path>": value, "train/probe_ms": ...}``.
+    """While open (and `enabled`), records per norm site (`norm_layers`, whatever the kind) in its FIRST forward
+    only: its input's std and saturated share (`site_stats`) and its output's std (`input_std` of the output);
+    `metrics()` then gives ``{"std/<path>", "sat/<path>", "out_std/<path>": value, ..., "train/probe_ms": ...}``.
 
-    For one training step that is logged: forward pre-hooks are added on entry and removed on exit, so other steps
+    For one training step that is logged: forward hooks are added on entry and removed on exit, so other steps
     pay nothing and no extra forward runs. "First forward only" keeps the first micro-batch's value under gradient
     accumulation and when activation checkpointing re-runs a block's forward in the backward. Each value stays on
-    the device (`input_std`: no copy of the input, no host sync in the hook) until `metrics()` reads them all at
-    once. ``train/probe_ms`` is the time the reductions took on this step (CUDA events on the GPU, so no sync
-    either; host time on CPU): the cost sits inside `train/throughput`, the same for every norm kind. Hooks sit on
-    the inner modules, so a DDP- or FSDP2-wrapped model works; a torch.compile'd one does not call hooks added after
+    the device (no copy of an activation, no host sync in a hook) until `metrics()` reads them all at once.
+    ``train/probe_ms`` is the time the reductions took on this step (CUDA events on the GPU, so no sync either;
+    host time on CPU): the cost sits inside `train/throughput`, the same for every norm kind. Hooks sit on the
+    inner modules, so a DDP- or FSDP2-wrapped model works; a torch.compile'd one does not call hooks added after
     it was compiled (the caller disables the probe there).
     """
 
     def __init__(self, model: nn.Module, enabled: bool = True):
         self.model, self.enabled = model, enabled
-        self.stds: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, torch.Tensor] = {}  # site -> [input std, saturated share]
+        self.out_stds: dict[str, torch.Tensor] = {}
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # (start, end) per reduction on a GPU
         self._host_s = 0.0  # reductions on CPU
         self._handles: list = []
 
-    def _hook(self, name: str):
+    def _timed(self, x: torch.Tensor, reduce: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if x.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = reduce()
+            end.record()
+            self._events.append((start, end))
+            return out
+        t = time.perf_counter()
+        out = reduce()
+        self._host_s += time.perf_counter() - t
+        return out
+
+    def _pre_hook(self, name: str):
         def record(module: nn.Module, args: tuple) -> None:
-            if name in self.stds:
-                return
-            x = args[0]
-            if x.is_cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                self.stds[name] = input_std(x)
-                end.record()
-                self._events.append((start, end))
-            else:
-                t = time.perf_counter()
-                self.stds[name] = input_std(x)
-                self._host_s += time.perf_counter() - t
+            if name not in self.stats:
+                self.stats[name] = self._timed(args[0], lambda: site_stats(module, args[0]))
+        return record
+
+    def _post_hook(self, name: str):
+        def record(module: nn.Module, args: tuple, output) -> None:
+            if name not in self.out_stds and torch.is_tensor(output):
+                self.out_stds[name] = self._timed(output, lambda: input_std(output))
         return record
 
     def __enter__(self) -> InputStdProbe:
         if self.enabled:
-            self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in norm_layers(self.model)]
+            for name, m in norm_layers(self.model):
+                self._handles += [m.register_forward_pre_hook(self._pre_hook(name)),
+                                  m.register_forward_hook(self._post_hook(name))]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -96,20 +159,32 @@ class InputStdProbe:
         self._handles = []
 
     def metrics(self) -> dict[str, float]:
-        """The recorded stds, averaged over ranks (every rank calls this on the same steps), and this rank's
+        """The recorded values, averaged over ranks (every rank calls this on the same steps), and this rank's
         ``train/probe_ms``. Each rank's value comes from its own micro-batch: the mean is a less noisy estimate than
         rank 0's alone, for one all-reduce of a few floats per logged step. Every rank records the same layers in
         the same order (same model, same forward). One host sync, here."""
-        if not self.stds:
+        if not self.stats:
             return {}
-        names = list(self.stds)
+        names = list(self.stats)
+        outs = [n for n in names if n in self.out_stds]
+        values = torch.cat([torch.stack([self.stats[n] for n in names]).flatten(),
+                            *[self.out_stds[n].float().reshape(1) for n in outs]])
         world = torch_dist.get_world_size() if torch_dist.is_initialized() else 1
-        means = D.all_reduce_sum(torch.stack([self.stds[n].float() for n in names])) / world
-        out = {f"std/{n}": v for n, v in zip(names, means.tolist())}
+        means = (D.all_reduce_sum(values) / world).tolist()
+        out = {}
+        for i, n in enumerate(names):
+            out[f"std/{n}"], out[f"sat/{n}"] = means[2 * i], means[2 * i + 1]
+        out.update({f"out_std/{n}": v for n, v in zip(outs, means[2 * len(names):])})
         if self._events:
             self._events[-1][1].synchronize()  # done already (tolist() waited for the stream); elapsed_time needs it
         out["train/probe_ms"] = self._host_s * 1e3 + sum(start.elapsed_time(end) for start, end in self._events)
         return out
+
+
+def mean_saturation(metrics: dict[str, float]) -> float | None:
+    """The mean of a log event's ``sat/<site>`` values (every site weighted alike), None when it has none."""
+    sats = [v for k, v in metrics.items() if k.startswith("sat/")]
+    return sum(sats) / len(sats) if sats else None
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from dyt import distributed as D
-from dyt.analysis import InputStdProbe, alpha_metrics
+from dyt.analysis import InputStdProbe, alpha_metrics, mean_saturation
 from dyt.checkpoint import Checkpointer
 from dyt.environment import environment
 from dyt.errors import ConfigError
@@ -302,9 +302,9 @@ class Trainer:
         try:
             while self.step < self.max_steps:
                 t0 = time.perf_counter()
-                # A logged step records each norm layer's input std (Fig. 8), whatever the norm kind: the same cost
-                # for LN and DyT runs (train/probe_ms). A compiled model ignores hooks added after compilation: no
-                # std/ metrics under trainer.compile.
+                # A logged step records each norm site's input std (Fig. 8), saturation and output std, whatever the
+                # norm kind: the same cost for LN and DyT runs (train/probe_ms). A compiled model ignores hooks added
+                # after compilation: no std/ sat/ out_std/ metrics under trainer.compile.
                 with InputStdProbe(self.model, self._log_step(self.step + 1) and not tc.get("compile")) as probe:
                     units = self._train_step(batches)
                 win.update(steps=win["steps"] + 1, units=win["units"] + units)
@@ -334,6 +334,8 @@ class Trainer:
                                "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model),
                                **probe.metrics()}
                     metrics.update({f"train/{k}": v / win["steps"] for k, v in win["parts"].items()})
+                    if (saturation := mean_saturation(metrics)) is not None:
+                        metrics["train/saturation"] = summary["train/saturation"] = saturation  # the latest, in summary
                     if self.grad_norm is not None:
                         metrics["train/grad_norm"] = D.scalar(self.grad_norm)
                     metrics.update(self.task.train_metrics(metrics["train/throughput"]))

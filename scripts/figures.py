@@ -4,12 +4,15 @@
     python scripts/figures.py scurves <run> --layers all --points 5000 --batch 64 --weights raw
     python scripts/figures.py alpha-std runs/vit_pico-dyt-digits-s0        # Fig. 8: alpha tracks 1/std
     python scripts/figures.py functions                                    # Fig. 7: the squashing functions
+    python scripts/figures.py sites runs/vit_pico-dyt-digits-s0            # saturation per site over training
 
 scurves: one validation batch through the run's latest checkpoint (its EMA weights when kept, unless --weights
 raw); each panel is one norm layer, x = its input, y = its output before the learnable affine (as the paper
 plots), colour = channel. alpha-std: from metrics.jsonl, each DyT layer's alpha and the 1/std of its input over
 training, and the final alpha vs 1/std of every layer. Figures go to <run>/figures/<name>.png unless --out
-(functions: figures/functions.png).
+(functions: figures/functions.png). sites: from metrics.jsonl, a heatmap of each norm site's saturated share
+(dyt.analysis.SATURATION) by layer x logged step, and each site's final alpha (DyT) or 1 (other norms: their
+saturation uses alpha = 1/std) vs 1/std of its input.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import dyt.families  # noqa: E402,F401 - registers the built-in families (load_run asks the registry)
-from dyt.analysis import record_norm_io  # noqa: E402
+from dyt.analysis import SATURATION, record_norm_io  # noqa: E402
 from dyt.errors import ConfigError  # noqa: E402
 from dyt.eval import load_run, run_checkpoint  # noqa: E402
 from dyt.logging import read_jsonl  # noqa: E402
@@ -163,6 +166,54 @@ def alpha_std(args) -> Path:
     return save(fig, Path(args.out) if args.out else run / "figures" / "alpha_std.png")
 
 
+# --- sites ------------------------------------------------------------------------------------------------
+def site_series(run: Path) -> tuple[list[int], list[str], np.ndarray, dict[str, dict]]:
+    """(logged steps, sites in module order, saturation [site, step] (nan where not logged), the last train
+    event with sat/ metrics) from metrics.jsonl."""
+    events = [e for e in read_jsonl(RunDir(run).metrics) if e.get("split") == "train" and
+              any(k.startswith("sat/") for k in e)]
+    if not events:
+        raise ConfigError(f"{run}/metrics.jsonl has no sat/ metrics (logged on log steps since the site diagnostics "
+                          "exist, never under trainer.compile); train it again: python train.py <the run's overrides>")
+    sites = list(dict.fromkeys(k[len("sat/"):] for e in events for k in e if k.startswith("sat/")))
+    sat = np.array([[e.get(f"sat/{n}", np.nan) for e in events] for n in sites], dtype=float)
+    return [e["step"] for e in events], sites, sat, events[-1]
+
+
+def sites(args) -> Path:
+    import matplotlib.pyplot as plt
+
+    run = run_dir_arg(args.run_dir)
+    steps, names, sat, last = site_series(run)
+    fig, (heat, scatter) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.22 * len(names) + 1.5)),
+                                        gridspec_kw={"width_ratios": [2, 1]})
+    im = heat.imshow(sat, aspect="auto", cmap="magma", vmin=0, vmax=max(float(np.nanmax(sat)), 1e-3),
+                     interpolation="nearest")
+    heat.set_yticks(range(len(names)), names, fontsize=6)
+    ticks = sorted({round(k * (len(steps) - 1) / 5) for k in range(6)}) if len(steps) > 1 else [0]
+    heat.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    heat.set_xlabel("step")
+    heat.set_title(f"saturated share (|alpha x| > {SATURATION:g}) per site", fontsize=9)
+    fig.colorbar(im, ax=heat, fraction=0.04)
+    inv_std = np.array([1 / last[f"std/{n}"] if last.get(f"std/{n}") else np.nan for n in names])
+    alpha = np.array([last.get(f"alpha/{n}", np.nan) for n in names])
+    if np.isnan(alpha).all():  # LayerNorm / RMSNorm / BatchNorm sites: their saturation uses alpha = 1/std
+        scatter.scatter(np.arange(len(names)), inv_std, c=np.arange(len(names)), cmap="viridis", s=18)
+        scatter.set_xlabel("site (module order)")
+        scatter.set_ylabel("1/std of input = the effective alpha")
+    else:
+        scatter.scatter(inv_std, alpha, c=np.arange(len(names)), cmap="viridis", s=18)
+        lim = [0, float(np.nanmax([inv_std.max(), np.nanmax(alpha)])) * 1.05]
+        scatter.plot(lim, lim, color="grey", linewidth=0.5, label="alpha = 1/std")
+        scatter.legend(fontsize=7)
+        scatter.set_xlabel("1/std of input")
+        scatter.set_ylabel("alpha")
+    scatter.set_title(f"step {last['step']}, colour = depth; mean saturation {float(np.nanmean(sat[:, -1])):.3f}",
+                      fontsize=9)
+    fig.suptitle(f"{run.name}: norm-site saturation", fontsize=10)
+    return save(fig, Path(args.out) if args.out else run / "figures" / "sites.png")
+
+
 # --- functions --------------------------------------------------------------------------------------------
 def functions(args) -> Path:
     import matplotlib.pyplot as plt
@@ -217,6 +268,10 @@ def main(argv=None) -> int:
     s.add_argument("--layers", default="4", help="layers plotted over steps, spread over depth, or 'all'")
     s.add_argument("--out", default=None)
     s.set_defaults(make=alpha_std)
+    s = sub.add_parser("sites", help="saturation per norm site over training; alpha vs 1/std per site")
+    s.add_argument("run_dir")
+    s.add_argument("--out", default=None)
+    s.set_defaults(make=sites)
     s = sub.add_parser("functions", help="tanh, hardtanh, sigmoid, identity of alpha*x (Fig. 7)")
     s.add_argument("--alphas", type=positive_float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     s.add_argument("--out", default=None)

@@ -76,6 +76,13 @@ def origins(res: CellResult) -> str:
     return "; ".join(k if n == 1 else f"{n} x {k}" for k, n in out.items())
 
 
+def saturation(res: CellResult) -> str:
+    """The mean over the cell's runs of their mean saturation at the end (summary.json `train/saturation`: the
+    share of |alpha x| > 2 over norm sites, dyt.analysis), beside the run count; empty where no run logged it."""
+    sats = [r.summary["train/saturation"] for r in res.runs if isinstance(r.summary.get("train/saturation"), float)]
+    return f"sat {sum(sats) / len(sats):.2f}" if sats else ""
+
+
 def _status(res: CellResult) -> str:
     if not res.runs:
         return {NOT_IMPLEMENTED: "not_implemented", BENCHMARK: "benchmark"}.get(res.cell.status, "missing")
@@ -125,7 +132,8 @@ def _cells_markdown(tr: TableReport) -> list[str]:
                 line += [ours_text(res, key) if shown else "",
                          _signed(ours - base if ours is not None and base is not None else None,
                                  2 if ours is not None and abs(ours) >= 1 else 4)]  # as fmt() shows the values
-            runs = (str(len(res.runs)) + (f" ({origins(res)})" if origins(res) else "")) if res.runs else ""
+            notes = "; ".join(n for n in (origins(res), saturation(res)) if n)
+            runs = (str(len(res.runs)) + (f" ({notes})" if notes else "")) if res.runs else ""
             lines.append("| " + " | ".join(line + [runs]) + " |")
     missing: dict[str, list[str]] = {}  # reason -> rows, in reading order
     for res in (r for r in tr.cells if r.cell.status == NOT_IMPLEMENTED):

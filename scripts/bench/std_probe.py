@@ -8,7 +8,7 @@ on random inputs) with and without the probe, alternating, and records:
 - the median step time without and with the probe, and their ratio (on a noisy machine the step-to-step spread can
   exceed the probe's cost: then read the next column);
 - probe ms: the probe's own time, median, as the trainer logs it (`train/probe_ms`);
-- probe bytes: the bytes of the new tensors the probe's ops create in one forward (probed forward minus plain one,
+- probe bytes: the largest new tensor the probe's ops create in one forward (probed forward minus plain one,
   counted at the dispatcher: what the probe allocates, whatever the device), and on CUDA the difference of the
   steps' peak allocated memory.
 
@@ -55,12 +55,13 @@ class NewTensors(TorchDispatchMode):
 
 
 def probe_bytes(model, inputs) -> int:
-    """Bytes of the tensors the probe's ops create in one forward: probed forward minus plain forward."""
+    """Bytes of the largest tensor the probe's ops create in one forward (probed forward minus plain forward): the
+    saturation count's chunk masks (at most `dyt.analysis.CHUNK` bytes), never a copy of an activation."""
     with torch.no_grad(), NewTensors() as plain:
         model(inputs)
     with torch.no_grad(), NewTensors() as probed, InputStdProbe(model):
         model(inputs)
-    return sum(size * n for (_, size), n in (probed.made - plain.made).items())
+    return max((size for (_, size) in probed.made - plain.made), default=0)
 
 
 def main(argv=None) -> int:
@@ -115,10 +116,10 @@ def main(argv=None) -> int:
                    "shape": f"{batch}x{seq_len}" if lm else f"{batch}x{cfg.data.image_size}px"}
             rows.append(row)
             print(f"{model_name:12} {norm:10} {row['sites']:3} sites: step {off:.1f} ms without the probe, {on:.1f} ms "
-                  f"with it ({on / off:.3f}x); probe {row['probe_ms']:.2f} ms, allocates {row['bytes']} B", flush=True)
+                  f"with it ({on / off:.3f}x); probe {row['probe_ms']:.2f} ms, largest tensor it creates {row['bytes']} B", flush=True)
             del model, step
     table = ["| model | batch | norm | sites | step ms, probe off | probe on | on / off | probe ms (train/probe_ms) "
-             "| probe allocates | peak memory on - off |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| largest tensor the probe creates | peak memory on - off |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {r['model']} | {r['shape']} | {r['norm']} | {r['sites']} | {r['off']:.1f} | {r['on']:.1f} | "
               f"{r['on'] / r['off']:.3f}x | {r['probe_ms']:.2f} | {r['bytes']:,} B | "
               f"{'n/a (CPU)' if r['peak'] is None else format(r['peak'], ',') + ' B'} |" for r in rows]
@@ -130,8 +131,8 @@ def main(argv=None) -> int:
     body = (f"### Std probe on {device.type}, {args.model_dtype} weights\n\nMachine: {desc} at start. Command: "
             f"`{cmd.strip()}`.\nMedian of {steps} steps per variant after 2 warmup steps, probe off and on "
             f"alternating; one step = forward, cross-entropy, backward, AdamW, plus reading the probe's metrics (one "
-            f"host sync). Probe ms: the probe's reductions alone, as logged in `train/probe_ms`. Probe allocates: "
-            f"bytes of the tensors the probe's ops create in one forward (one 0-d std per site).\n\n{md}\n")
+            f"host sync). Probe ms: the probe's reductions alone, as logged in `train/probe_ms`. Largest tensor: "
+            f"the biggest tensor the probe's ops create in one forward (a saturation-count mask of at most one chunk).\n\n{md}\n")
     write_section(f"bench_std_probe_{device.type}" + ("_bf16" if dtype == torch.bfloat16 else ""), body)
     return 0
 
