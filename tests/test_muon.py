@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import compose, killed_and_resumed
+from conftest import compose, killed_and_resumed, script
 from dyt.errors import ConfigError
 from dyt.families import build_model
 from dyt.optim import build_optimizer, build_scheduler, scheduled_lr
@@ -97,3 +97,36 @@ def test_kill_and_resume_under_muon_equals_uninterrupted(tmp_path):
     a, b = killed_and_resumed(tmp_path, overrides, step=8, timeout=240)
     assert a["status"] == b["status"] == "completed"
     assert a["train/loss"] == b["train/loss"] and a["val/loss"] == b["val/loss"]
+
+
+@pytest.mark.parametrize("optim", ["adamw", "muon"])
+def test_the_norm_optim_grid_composes_with_either_optimizer(optim):
+    from dyt.validate import validate
+    cfg = compose(["experiment=norm_optim_grid", f"optim={optim}", "norm=derf"])
+    validate(cfg)
+    assert (cfg.model.name, cfg.optim.name, cfg.trainer.max_steps, cfg.model.alpha_attn) == ("gpt2_774m", optim, 1000, None)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "derf"])
+def test_mini_norm_optim_runs_a_few_muon_steps(tmp_path, norm):
+    from dyt.run import train
+    cfg = compose(["experiment=mini_norm_optim", "optim=muon", f"norm={norm}", "model.n_embd=32", "model.n_layer=2",
+                   "model.n_head=2", "trainer.max_steps=3", "trainer.eval_every=3", "data.max_val_tokens=2048"])
+    summary = train(cfg, tmp_path / norm)
+    assert summary["status"] == "completed" and summary["step"] == 3
+
+
+def test_the_norm_optim_figure_plots_each_norms_gap_to_rmsnorm_per_optimizer(tmp_path, capsys):
+    from test_budget import fake_run
+    figures = script("scripts/study_figures.py")
+    losses = {("adamw", "rmsnorm"): 3.0, ("adamw", "derf"): 3.3, ("adamw", "dyt"): 3.1,
+              ("muon", "rmsnorm"): 2.8, ("muon", "derf"): 3.7, ("muon", "dyt"): 2.9}
+    for (optim, norm), loss in losses.items():
+        fake_run(tmp_path / f"{norm}-{optim}", {"name": "gpt2_tiny"}, norm, 10, loss, 100, optim=optim)
+    fake_run(tmp_path / "layernorm-sgd", {"name": "gpt2_tiny"}, "layernorm", 10, 1.0, 100, optim="sgd")  # no RMSNorm
+    gaps = figures.norm_optim_gaps(figures.finished_runs(tmp_path))
+    assert gaps == {"adamw": {"derf": pytest.approx(0.3), "dyt": pytest.approx(0.1)},
+                    "muon": {"derf": pytest.approx(0.9), "dyt": pytest.approx(0.1)}}
+    assert figures.main(["norm-optim", str(tmp_path)]) == 0
+    assert (tmp_path / "figures/norm_optim.png").stat().st_size > 5_000
+    assert "| derf | +0.3000 | +0.9000 |" in capsys.readouterr().out
