@@ -106,7 +106,8 @@ def muon_names(model: nn.Module) -> set[str]:
 def split_for_muon(model: nn.Module, groups: list[dict]) -> tuple[list[dict], list[dict]]:
     """`groups` (param_groups' [decayed, not decayed]) split into (Muon's groups, AdamW's groups): each Muon matrix
     leaves its group for a Muon group with the same weight decay. Empty groups are kept (fixed group layout)."""
-    muon_ids = {id(p) for n, p in model.named_parameters() if n in muon_names(model)}
+    names = muon_names(model)
+    muon_ids = {id(p) for n, p in model.named_parameters() if n in names}
     muon_groups = [{**g, "params": [p for p in g["params"] if id(p) in muon_ids]} for g in groups]
     adamw_groups = [{**g, "params": [p for p in g["params"] if id(p) not in muon_ids]} for g in groups]
     return muon_groups, adamw_groups
