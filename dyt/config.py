@@ -119,13 +119,15 @@ class TextDataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    name: str = "adamw"  # adamw | sgd | muon
     lr: float = ranged(1e-3, NONNEG)
     weight_decay: float = ranged(0.05, NONNEG)
     decay_1d: bool = False  # also decay 1-D parameters (alpha, norm weights, biases): the released LLaMA code does
     betas: List[float] = ranged_list(lambda: [0.9, 0.999], NumList(FRACTION, 2))
     eps: float = ranged(1e-8, POSITIVE)
-    momentum: float = ranged(0.9, FRACTION)  # sgd only
+    momentum: float = ranged(0.9, FRACTION)  # sgd, muon
+    muon_lr: float = ranged(0.02, NONNEG)  # muon: Muon's lr for the blocks' matrices (optim.lr: AdamW's, the rest)
+    muon_adjust_lr: str = "original"  # muon: torch.optim.Muon's adjust_lr_fn (original | match_rms_adamw)
     warmup_steps: int = ranged(0, Num(0, MAX_STEPS, integer=True))
     warmup_epochs: Optional[float] = ranged(None, OPT_NONNEG)  # when set, replaces warmup_steps
     warmup_shape: str = "linear"  # linear: lr * x | quadratic: lr * (1 - (1 - x)^2), x = step / warmup (LLaMA code)

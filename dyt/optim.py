@@ -10,6 +10,11 @@ from the vision recipes:
                       the released LLaMA code's cosine spans fms-fsdp's default ``num_steps`` of 1,000,000 steps,
                       whatever the run's length, so its 47,684-step runs end at ~0.995x the peak lr.
 
+Muon (``optim.name=muon``, Keller Jordan's recipe, as arXiv 2604.01563 runs it): torch's ``torch.optim.Muon`` for
+the 2-D weights of the repeated blocks, AdamW for the rest (embeddings, the head, 1-D parameters), as one optimizer
+(`MuonWithAdamW`): one ``param_groups`` list, so the schedule sets every group's lr, and one ``state_dict()``, so a
+checkpoint resumes both exactly.
+
 One more for fine-tuning (MAE's recipe, util/lr_decay.py in facebookresearch/mae):
   optim.layer_decay   layer-wise lr decay: the embeddings get lr x decay^(L+1), block i lr x decay^(L-i), the head
                       and final norms lr (L blocks). timm's ``param_groups_layer_decay`` builds the groups (each with
@@ -46,7 +51,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_1d: bool = False) 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-OPTIMIZERS = ("adamw", "sgd")  # sgd: the CNN recipes of Table 15 (momentum, no Nesterov)
+OPTIMIZERS = ("adamw", "sgd", "muon")  # sgd: the CNN recipes of Table 15 (momentum, no Nesterov)
+MUON_LR_ADJUST = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
 
 
 def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float, decay_1d: bool = False) -> list[dict]:
@@ -78,7 +84,84 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
               else param_groups(model, cfg.weight_decay, decay_1d))
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.get("momentum", 0.9))
+    if cfg.name == "muon":
+        if layer_decay is not None:
+            raise ConfigError("optim.layer_decay is for AdamW fine-tuning; optim=muon does not take it")
+        return build_muon(model, cfg, groups)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def muon_names(model: nn.Module) -> set[str]:
+    """The parameters Muon trains: the 2-D weights of ``nn.Linear`` layers inside the model's repeated blocks (a
+    numbered module path such as ``layers.3.attention.wq``), as Keller Jordan's Muon takes ``model.blocks``' matrices.
+    Embeddings, the output head (tied or not), convolutions and every 1-D parameter stay with AdamW."""
+    names = set()
+    for mod_name, mod in model.named_modules():
+        in_block = any(part.isdigit() for part in mod_name.split("."))
+        if isinstance(mod, nn.Linear) and in_block and mod.weight.requires_grad:
+            names.add(f"{mod_name}.weight")
+    return names
+
+
+def split_for_muon(model: nn.Module, groups: list[dict]) -> tuple[list[dict], list[dict]]:
+    """`groups` (param_groups' [decayed, not decayed]) split into (Muon's groups, AdamW's groups): each Muon matrix
+    leaves its group for a Muon group with the same weight decay. Empty groups are kept (fixed group layout)."""
+    names = muon_names(model)
+    muon_ids = {id(p) for n, p in model.named_parameters() if n in names}
+    muon_groups = [{**g, "params": [p for p in g["params"] if id(p) in muon_ids]} for g in groups]
+    adamw_groups = [{**g, "params": [p for p in g["params"] if id(p) not in muon_ids]} for g in groups]
+    return muon_groups, adamw_groups
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch's Muon on `muon_groups` and AdamW on `adamw_groups`, seen as ONE optimizer: ``param_groups`` is both
+    optimizers' group dicts (Muon's first), ``state`` one dict both optimizers write into, so ``state_dict()`` /
+    ``load_state_dict()``, ``zero_grad()``, the scheduler and the grad scaler need nothing Muon-specific."""
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon_kwargs: dict, adamw_kwargs: dict):
+        self.muon = torch.optim.Muon(muon_groups, **muon_kwargs)
+        self.adamw = torch.optim.AdamW(adamw_groups, **adamw_kwargs)
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults={})
+        self._share()
+
+    def _share(self) -> None:
+        """Point both inner optimizers at this optimizer's group dicts and state (load_state_dict replaces both)."""
+        n = len(self.muon.param_groups)
+        self.muon.param_groups, self.adamw.param_groups = self.param_groups[:n], self.param_groups[n:]
+        self.muon.state = self.adamw.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._share()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+
+def build_muon(model: nn.Module, cfg, groups: list[dict]) -> MuonWithAdamW:
+    """Muon for the blocks' matrices at ``optim.muon_lr``, AdamW for the rest at ``optim.lr``. The schedule is
+    timm's, which multiplies each group's scheduled lr by its ``lr_scale``: Muon's groups get muon_lr / lr, so one
+    warmup + cosine drives both, min lr included."""
+    if not hasattr(torch.optim, "Muon"):  # added in torch 2.9
+        raise ConfigError(f"optim=muon needs torch.optim.Muon (torch >= 2.9); this torch is {torch.__version__}")
+    adjust = cfg.get("muon_adjust_lr", "original")
+    if adjust not in MUON_LR_ADJUST:
+        raise ConfigError(f"unknown optim.muon_adjust_lr {adjust!r}; choose one of: {', '.join(MUON_LR_ADJUST)}")
+    if cfg.lr <= 0:
+        raise ConfigError("optim=muon: optim.lr (AdamW's, and the schedule's) must be > 0")
+    muon_groups, adamw_groups = split_for_muon(model, groups)
+    for g in muon_groups:
+        g["lr_scale"] = cfg.muon_lr / cfg.lr
+    return MuonWithAdamW(muon_groups, adamw_groups,
+                         muon_kwargs=dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=True, adjust_lr_fn=adjust),
+                         adamw_kwargs=dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps))
 
 
 class WarmupCosineScheduler(CosineLRScheduler):

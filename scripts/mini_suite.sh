@@ -18,6 +18,8 @@
 #   T6      mini_dna (layernorm, dyt): pico HyenaDNA on a synthetic genome, then mini_dna_ft from each run (and DyT
 #           put in at fine-tuning only, from the LayerNorm run, as the released HyenaDNA path does): the
 #           synthetic motif task (data=gb_synth), 5 split seeds, test accuracy at the best validation epoch
+#   Follow-ups  mini_norm_optim: LN / RMSNorm / DyT / Derf x AdamW / Muon on a tiny GPT-2 (arXiv 2604.01563);
+#           mini_token_budget: LN vs DyT, two tiny GPT-2s x 3 budgets (arXiv 2604.23434); pydoc text
 # Runs: multirun/mini_*; logs: multirun/mini_logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +55,9 @@ SWEEPS=(
   "dna        -m experiment=mini_dna"
   "w2v        -m experiment=mini_w2v"
   "w2v_feature_ln -m experiment=mini_w2v norm=dyt model.feature_norm=layernorm"
+  "norm_optim -m experiment=mini_norm_optim"
+  "budget     -m experiment=mini_token_budget"
+  "budget_small -m experiment=mini_token_budget model.n_embd=64 model.n_layer=2 model.n_head=2"
 )
 mkdir -p multirun/mini_logs
 start=$(date +%s)
@@ -94,4 +99,6 @@ mkdir -p "$OUT"
 "$PY" scripts/figures.py scurves "$(run_of mini_vit 'vit_pico-dyt-*')" --out "$OUT/scurves_vit_dyt.png"
 "$PY" scripts/figures.py alpha-std "$(run_of mini_vit 'vit_pico-dyt-*')" --out "$OUT/alpha_std_vit_dyt.png"
 "$PY" scripts/figures.py functions --out "$OUT/functions.png"
+"$PY" scripts/study_figures.py norm-optim multirun/mini_norm_optim --out "$OUT/norm_optim.png"
+"$PY" scripts/study_figures.py token-budget multirun/mini_token_budget --out "$OUT/token_budget.png"
 echo "mini-suite: done in $(( ($(date +%s) - start) / 60 )) min; tables and figures in $OUT"
