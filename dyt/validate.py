@@ -175,6 +175,10 @@ def _cross_checks(cfg, problems: list[str]) -> None:
     _logger_check(cfg.get("logger"), problems)
     _norm_check(cfg.norm.get("name"), m, problems)
     _sigma_reparam_check(cfg.norm.get("name"), t, problems)
+    if cfg.optim.get("name") == "muon" and t.get("parallel", "ddp") != "ddp":
+        # Newton-Schulz orthogonalises a whole matrix; an FSDP shard is a slice of one (not implemented here)
+        problems.append(f"optim=muon with trainer.parallel={t.parallel}: Muon needs each weight matrix whole; "
+                        "use trainer.parallel=ddp")
     family: Family = get_family(m.family)
     if family.check is not None:
         problems += family.check(cfg)

@@ -130,3 +130,11 @@ def test_the_norm_optim_figure_plots_each_norms_gap_to_rmsnorm_per_optimizer(tmp
     assert figures.main(["norm-optim", str(tmp_path)]) == 0
     assert (tmp_path / "figures/norm_optim.png").stat().st_size > 5_000
     assert "| derf | +0.3000 | +0.9000 |" in capsys.readouterr().out
+
+
+def test_muon_with_sharded_weights_is_refused():
+    """Newton-Schulz needs each matrix whole; an FSDP / HSDP shard is a slice: one clear line, before anything runs."""
+    from dyt.validate import validate
+    for strategy in ("fsdp", "hsdp"):
+        with pytest.raises(ConfigError, match=rf"optim=muon with trainer.parallel={strategy}: Muon needs each weight "):
+            validate(compose(["model=llama_tiny", "data=text_pydoc", "optim=muon", f"trainer.parallel={strategy}"]))
