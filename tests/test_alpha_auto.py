@@ -5,7 +5,11 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, compose
+import os
+import shutil
+import sys
+
+from conftest import ROOT, TINY, compose, run_script
 from dyt.analysis import elementwise_norms
 from dyt.errors import ConfigError
 from dyt.logging import read_jsonl
@@ -91,3 +95,18 @@ def test_a_resumed_run_keeps_its_trained_alpha(tmp_path):
 def test_bad_values_are_refused(value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         validate(compose([*TINY, "norm=dyt", value]))
+
+
+@pytest.mark.slow
+def test_fsdp_meta_init_sets_every_shard(tmp_path):
+    """FSDP2 with trainer.init=meta on 2 CPU ranks: the probe runs after materialisation, and every site's alpha
+    (sharded) is what was recorded, also in the last block and the root that FSDP leaves gathered after the probe's
+    forward. optim.lr=0: training does not move alpha, so the logged alpha must equal alpha0."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    run_script([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *VIT, "trainer.device=cpu",
+                "trainer.parallel=fsdp", "trainer.init=meta", "trainer.max_steps=3", "optim.lr=0",
+                f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
+    first = next(e for e in read_jsonl(tmp_path / "r/metrics.jsonl") if e["split"] == "train")
+    alpha0 = {k.removeprefix("alpha0/"): v for k, v in first.items() if k.startswith("alpha0/")}
+    alpha = {k.removeprefix("alpha/"): v for k, v in first.items() if k.startswith("alpha/")}
+    assert len(alpha0) == 5 and min(alpha0.values()) > 1 and alpha == pytest.approx(alpha0, rel=1e-6)

@@ -58,8 +58,15 @@ def probe_alpha0(model: nn.Module, forward: Callable[[], object], k: float) -> d
 @torch.no_grad()
 def set_alpha0(model: nn.Module, alphas: dict[str, float]) -> None:
     """Sets each element-wise site's alpha (a parameter, or a buffer with learn_alpha=false) and its ``alpha_init``
-    (what reset_parameters() refills) to ``alphas[site]``; also a sharded (DTensor) alpha."""
+    (what reset_parameters() refills) to ``alphas[site]``; under FSDP2 its shard (a DTensor)."""
     from dyt.analysis import elementwise_norms
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # its older home
+        from torch.distributed._composable.fsdp import FSDPModule
+    for m in model.modules():  # FSDP2 leaves the last block gathered after a forward: the value set must be the shard
+        if isinstance(m, FSDPModule):
+            m.reshard()
     for name, m in elementwise_norms(model):
         m.alpha_init = float(alphas[name])
         m.alpha.fill_(m.alpha_init)
