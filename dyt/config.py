@@ -15,7 +15,7 @@ from typing import Any, ClassVar, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from dyt.ranges import (COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONNEG, OPT_POSITIVE, POSITIVE,
+from dyt.ranges import (ALPHA_INIT, COUNT, FRACTION, NONNEG, NONNEG_INT, OPT_COUNT, OPT_NONNEG, OPT_POSITIVE, POSITIVE,
                         PROB, SEED, MAX_STEPS, OPT_STEPS, Num, NumList, ranged, ranged_list)
 
 
@@ -25,7 +25,10 @@ class NormConfig:
     # dyisru | identity (no norm); fixup | skipinit | sigma_reparam (Table 10's normalization-free methods, ViT / MAE);
     # or the norm a timm model is built with (model.norm_sites, e.g. batchnorm) to keep it
     name: str = "dyt"
-    alpha_init: float = ranged(0.5, POSITIVE)  # alpha0 of the element-wise kinds (dyt, dyt_*, derf, dyisru); ignored by the others
+    # alpha0 of the element-wise kinds (dyt, dyt_*, derf, dyisru); ignored by the others. "auto": each site's alpha0 =
+    # alpha_k / std of its input on the first training batch (dyt.nn.alpha_auto; a new run only)
+    alpha_init: Any = ranged(0.5, ALPHA_INIT)
+    alpha_k: float = ranged(1.0, Num(0, 100, lo_open=True))  # auto: the std of alpha0 x at every site at init
     learn_alpha: bool = True  # false: alpha stays at alpha_init (Table 9's "without alpha": alpha_init=1)
 
 

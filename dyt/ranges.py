@@ -26,10 +26,13 @@ class Num:
     hi_open: bool = False  # value < hi (else <=)
     integer: bool = False
     optional: bool = False  # null is accepted (the option is off / inferred)
+    words: tuple = ()  # strings accepted besides numbers (norm.alpha_init: "auto")
 
     def accepts(self, v: Any) -> bool:
         if v is None:
             return self.optional
+        if isinstance(v, str):
+            return v in self.words
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.integer and not isinstance(v, int)):
             return False
         if not math.isfinite(v):
@@ -51,7 +54,8 @@ class Num:
             rng = f"{'<' if self.hi_open else '<='} {fmt(self.hi)}"
         else:
             rng = ""
-        return f"{kind} {rng}".strip() + (" or null" if self.optional else "")
+        return (f"{kind} {rng}".strip() + "".join(f' or "{w}"' for w in self.words)
+                + (" or null" if self.optional else ""))
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ STEPS = integer(1, hi=MAX_STEPS)
 OPT_STEPS = integer(1, hi=MAX_STEPS, optional=True)
 NONNEG_INT = integer(0)
 POSITIVE = Num(0, lo_open=True)  # eps, alpha0, std: > 0
+ALPHA_INIT = Num(0, lo_open=True, words=("auto",))  # alpha0 > 0, or "auto" (dyt.nn.alpha_auto)
 OPT_POSITIVE = Num(0, lo_open=True, optional=True)
 NONNEG = Num(0)
 OPT_NONNEG = Num(0, optional=True)

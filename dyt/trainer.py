@@ -31,6 +31,7 @@ from dyt.errors import ConfigError
 from dyt.eval import evaluate
 from dyt.families import build_task, get_family
 from dyt.init_from import InitFrom
+from dyt.nn.alpha_auto import is_auto, probe_alpha0, set_alpha0
 from dyt.logging import RunLogger
 from dyt.optim import build_optimizer, build_scheduler, scheduled_lr
 from dyt.parallel import wrap_model
@@ -98,6 +99,10 @@ class Trainer:
         # what the run started from (summary.json's init_from): recorded in its checkpoints, so a resumed run keeps it
         self.init_record = (self.resumed.extra.get("init_from") if self.resumed
                             else self.init_from.record if self.init_from else None)
+        # norm.alpha_init=auto: alpha0 per site from the first micro-batch, for a new run only (a resumed run has its
+        # alpha in the checkpoint; trainer.init_from brings the source's); recorded in the first metrics row
+        self.alpha0 = (self._auto_alpha0() if is_auto(cfg.norm) and self.resumed is None
+                       and not self.tc.get("init_from") else {})
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.dist.is_main, resume_step=self.step,
                                 allowed=get_family(cfg.model.family).resume_keys,
                                 checkpoint_records=self.resumed.extra.get("records") if self.resumed else None)
@@ -159,6 +164,22 @@ class Trainer:
         extra = {"window": dict(self.window), "records": self.logger.records()}
         self.checkpointer.save(self.step, {**extra, **({"init_from": self.init_record} if self.init_record else {})})
 
+    def _auto_alpha0(self) -> dict[str, float]:
+        """One probe forward (no grad) on the first training micro-batch, the RNG states kept so the run's draws
+        (dropout, mixup) stay those of a run without it; sets and returns each site's alpha0 (dyt.nn.alpha_auto),
+        on the model and its EMA. After wrap_model: a meta-initialised FSDP model is materialised by then."""
+        batch = next(self._batches())
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self.autocast():
+            alphas = probe_alpha0(self.model, lambda: self.task.loss(self.net, batch), self.cfg.norm.alpha_k)
+        for model in [self.model] + ([self.ema.module] if self.ema is not None else []):
+            set_alpha0(model, alphas)
+        if self.dist.is_main and alphas:
+            values = list(alphas.values())
+            print(f"[dyt] norm.alpha_init=auto (k={self.cfg.norm.alpha_k:g}): alpha0 of {len(values)} sites in "
+                  f"[{min(values):.3g}, {max(values):.3g}], mean {sum(values) / len(values):.3g}", flush=True)
+        return alphas
+
     # --- data -----------------------------------------------------------------------------------------
     def _batches(self):
         """Micro-batches from the run's data position onward, across epochs."""
@@ -219,6 +240,8 @@ class Trainer:
                    "env": environment(self.device)}  # what decides the exact numbers beyond the config
         if self.init_record:
             summary["init_from"] = self.init_record
+        if is_auto(self.cfg.norm):
+            summary.update(alpha_init="auto", alpha_k=self.cfg.norm.alpha_k)
         start = time.time()
         try:
             summary.update(self._loop(summary))
@@ -333,6 +356,9 @@ class Trainer:
                                "train/throughput": win["units"] * self.dist.world_size / max(win["time"], 1e-9),
                                "train/epoch": self.step / self.steps_per_epoch, **alpha_metrics(self.model),
                                **probe.metrics()}
+                    if self.alpha0:  # norm.alpha_init=auto: what the probe set, once
+                        metrics.update({f"alpha0/{n}": v for n, v in self.alpha0.items()})
+                        self.alpha0 = {}
                     metrics.update({f"train/{k}": v / win["steps"] for k, v in win["parts"].items()})
                     if (saturation := mean_saturation(metrics)) is not None:
                         metrics["train/saturation"] = summary["train/saturation"] = saturation  # the latest, in summary

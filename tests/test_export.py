@@ -93,8 +93,9 @@ def test_exported_llama_rmsnorm_is_a_stock_llama(tmp_path):
         torch.testing.assert_close(hf(tokens).logits, ours(tokens), atol=1e-5, rtol=0)
 
 
-def test_exported_vit_dyt_logits_equal_ours(tmp_path):
-    ours, out = exported(tmp_path, [*VIT, "norm=dyt"])
+@pytest.mark.parametrize("extra", [[], ["norm.alpha_init=auto"]], ids=["alpha0", "alpha0-auto"])
+def test_exported_vit_dyt_logits_equal_ours(tmp_path, extra):
+    ours, out = exported(tmp_path, [*VIT, "norm=dyt", *extra])
     hf = transformers.AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
     assert type(hf).__name__ == "DyTTimmWrapperForImageClassification"
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in hf.modules())

@@ -33,6 +33,7 @@ import torch.nn as nn
 from dyt.config import plain_kwargs
 from dyt.errors import ConfigError
 from dyt.eval.load import load_run
+from dyt.nn.alpha_auto import buildable
 
 TEMPLATES = Path(__file__).parent / "templates"
 LAYER_FILE = "dyt_layer.py"
@@ -107,7 +108,7 @@ def _vit(model: nn.Module, cfg):
     if kind != "dyt":
         return transformers.TimmWrapperConfig(**args), state, None, "TimmWrapperForImageClassification"
     from dyt.export.templates.modeling_vit_dyt import DyTTimmWrapperConfig
-    config = DyTTimmWrapperConfig(**args, dyt_alpha=float(cfg.norm.alpha_init))
+    config = DyTTimmWrapperConfig(**args, dyt_alpha=float(buildable(cfg.norm).alpha_init))  # the weights bring the trained alpha
     config.auto_map = {"AutoConfig": "modeling_vit_dyt.DyTTimmWrapperConfig",
                        "AutoModel": "modeling_vit_dyt.DyTTimmWrapperModel",
                        "AutoModelForImageClassification": "modeling_vit_dyt.DyTTimmWrapperForImageClassification"}
@@ -147,7 +148,7 @@ def _gpt2(model: nn.Module, cfg):
     if kind == "layernorm":
         return transformers.GPT2Config(**args), state, None, "GPT2LMHeadModel"
     from dyt.export.templates.modeling_gpt2_dyt import DyTGPT2Config
-    alpha0 = float(cfg.norm.get("alpha_init", 0.5))
+    alpha0 = float(buildable(cfg.norm).get("alpha_init", 0.5))  # auto: the weights bring alpha
     alphas = {site: float(a) if a is not None else alpha0
               for site, a in (("attn", c.alpha_attn), ("ffn", c.alpha_ffn), ("final", c.alpha_final))}
     config = DyTGPT2Config(**args, norm_kind=kind, dyt_alpha=alphas)

@@ -54,7 +54,8 @@ def build_task(cfg, dist) -> Task:
 def build_model(cfg) -> nn.Module:
     """The model of a composed config (``cfg.model``, ``cfg.norm`` and the data's shape fields), without data or
     training; also under ``with torch.device("meta"):``."""
-    return get_family(cfg.model.family).build(cfg.model, cfg.norm, cfg.data)
+    from dyt.nn.alpha_auto import buildable  # model code: imported once a model is built
+    return get_family(cfg.model.family).build(cfg.model, buildable(cfg.norm), cfg.data)
 
 
 __all__ = ["BUILTIN", "CONFIGS", "Family", "build_model", "build_task", "compose", "families", "get_family", "register_family", "setup"]

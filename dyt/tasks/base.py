@@ -31,8 +31,9 @@ class Task:
 
     # --- model and data -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
+        from dyt.nn.alpha_auto import buildable  # dyt.nn: model code, imported once a model is built
         cfg = self.cfg
-        model = get_family(cfg.model.family).build(cfg.model, cfg.norm, cfg.data)
+        model = get_family(cfg.model.family).build(cfg.model, buildable(cfg.norm), cfg.data)  # auto: the trainer sets alpha0
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
