@@ -7,7 +7,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose, script
-from dyt.families import build_model
 from dyt.run import train
 from dyt.validate import validate
 
