@@ -1,10 +1,10 @@
 """Run records: metrics.jsonl (always), summary.json, wandb (optional, rank 0 only), and the progress bar.
 
-The files are the source of truth for comparison tables; wandb mirrors the same metric names. Where each file lives
-is ``dyt.rundir.RunDir``'s; rewrites are atomic and durable (``dyt.files``). Damaged records never stop a run: what
-is readable is kept (every line of metrics.jsonl that parses as a JSON object, in order), the damaged file is kept
-aside as ``<name>.corrupt[.N]``, and one warning line says so. A damaged summary.json makes the run unfinished: it
-resumes from its checkpoints.
+The files are the source of truth for comparison tables; wandb mirrors the same metrics (the norm-site statistics
+grouped per site: `wandb_name`). Where each file lives is ``dyt.rundir.RunDir``'s; rewrites are atomic and durable
+(``dyt.files``). Damaged records never stop a run: what is readable is kept (every line of metrics.jsonl that parses
+as a JSON object, in order), the damaged file is kept aside as ``<name>.corrupt[.N]``, and one warning line says so.
+A damaged summary.json makes the run unfinished: it resumes from its checkpoints.
 """
 from __future__ import annotations
 
@@ -22,6 +22,17 @@ from dyt.files import fix_hint, os_error, set_aside, temporary, warn, write_json
 from dyt.rundir import RunDir, check_config_change, describe_changes, read_config, read_summary
 
 _DECODER = json.JSONDecoder()
+
+# The per-norm-site statistics (dyt.analysis, dyt.nn.alpha_auto): ``<stat>/<site>`` in metrics.jsonl.
+SITE_STATS = ("std", "sat", "out_std", "alpha", "alpha0")
+
+
+def wandb_name(name: str) -> str:
+    """The name a metric gets in wandb. wandb makes a panel section of a name's first ``/`` segment, which would put
+    each statistic of every site in one section; site statistics go to ``sites/<site>/<stat>`` instead, so a site's
+    panels sit together (and each site is its own section under the workspace's "group by all segments")."""
+    stat, _, site = name.partition("/")
+    return f"sites/{site}/{stat}" if site and stat in SITE_STATS else name
 
 
 def _clean(v):
@@ -214,7 +225,7 @@ class RunLogger:
         except OSError as e:  # a line cut short by a full disk is dropped on resume, like a killed write
             raise ConfigError(f"could not append to {self.rd.metrics}: {os_error(e)}; {fix_hint(e)}") from e
         if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+            self.wandb.log({wandb_name(k): v for k, v in metrics.items()}, step=step)
 
     def image(self, step: int, name: str, image, caption: str = "") -> Path | None:
         """An HxWx3 uint8 image: ``<run dir>/<name>_step<step>.png`` (e.g. samples/grid) and a wandb image."""

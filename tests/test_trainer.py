@@ -202,12 +202,41 @@ def test_no_weight_decay_on_1d_params(tmp_path):
     t.close()
 
 
+def wandb_history_keys(run_file) -> set[str]:
+    """The metric names of an offline run's history records. The .wandb file is a LevelDB-style log (a 7-byte
+    header, then records of crc32 / length / kind + a protobuf Record, cut into 32 KiB blocks); wandb 0.31 has no
+    Python reader of its own."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    raw, pos, buf, keys = run_file.read_bytes(), 7, b"", set()
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(raw[pos + 4:pos + 6], "little"), raw[pos + 6]
+        buf, pos = buf + raw[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            keys |= {i.key or "/".join(i.nested_key) for i in rec.history.item}
+    return keys
+
+
 def test_wandb_offline_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     s = run(tmp_path, "w", "logger=wandb", "trainer.max_steps=3", "trainer.eval_every=3")
     assert s["status"] == "completed"
     runs = list((tmp_path / "w/wandb").glob("offline-run-*"))
     assert len(runs) == 1 and (tmp_path / "w/wandb_id").read_text() in runs[0].name
+    # the same metrics as metrics.jsonl; the norm-site statistics grouped per site (sites/<site>/<stat>)
+    keys = wandb_history_keys(next(runs[0].glob("run-*.wandb")))
+    logged = {k for e in read_jsonl(tmp_path / "w/metrics.jsonl") for k in e if k not in ("step", "split")}
+    assert {"train/loss", "val/top1", "sites/blocks.0.norm1/sat", "sites/blocks.0.norm1/std",
+            "sites/blocks.0.norm1/out_std", "sites/blocks.0.norm1/alpha", "sites/fc_norm/alpha"} <= keys
+    per_stat = {tuple(k.split("/", 1)) for k in logged if k.split("/")[0] in ("std", "sat", "out_std", "alpha")}
+    assert {f"sites/{site}/{stat}" for stat, site in per_stat} <= keys
+    assert not {k for k in keys if k.split("/")[0] in ("std", "sat", "out_std", "alpha")}
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
