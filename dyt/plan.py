@@ -4,7 +4,8 @@ Nothing is allocated: the model is built on the meta device and every number is 
 Bytes per GPU are the sum of:
 
 * Model states, per parameter, as the trainer holds them at every precision: fp32 parameters 4, fp32 gradients 4,
-  the optimizer's fp32 state (AdamW's two moments 8, SGD's momentum 4), + an fp32 EMA copy 4 when
+  the optimizer's fp32 state (AdamW's two moments 8, SGD's momentum 4; Muon's momentum 4 for the blocks' matrices it
+  trains and AdamW's 8 for the rest, ``optimizer_bytes_per_param``), + an fp32 EMA copy 4 when
   ``trainer.ema_decay``. bf16 is autocast under DDP (the parameters stay fp32) and FSDP2's MixedPrecisionPolicy
   under FSDP/HSDP (fp32 sharded parameters, all-gathered as bf16 copies; gradients reduced into fp32 sharded
   gradients, ``FSDPParam.to_sharded_dtensor`` / ``foreach_reduce``): no separate fp32 master copy exists. ZeRO's
@@ -112,9 +113,24 @@ OPTIMIZER_BYTES = {"adamw": 8, "sgd": 4}  # fp32 state per parameter: AdamW's tw
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "auto": 2, "fp32": 4}  # auto = bf16 on a GPU
 
 
-def state_bytes_per_param(optimizer: str = "adamw", ema: bool = False) -> dict[str, int]:
-    """Bytes per parameter of the model states (see the module doc): fp32 params and grads at every precision."""
-    return {"params": 4, "grads": 4, "optimizer": OPTIMIZER_BYTES.get(optimizer, 8), "ema": 4 if ema else 0}
+def state_bytes_per_param(optimizer: str | float = "adamw", ema: bool = False) -> dict[str, float]:
+    """Bytes per parameter of the model states (see the module doc): fp32 params and grads at every precision;
+    `optimizer`: a name of OPTIMIZER_BYTES or the bytes themselves (`optimizer_bytes_per_param`)."""
+    opt = OPTIMIZER_BYTES.get(optimizer, 8) if isinstance(optimizer, str) else optimizer
+    return {"params": 4, "grads": 4, "optimizer": opt, "ema": 4 if ema else 0}
+
+
+def optimizer_bytes_per_param(model: nn.Module, optimizer: str) -> float:
+    """The optimizer's fp32 state per trained parameter of `model`: OPTIMIZER_BYTES, or for Muon its momentum (4) on
+    the parameters it trains (`dyt.optim.muon_names`) and AdamW's two moments (8) on the rest."""
+    if optimizer != "muon":
+        return OPTIMIZER_BYTES.get(optimizer, 8)
+    from dyt.optim import muon_names  # timm's optimizers: only when planning a Muon run
+
+    names = muon_names(model)
+    trained = count_params(model, trainable=True)
+    muon = sum(p.numel() for n, p in model.named_parameters() if n in names)
+    return (4 * muon + 8 * (trained - muon)) / max(trained, 1)
 
 
 def count_params(model: nn.Module, trainable: bool = False) -> int:
@@ -163,7 +179,7 @@ def plan(cfg, nodes: int = 1, gpus_per_node: int = 1, gpu_mem_gib: float = 80.0,
     n = count_params(model)
     shape = spec.shape(model, cfg) if spec.shape is not None else None
     ac_every = int(tc.get("ac_every", None) or 2)
-    per_param = state_bytes_per_param(str(cfg.optim.name), bool(tc.ema_decay))
+    per_param = state_bytes_per_param(optimizer_bytes_per_param(model, str(cfg.optim.name)), bool(tc.ema_decay))
     compute = DTYPE_BYTES.get(str(tc.precision), 4)
     reduce = DTYPE_BYTES.get(str(tc.get("reduce_dtype", None) or "fp32"), 4)  # trainer.reduce_dtype
     units = fsdp_units(model, [b for _, _, b in spec.blocks(model)] if spec.blocks is not None else None)
@@ -386,8 +402,9 @@ def training_bytes(cfg) -> tuple[int, int]:
     with torch.device("meta"):
         model = build_model(cfg)
     n, trained = count_params(model), count_params(model, trainable=True)
-    per_param = state_bytes_per_param(str(cfg.optim.name), bool(cfg.trainer.get("ema_decay")))
-    return n, sum((trained if k in ("grads", "optimizer") else n) * v for k, v in per_param.items())
+    per_param = state_bytes_per_param(optimizer_bytes_per_param(model, str(cfg.optim.name)),
+                                      bool(cfg.trainer.get("ema_decay")))
+    return n, round(sum((trained if k in ("grads", "optimizer") else n) * v for k, v in per_param.items()))
 
 
 def check_model_fits(cfg, device, world_size: int = 1) -> None:
@@ -408,6 +425,6 @@ def check_model_fits(cfg, device, world_size: int = 1) -> None:
     ranks = f", x {local} ranks on this machine" if local > 1 else ""
     raise ConfigError(
         f"model {cfg.model.get('name')} needs about {_bytes(total)} to train ({_short_count(n)} parameters x "
-        f"{per_param} bytes: fp32 weights, gradients, AdamW's two moments{ema}{ranks}; activations not counted) "
+        f"{per_param} bytes: fp32 weights, gradients, {cfg.optim.name}'s state{ema}{ranks}; activations not counted) "
         f"but only {_bytes(avail)} {where} (world size {world_size}, a full copy per rank); use a smaller "
         "model (model=...), shard it with FSDP over more ranks, or a device with more memory")

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import dyt
-from dyt.plan import (GIB, compose_with_launcher, format_plan, layer_activation_bytes, memory, plan,
-                      split_launcher, state_bytes_per_param)
+from dyt.families import build_model
+from dyt.optim import build_optimizer
+from dyt.plan import (GIB, compose_with_launcher, count_params, format_plan, layer_activation_bytes, memory,
+                      optimizer_bytes_per_param, plan, split_launcher, state_bytes_per_param)
 from dyt.paper.schema import RUNNABLE
 from dyt.paper.tables import PAPER_TABLES
 from conftest import ROOT, compose, run_script
@@ -116,6 +118,26 @@ def test_memory_by_hand_7b():
     assert p["cheapest"]["ac"] == "full"
     text = format_plan(p, markdown=True)
     assert "| strategy | AC |" in text and "| FSDP | full |" in text
+
+
+def test_muon_state():
+    """Muon's fp32 state is one momentum for the blocks' matrices it trains and AdamW's two moments for the rest:
+    what the real optimizer holds after a step, and in the plan of GPT-2 124M (12 x 12 d^2 block matrices)."""
+    cfg = compose(["model=gpt2_tiny", "data=text_pydoc", "optim=muon"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg.optim)
+    model(torch.randint(0, 256, (2, 16))).float().pow(2).mean().backward()
+    opt.step()
+    held = sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if t.ndim > 0)
+    assert held == optimizer_bytes_per_param(model, "muon") * count_params(model, trainable=True)
+
+    p = plan(compose(["experiment=derf_gpt2", "optim=muon"]), 1, 8)
+    n, muon = p["params"], 12 * 12 * 768 * 768
+    ddp = next(r for r in p["rows"] if r["strategy"] == "ddp")
+    assert ddp["optimizer"] == pytest.approx(4 * muon + 8 * (n - muon))
+    adamw = next(r for r in plan(compose(["experiment=derf_gpt2"]), 1, 8)["rows"] if r["strategy"] == "ddp")
+    assert adamw["optimizer"] == 8 * n and adamw["total"] - ddp["total"] == pytest.approx(4 * muon)
 
 
 def test_launcher_args():
