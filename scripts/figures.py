@@ -1,10 +1,12 @@
-"""The paper's analysis figures, from a run directory.
+"""The paper's analysis figures, from a run directory, and the follow-up studies' figures, from a sweep directory.
 
     python scripts/figures.py scurves runs/vit_pico-layernorm-digits-s0    # Figs. 2-4: norm input vs output
     python scripts/figures.py scurves <run> --layers all --points 5000 --batch 64 --weights raw
     python scripts/figures.py alpha-std runs/vit_pico-dyt-digits-s0        # Fig. 8: alpha tracks 1/std
     python scripts/figures.py functions                                    # Fig. 7: the squashing functions
     python scripts/figures.py sites runs/vit_pico-dyt-digits-s0            # saturation per site over training
+    python scripts/figures.py norm-optim multirun/mini_norm_optim          # arXiv 2604.01563: gap to RMSNorm
+    python scripts/figures.py token-budget multirun/mini_token_budget      # arXiv 2604.23434: DyT - LN vs TPP
 
 scurves: one validation batch through the run's latest checkpoint (its EMA weights when kept, unless --weights
 raw); each panel is one norm layer, x = its input, y = its output before the learnable affine (as the paper
@@ -12,7 +14,10 @@ plots), colour = channel. alpha-std: from metrics.jsonl, each DyT layer's alpha 
 training, and the final alpha vs 1/std of every layer. Figures go to <run>/figures/<name>.png unless --out
 (functions: figures/functions.png). sites: from metrics.jsonl, a heatmap of each norm site's saturated share
 (dyt.analysis.SATURATION) by layer x logged step, and each site's final alpha (DyT) or 1 (other norms: their
-saturation uses alpha = 1/std) vs 1/std of its input.
+saturation uses alpha = 1/std) vs 1/std of its input. norm-optim: each norm's final val/loss minus RMSNorm's under
+the same optimizer, bars grouped by norm (experiment=norm_optim_grid / mini_norm_optim). token-budget: DyT's final
+val/loss minus LayerNorm's against tokens per parameter, one line per model size (experiment=token_budget /
+mini_token_budget); both print their table (markdown) and write <sweep>/figures/<name>.png unless --out.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from dyt.errors import ConfigError  # noqa: E402
 from dyt.eval import load_run, run_checkpoint  # noqa: E402
 from dyt.logging import read_jsonl  # noqa: E402
 from dyt.nn import DynamicSquash  # noqa: E402
+from dyt.paper import studies  # noqa: E402
 from dyt.precision import amp_dtype, autocast  # noqa: E402
 from dyt.rundir import RunDir  # noqa: E402
 
@@ -239,6 +245,51 @@ def functions(args) -> Path:
                 ROOT / "docs" / "reproduction" / "functions.png")  # the copy the docs show
 
 
+# --- norm-optim, token-budget: the follow-up studies' sweeps (dyt.paper.studies) -----------------------------------
+def study_out(args, name: str) -> Path:
+    return Path(args.out) if args.out else Path(args.sweep) / "figures" / f"{name}.png"
+
+
+def norm_optim(args) -> Path:
+    gaps = studies.norm_optim_gaps(studies.finished_runs(Path(args.sweep)))
+    norms = sorted({n for by_norm in gaps.values() for n in by_norm})
+    print("| norm | " + " | ".join(f"{o}: {studies.METRIC} - RMSNorm" for o in gaps) + " |")
+    print("|---|" + "---|" * len(gaps))
+    for n in norms:
+        print(f"| {n} | " + " | ".join(f"{gaps[o][n]:+.4f}" if n in gaps[o] else "-" for o in gaps) + " |")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(norms), 3.6))
+    width = 0.8 / len(gaps)
+    for i, (optim, by_norm) in enumerate(gaps.items()):
+        xs = [j + (i - (len(gaps) - 1) / 2) * width for j, n in enumerate(norms) if n in by_norm]
+        ax.bar(xs, [by_norm[n] for n in norms if n in by_norm], width, label=optim)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(norms)), norms)
+    ax.set_ylabel(f"{studies.METRIC} gap to RMSNorm (nats)")
+    ax.set_title("norm x optimizer: gap to RMSNorm per optimizer")
+    ax.legend()
+    return save(fig, study_out(args, "norm_optim"))
+
+
+def token_budget(args) -> Path:
+    lines = studies.token_budget_gaps(studies.finished_runs(Path(args.sweep)))
+    print(f"| model | tokens / parameter | DyT - LayerNorm {studies.METRIC} |\n|---|---|---|")
+    for label, points in lines.items():
+        for tpp, gap in points:
+            print(f"| {label} | {tpp:.3g} | {gap:+.4f} |")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, points in lines.items():
+        ax.plot(*zip(*points), marker="o", label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens per parameter")
+    ax.set_ylabel(f"{studies.METRIC}: DyT - LayerNorm (nats)")
+    ax.set_title("token budget: below 0 DyT is better")
+    ax.legend(fontsize=8)
+    return save(fig, study_out(args, "token_budget"))
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0 (nan, inf and 0 draw nothing meaningful)."""
     try:
@@ -276,6 +327,12 @@ def main(argv=None) -> int:
     s.add_argument("--alphas", type=positive_float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     s.add_argument("--out", default=None)
     s.set_defaults(make=functions)
+    for name, make, help_ in (("norm-optim", norm_optim, "loss gap to RMSNorm per optimizer (arXiv 2604.01563)"),
+                              ("token-budget", token_budget, "DyT - LN loss vs tokens per parameter (arXiv 2604.23434)")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("sweep", help="the sweep directory (multirun/<sweep_name>)")
+        s.add_argument("--out", default=None, help="the figure's path (default <sweep>/figures/<name>.png)")
+        s.set_defaults(make=make)
     args = p.parse_args(argv)
 
     import matplotlib  # lazily, as pyplot in each figure: the Agg backend must be chosen before pyplot loads

@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose, script
+from dyt.paper import studies
 from dyt.run import train
 from dyt.validate import validate
 
@@ -46,18 +47,17 @@ def test_the_token_budget_figure_plots_dyt_minus_ln_against_tokens_per_parameter
             fake_run(tmp_path / f"{size['n_embd']}-ln-{steps}", size, "layernorm", steps, ln, params)
             fake_run(tmp_path / f"{size['n_embd']}-dyt-{steps}", size, "dyt", steps, dyt, params + 3)
     fake_run(tmp_path / "unpaired", small, "dyt", 80, 2.0, 2051)  # no LayerNorm partner: not plotted
-    gaps = script("scripts/study_figures.py").token_budget_gaps(
-        script("scripts/study_figures.py").finished_runs(tmp_path))
+    gaps = studies.token_budget_gaps(studies.finished_runs(tmp_path))
     assert list(gaps) == ["gpt2_tiny (0.00M params)", "gpt2_tiny (0.01M params)"]
     # tokens per parameter: steps x 16 x 128 / the LayerNorm run's parameters
     assert gaps["gpt2_tiny (0.00M params)"] == [(10.0, pytest.approx(-0.1)), (40.0, pytest.approx(0.1))]
     assert gaps["gpt2_tiny (0.01M params)"] == [(2.5, pytest.approx(-0.1)), (10.0, pytest.approx(0.1))]
-    assert script("scripts/study_figures.py").main(["token-budget", str(tmp_path)]) == 0
+    assert script("scripts/figures.py").main(["token-budget", str(tmp_path)]) == 0
     assert (tmp_path / "figures/token_budget.png").stat().st_size > 5_000
     assert "| gpt2_tiny (0.01M params) | 2.5 | -0.1000 |" in capsys.readouterr().out
 
 
 def test_the_budget_figure_refuses_a_sweep_without_pairs(tmp_path, capsys):
     fake_run(tmp_path / "only-dyt", {"name": "gpt2_tiny"}, "dyt", 10, 3.0, 100)
-    assert script("scripts/study_figures.py").main(["token-budget", str(tmp_path)]) == 2
+    assert script("scripts/figures.py").main(["token-budget", str(tmp_path)]) == 2
     assert "no (model, budget) cell has both" in capsys.readouterr().err

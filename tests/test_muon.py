@@ -118,16 +118,16 @@ def test_mini_norm_optim_runs_a_few_muon_steps(tmp_path, norm):
 
 def test_the_norm_optim_figure_plots_each_norms_gap_to_rmsnorm_per_optimizer(tmp_path, capsys):
     from test_budget import fake_run
-    figures = script("scripts/study_figures.py")
+    from dyt.paper import studies
     losses = {("adamw", "rmsnorm"): 3.0, ("adamw", "derf"): 3.3, ("adamw", "dyt"): 3.1,
               ("muon", "rmsnorm"): 2.8, ("muon", "derf"): 3.7, ("muon", "dyt"): 2.9}
     for (optim, norm), loss in losses.items():
         fake_run(tmp_path / f"{norm}-{optim}", {"name": "gpt2_tiny"}, norm, 10, loss, 100, optim=optim)
     fake_run(tmp_path / "layernorm-sgd", {"name": "gpt2_tiny"}, "layernorm", 10, 1.0, 100, optim="sgd")  # no RMSNorm
-    gaps = figures.norm_optim_gaps(figures.finished_runs(tmp_path))
+    gaps = studies.norm_optim_gaps(studies.finished_runs(tmp_path))
     assert gaps == {"adamw": {"derf": pytest.approx(0.3), "dyt": pytest.approx(0.1)},
                     "muon": {"derf": pytest.approx(0.9), "dyt": pytest.approx(0.1)}}
-    assert figures.main(["norm-optim", str(tmp_path)]) == 0
+    assert script("scripts/figures.py").main(["norm-optim", str(tmp_path)]) == 0
     assert (tmp_path / "figures/norm_optim.png").stat().st_size > 5_000
     assert "| derf | +0.3000 | +0.9000 |" in capsys.readouterr().out
 
