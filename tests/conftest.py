@@ -76,6 +76,18 @@ def compose_cfg():
     return compose
 
 
+@pytest.fixture(scope="session")
+def vit_runs(tmp_path_factory):
+    """A finished tiny DyT run and LayerNorm run (ViT on digits, 4 steps, logged at steps 3 and 4) in
+    ``<root>/dyt`` and ``<root>/layernorm``: read, never changed, by the tests of run records and figures."""
+    from dyt.run import train
+    root = tmp_path_factory.mktemp("vit_runs")
+    for norm in ("dyt", "layernorm"):
+        train(compose([*TINY, "trainer.max_steps=4", "trainer.eval_every=4", "trainer.ckpt_every=4", f"norm={norm}"]),
+              root / norm)
+    return root
+
+
 def cpu_share() -> int:
     """The cores one test may use: all of them in a serial run, an equal share under pytest-xdist (-n N)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

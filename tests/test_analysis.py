@@ -16,7 +16,6 @@ from dyt.analysis import InputStdProbe, alpha_metrics, elementwise_norms, norm_l
 from dyt.logging import read_jsonl
 from dyt.families import build_model
 from dyt.nn import NORM_KINDS, DynamicTanh, ElementwiseNorm, build_norm
-from dyt.run import train
 from dyt.trainer import Trainer
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -24,18 +23,6 @@ from torch.utils._pytree import tree_leaves
 _spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts/figures.py")
 figures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(figures)
-
-SHORT = ["trainer.max_steps=4", "trainer.eval_every=4", "trainer.ckpt_every=4"]  # TINY logs every 3: steps 3, 4
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A finished tiny DyT run and LayerNorm run (ViT on digits)."""
-    root = tmp_path_factory.mktemp("runs")
-    for norm in ("dyt", "layernorm"):
-        train(compose([*TINY, *SHORT, f"norm={norm}"]), root / norm)
-    return root
-
 
 def first_inputs(layers, forward) -> dict[str, torch.Tensor]:
     """Each layer's input in its first call during `forward()`, by our own hooks."""
@@ -59,9 +46,9 @@ def train_events(run_dir):
 
 
 # --- std/ beside alpha/ ---------------------------------------------------------------------------------------
-def test_std_logged_for_every_norm_site_on_log_steps_only(runs):
+def test_std_logged_for_every_norm_site_on_log_steps_only(vit_runs):
     """DyT and LayerNorm runs log the input std of the same sites (and pay the same probe); alpha only with DyT."""
-    events = {norm: train_events(runs / norm) for norm in ("dyt", "layernorm")}
+    events = {norm: train_events(vit_runs / norm) for norm in ("dyt", "layernorm")}
     sites = {}
     for norm, logged in events.items():
         assert [e["step"] for e in logged] == [3, 4]
@@ -297,12 +284,12 @@ def is_png(path):
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_scurves_and_alpha_std_figures(runs, tmp_path, capsys):
+def test_scurves_and_alpha_std_figures(vit_runs, tmp_path, capsys):
     for norm in ("layernorm", "dyt"):
-        assert figures.main(["scurves", str(runs / norm), "--points", "500", "--batch", "8", "--device", "cpu"]) == 0
-        assert is_png(runs / norm / "figures/scurves.png")
-    assert figures.main(["alpha-std", str(runs / "dyt"), "--layers", "all"]) == 0
-    assert is_png(runs / "dyt/figures/alpha_std.png")
+        assert figures.main(["scurves", str(vit_runs / norm), "--points", "500", "--batch", "8", "--device", "cpu"]) == 0
+        assert is_png(vit_runs / norm / "figures/scurves.png")
+    assert figures.main(["alpha-std", str(vit_runs / "dyt"), "--layers", "all"]) == 0
+    assert is_png(vit_runs / "dyt/figures/alpha_std.png")
     assert figures.main(["functions", "--out", str(tmp_path / "f.png")]) == 0 and is_png(tmp_path / "f.png")
     for bad in ("nan", "inf", "0"):  # were accepted (a blank or broken curve)
         with pytest.raises(SystemExit) as e:
@@ -310,17 +297,17 @@ def test_scurves_and_alpha_std_figures(runs, tmp_path, capsys):
         assert e.value.code == 2 and "must be a finite number > 0" in capsys.readouterr().err
 
 
-def test_figures_errors_name_what_is_missing(runs, tmp_path, capsys):
+def test_figures_errors_name_what_is_missing(vit_runs, tmp_path, capsys):
     def error(*argv):
         assert figures.main(list(argv)) == 2
         return capsys.readouterr().err
-    err = error("alpha-std", str(runs / "layernorm"))
+    err = error("alpha-std", str(vit_runs / "layernorm"))
     assert "no alpha/ metrics" in err and "norm=dyt" in err
     assert "does not exist" in error("scurves", str(tmp_path / "nope"))
     bare = tmp_path / "bare"
     bare.mkdir()
-    (bare / "config.yaml").write_text((runs / "dyt/config.yaml").read_text())
+    (bare / "config.yaml").write_text((vit_runs / "dyt/config.yaml").read_text())
     assert "has no checkpoint" in error("scurves", str(bare))
-    old = [{k: v for k, v in e.items() if not k.startswith("std/")} for e in train_events(runs / "dyt")]
+    old = [{k: v for k, v in e.items() if not k.startswith("std/")} for e in train_events(vit_runs / "dyt")]
     (bare / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in old))
     assert "no std/ metrics" in error("alpha-std", str(bare))

@@ -11,7 +11,6 @@ from dyt.analysis import SATURATION, InputStdProbe, norm_layers
 from dyt.families import build_model
 from dyt.logging import read_jsonl
 from dyt.nn import ElementwiseNorm
-from dyt.run import train
 
 LLAMA = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=2",
          "model.n_kv_heads=1"]  # a family with RMSNorm sites
@@ -59,21 +58,9 @@ def test_site_values_equal_an_independent_computation(overrides):
     assert any(v > 0 for k, v in got.items() if k.startswith("sat/"))  # the check can tell saturated from not
 
 
-SHORT = ["trainer.max_steps=4", "trainer.eval_every=4", "trainer.ckpt_every=4"]  # TINY logs every 3: steps 3, 4
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A finished tiny DyT run and LayerNorm run (ViT on digits)."""
-    root = tmp_path_factory.mktemp("runs")
-    for norm in ("dyt", "layernorm"):
-        train(compose([*TINY, *SHORT, f"norm={norm}"]), root / norm)
-    return root
-
-
 @pytest.mark.parametrize("norm", ["dyt", "layernorm"])
-def test_runs_log_site_diagnostics_and_keep_the_mean_saturation(runs, norm):
-    events = [e for e in read_jsonl(runs / norm / "metrics.jsonl") if e["split"] == "train"]
+def test_runs_log_site_diagnostics_and_keep_the_mean_saturation(vit_runs, norm):
+    events = [e for e in read_jsonl(vit_runs / norm / "metrics.jsonl") if e["split"] == "train"]
     assert [e["step"] for e in events] == [3, 4]
     for e in events:
         sites = {k.removeprefix("std/") for k in e if k.startswith("std/")}
@@ -81,15 +68,15 @@ def test_runs_log_site_diagnostics_and_keep_the_mean_saturation(runs, norm):
             {k.removeprefix("out_std/") for k in e if k.startswith("out_std/")}
         sats = [e[f"sat/{n}"] for n in sites]
         assert all(0 <= s <= 1 for s in sats) and e["train/saturation"] == pytest.approx(sum(sats) / len(sats))
-    summary = json.loads((runs / norm / "summary.json").read_text())
+    summary = json.loads((vit_runs / norm / "summary.json").read_text())
     assert summary["train/saturation"] == events[-1]["train/saturation"]
 
 
 @pytest.mark.parametrize("norm", ["dyt", "layernorm"])
-def test_sites_figure(runs, norm, tmp_path, capsys):
+def test_sites_figure(vit_runs, norm, tmp_path, capsys):
     figures = script("scripts/figures.py")
-    assert figures.main(["sites", str(runs / norm)]) == 0
-    png = runs / norm / "figures" / "sites.png"
+    assert figures.main(["sites", str(vit_runs / norm)]) == 0
+    png = vit_runs / norm / "figures" / "sites.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in capsys.readouterr().out
     (tmp_path / "metrics.jsonl").write_text("")  # a run dir without the metrics: an error naming what is missing
     assert figures.main(["sites", str(tmp_path)]) == 2 and "no sat/ metrics" in capsys.readouterr().err
