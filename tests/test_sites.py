@@ -5,12 +5,14 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 
 from conftest import TINY, compose, script
 from dyt.analysis import SATURATION, InputStdProbe, norm_layers
-from dyt.families import build_model
+from dyt.families import BUILTIN, build_model
 from dyt.logging import read_jsonl
 from dyt.nn import ElementwiseNorm
+from dyt.trainer import Trainer
 
 LLAMA = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=2", "model.n_heads=2",
          "model.n_kv_heads=1"]  # a family with RMSNorm sites
@@ -56,6 +58,59 @@ def test_site_values_equal_an_independent_computation(overrides):
     assert got.pop("train/probe_ms") > 0 and len(want) == 3 * len(norm_layers(model)) >= 9
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert any(v > 0 for k, v in got.items() if k.startswith("sat/"))  # the check can tell saturated from not
+
+
+# Every built-in family at its smallest (each family's own test file's tiny overrides), with DyT and the norm it is
+# studied with; cnn is ResNet-50 (BatchNorm sites; VGG-19's 140M-parameter classifier takes seconds to build).
+FAMILIES = {
+    "vit": ([*TINY], "layernorm"),
+    "convnext": (["model=convnext_atto", "data=digits", "data.image_size=32"], "layernorm"),
+    "cnn": (["model=resnet50", "data=digits", "data.image_size=32"], "batchnorm"),
+    "llama": ([*LLAMA, "data.seq_len=32"], "rmsnorm"),
+    "dit": (["experiment=dit_pixel", "model.depth=2", "model.hidden=32", "model.heads=2"], "layernorm"),
+    "mae": (["model=mae_pico", "data=digits", "model.hidden=32", "model.depth=2", "model.decoder_hidden=16",
+             "model.decoder_depth=1"], "layernorm"),
+    "dino": (["model=dino_pico", "data=digits", "data.image_size=16", "model.kwargs.depth=2",
+              "model.kwargs.embed_dim=32", "model.crops.global_size=12", "model.crops.local_size=8",
+              "model.crops.local_number=2", "model.head.out_dim=64", "model.head.hidden_dim=32",
+              "model.head.bottleneck_dim=16"], "layernorm"),
+    "wav2vec2": (["experiment=mini_w2v", "data.synth_utterances=8", "data.synth_val_utterances=4"], "layernorm"),
+    "hyenadna": (["model=hyenadna_pico", "data=dna_synth", "data.val_limit=0.05"], "layernorm"),
+    "caduceus": (["model=caduceus_tiny", "data=dna_synth", "data.mlm=true", "data.seq_len=64",
+                  "data.val_limit=0.05"], "rmsnorm"),
+    "gpt2": (["model=gpt2_tiny", "data=text_pydoc", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+              "model.block_size=64", "data.seq_len=32"], "layernorm"),
+}
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, ElementwiseNorm)  # what a scan calls a norm
+
+
+def test_every_builtin_family_is_covered():
+    assert set(FAMILIES) == {f.name for f in BUILTIN}
+
+
+@pytest.mark.parametrize("family,norm", [(f, n) for f, (_, base) in FAMILIES.items() for n in ("dyt", base)])
+def test_every_family_logs_its_sites_values_through_its_task(family, norm, tmp_path):
+    """Through the family's real task and data: its first training micro-batch's loss, once under our own hooks
+    (`expected`) and once under the trainer's probe, from the same RNG state (losses draw masks and noise), give the
+    same values at every site; and the sites are every norm module of the model (a scan by type), each of which ran."""
+    overrides, _ = FAMILIES[family]
+    t = Trainer(compose([*overrides, f"norm={norm}", "trainer.batch_size=4", "trainer.resume=never",
+                         "logger=none"]), tmp_path / "run")
+    try:
+        batch = next(t._batches())
+        sites = norm_layers(t.model)
+        scanned = [m for m in t.model.modules() if isinstance(m, NORM_TYPES)]
+        assert [m for _, m in sites] == scanned and len(sites) >= 3
+        torch.manual_seed(1)
+        want = expected(sites, lambda: t.task.loss(t.net, batch))
+        torch.manual_seed(1)
+        with InputStdProbe(t.model) as probe:
+            t.task.loss(t.net, batch)
+        got = probe.metrics()
+    finally:
+        t.close()
+    assert got.pop("train/probe_ms") > 0 and len(want) == 3 * len(sites)  # every site ran
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("norm", ["dyt", "layernorm"])
