@@ -71,41 +71,55 @@ def chunks(x: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def site_stats(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """[std, saturated share] of a norm site's input x, on x's device, with no host sync and no copy of x:
-    `torch.std` (one fused Welford reduction, `input_std`), `torch.mean` where the bounds need it, and the
-    saturated elements counted a `CHUNK` at a time against device-side bounds (`saturation_bounds`).
-    `torch.var_mean` would be one pass fewer but is 10x slower than both on CPU (35 vs 4 ms at 4x197x1536 fp32,
-    one thread); `count_nonzero` of a mask is 4x faster than its `sum`."""
+    """[mean, std, saturated share] of one call's input x at a norm site, on x's device, with no host sync and no
+    copy of x: `mean_std` and the saturated elements counted a `CHUNK` at a time against device-side bounds
+    (`saturation_bounds`, from this call's own mean and std). `count_nonzero` of a mask is 4x faster than its
+    `sum`."""
     with torch.autocast(x.device.type, enabled=False):
         x = x.detach()
-        std = torch.std(x)
-        mean = None if isinstance(module, ElementwiseNorm) else torch.mean(x)
+        mean, std = mean_std(x)
         lo, hi = saturation_bounds(module, mean, std)
         lo, hi = lo.to(x.dtype), hi.to(x.dtype)
         count = sum((torch.count_nonzero(c < lo) + torch.count_nonzero(c > hi) for c in chunks(x)),
                     torch.zeros((), dtype=torch.int64, device=x.device))
-        return torch.stack([std.float(), count.float() / max(x.numel(), 1)])
+        return torch.stack([mean.float(), std.float(), count.float() / max(x.numel(), 1)])
 
 
 @torch.no_grad()
-def input_std(x: torch.Tensor) -> torch.Tensor:
-    """The std of all of x's elements, a 0-d tensor on x's device, without a copy of x: ONE fused reduction in x's
-    own dtype (`torch.std` is a Welford reduction that accumulates bf16/fp16 in fp32 on CUDA, in double on CPU;
-    `x.float().std()` would copy x to fp32, and `x.sum(dtype=torch.float32)` copies it too on CPU). Autocast is off
-    so that nothing casts x first. The result is rounded to x's dtype: relative error <= 2^-8 (0.4%) in bf16,
-    2^-11 in fp16, none in fp32 (tests/test_analysis.py checks it)."""
+def mean_std(x: torch.Tensor) -> torch.Tensor:
+    """[mean, std] of all of x's elements, on x's device, without a copy of x: `torch.mean` and `torch.std` (one
+    fused Welford reduction) in x's own dtype (`torch.std` accumulates bf16/fp16 in fp32 on CUDA, in double on CPU;
+    `x.float().std()` would copy x to fp32, and `x.sum(dtype=torch.float32)` copies it too on CPU);
+    `torch.std_mean` would be one pass fewer but is 10x slower than both on CPU (35 vs 4 ms at 4x197x1536 fp32,
+    one thread). Autocast is off so that nothing casts x first. The results are rounded to x's dtype: relative
+    error <= 2^-8 (0.4%) in bf16, 2^-11 in fp16, none in fp32 (tests/test_analysis.py checks it)."""
     with torch.autocast(x.device.type, enabled=False):
-        return torch.std(x.detach())
+        x = x.detach()
+        return torch.stack([torch.mean(x), torch.std(x)])
+
+
+def pooled(calls: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """[std, shares...] of all of a site's calls together, from each call's (element count, [mean, std,
+    shares...]): the std of their union (Chan et al.'s pooled variance, in double), each share weighted by its
+    call's element count. On the device, no host sync."""
+    total = sum(n for n, _ in calls)
+    grand = sum(n * s[0].double() for n, s in calls) / total
+    m2 = sum((n - 1) * s[1].double() ** 2 + n * (s[0].double() - grand) ** 2 for n, s in calls)
+    shares = sum(n * s[2:].double() for n, s in calls) / total
+    return torch.cat([(m2 / max(total - 1, 1)).sqrt().reshape(1), shares]).float()
 
 
 class InputStdProbe:
-    """While open (and `enabled`), records per norm site (`norm_layers`, whatever the kind) in its FIRST forward
-    only: its input's std and saturated share (`site_stats`) and its output's std (`input_std` of the output);
-    `metrics()` then gives ``{"std/<path>", "sat/<path>", "out_std/<path>": value, ..., "train/probe_ms": ...}``.
+    """While open (and `enabled`), records per norm site (`norm_layers`, whatever the kind) in the model's FIRST
+    forward only: its input's std and saturated share (`site_stats`) and its output's std (`mean_std` of the
+    output); `metrics()` then gives ``{"std/<path>", "sat/<path>", "out_std/<path>": value, ...,
+    "train/probe_ms": ...}``. A site called several times in that forward (DINO's student on the global then the
+    local crops, an RCPS norm on each strand) gives the values of all its calls' elements together (`pooled`).
 
     For one training step that is logged: forward hooks are added on entry and removed on exit, so other steps
-    pay nothing and no extra forward runs. "First forward only" keeps the first micro-batch's value under gradient
-    accumulation and when activation checkpointing re-runs a block's forward in the backward. Each value stays on
+    pay nothing and no extra forward runs. "First forward only" (until the root module's forward returns: every
+    family's loss calls it) keeps the first micro-batch's value under gradient accumulation and when activation
+    checkpointing re-runs a block's forward in the backward. Each value stays on
     the device (no copy of an activation, no host sync in a hook) until `metrics()` reads them all at once.
     ``train/probe_ms`` is the time the reductions took on this step (CUDA events on the GPU, so no sync either;
     host time on CPU): the cost sits inside `train/throughput`, the same for every norm kind. Hooks sit on the
@@ -115,8 +129,10 @@ class InputStdProbe:
 
     def __init__(self, model: nn.Module, enabled: bool = True):
         self.model, self.enabled = model, enabled
-        self.stats: dict[str, torch.Tensor] = {}  # site -> [input std, saturated share]
-        self.out_stds: dict[str, torch.Tensor] = {}
+        # site -> per call: (element count, [input mean, std, saturated share]) / (count, [output mean, std])
+        self.stats: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        self.out_stds: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        self._first = True  # the root module's first forward has not returned yet
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # (start, end) per reduction on a GPU
         self._host_s = 0.0  # reductions on CPU
         self._handles: list = []
@@ -136,21 +152,27 @@ class InputStdProbe:
 
     def _pre_hook(self, name: str):
         def record(module: nn.Module, args: tuple) -> None:
-            if name not in self.stats:
-                self.stats[name] = self._timed(args[0], lambda: site_stats(module, args[0]))
+            if self._first:
+                x = args[0]
+                self.stats.setdefault(name, []).append((x.numel(), self._timed(x, lambda: site_stats(module, x))))
         return record
 
     def _post_hook(self, name: str):
         def record(module: nn.Module, args: tuple, output) -> None:
-            if name not in self.out_stds and torch.is_tensor(output):
-                self.out_stds[name] = self._timed(output, lambda: input_std(output))
+            if self._first and torch.is_tensor(output):
+                self.out_stds.setdefault(name, []).append((output.numel(), self._timed(output,
+                                                                                         lambda: mean_std(output))))
         return record
+
+    def _root_done(self, module: nn.Module, args: tuple, output) -> None:
+        self._first = False
 
     def __enter__(self) -> InputStdProbe:
         if self.enabled:
             for name, m in norm_layers(self.model):
                 self._handles += [m.register_forward_pre_hook(self._pre_hook(name)),
                                   m.register_forward_hook(self._post_hook(name))]
+            self._handles.append(self.model.register_forward_hook(self._root_done))  # after the sites' hooks
         return self
 
     def __exit__(self, *exc) -> None:
@@ -167,8 +189,8 @@ class InputStdProbe:
             return {}
         names = list(self.stats)
         outs = [n for n in names if n in self.out_stds]
-        values = torch.cat([torch.stack([self.stats[n] for n in names]).flatten(),
-                            *[self.out_stds[n].float().reshape(1) for n in outs]])
+        values = torch.cat([torch.stack([pooled(self.stats[n]) for n in names]).flatten(),
+                            *[pooled(self.out_stds[n]) for n in outs]])
         world = torch_dist.get_world_size() if torch_dist.is_initialized() else 1
         means = (D.all_reduce_sum(values) / world).tolist()
         out = {}

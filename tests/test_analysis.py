@@ -116,7 +116,7 @@ def every_kind_inputs(dtype=torch.float32):
     return torch.randn(4, 32, 16, dtype=dtype) * 3 + 1, torch.randn(2, 3, 12, 12, dtype=dtype)
 
 
-#: the probe's std: one reduction in the input's dtype, rounded to it (dyt.analysis.input_std)
+#: the probe's std: one reduction in the input's dtype, rounded to it (dyt.analysis.mean_std)
 STD_REL_TOL = {torch.float32: 1e-6, torch.bfloat16: 2**-8}
 
 

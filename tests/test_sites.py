@@ -19,18 +19,18 @@ LLAMA = ["model=llama_tiny", "data=text_pydoc", "model.dim=32", "model.n_layers=
 
 
 def expected(layers, forward) -> dict[str, float]:
-    """std/, sat/ and out_std/ of every site from our own hooks on its first call: saturated means
-    |alpha x| > SATURATION for DyT, |x - mean| / std > SATURATION (the input's own mean and std) otherwise."""
-    want = {}
+    """std/, sat/ and out_std/ of every site from our own hooks, over ALL its calls in the forward (DINO's student
+    sees the global then the local crops, an RCPS norm each strand): the std of all its inputs (outputs) together;
+    saturated means |alpha x| > SATURATION for DyT, |x - mean| / std > SATURATION (each call's own mean and std)
+    otherwise."""
+    calls = {}
 
     def hook(name):
         def record(module, args, out):
-            if f"std/{name}" in want:
-                return
             x = args[0].detach().double()
             z = module.alpha.double() * x if isinstance(module, ElementwiseNorm) else (x - x.mean()) / x.std()
-            want.update({f"std/{name}": x.std().item(), f"sat/{name}": (z.abs() > SATURATION).double().mean().item(),
-                         f"out_std/{name}": out.detach().double().std().item()})
+            calls.setdefault(name, []).append((x.flatten(), (z.abs() > SATURATION).sum().item(),
+                                               out.detach().double().flatten()))
         return record
     hooks = [m.register_forward_hook(hook(name)) for name, m in layers]
     try:
@@ -38,6 +38,11 @@ def expected(layers, forward) -> dict[str, float]:
     finally:
         for h in hooks:
             h.remove()
+    want = {}
+    for name, seen in calls.items():
+        x, saturated, out = torch.cat([c[0] for c in seen]), sum(c[1] for c in seen), torch.cat([c[2] for c in seen])
+        want.update({f"std/{name}": x.std().item(), f"sat/{name}": saturated / x.numel(),
+                     f"out_std/{name}": out.std().item()})
     return want
 
 
@@ -81,11 +86,25 @@ FAMILIES = {
     "gpt2": (["model=gpt2_tiny", "data=text_pydoc", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
               "model.block_size=64", "data.seq_len=32"], "layernorm"),
 }
+# Each family's site count from its config: per block its pre-norms, plus the final norm(s).
+SITES = {
+    "vit": lambda m: 2 * m.kwargs.depth + 1,
+    "convnext": lambda m: 12 + 1 + 3 + 1,  # convnext_atto: 2+2+6+2 blocks, the stem, 3 downsamples, the head
+    "cnn": lambda m: 16 * 3 + 1 + 4,  # resnet50: 3+4+6+3 bottlenecks of 3 BatchNorms, the stem, 4 downsamples
+    "llama": lambda m: 2 * m.n_layers + 1,
+    "dit": lambda m: 2 * m.depth + 1,  # + the final layer's adaLN norm
+    "mae": lambda m: 2 * m.depth + 1 + 2 * m.decoder_depth + 1,  # encoder + decoder
+    "dino": lambda m: 2 * (2 * m.kwargs.depth + 1),  # student + teacher
+    "wav2vec2": lambda m: 2 * m.depth + 2,  # + the feature norm and the encoder's
+    "hyenadna": lambda m: 2 * m.n_layer + 1,
+    "caduceus": lambda m: m.n_layer + 1,  # one RCPS norm per block + the final one
+    "gpt2": lambda m: 2 * m.n_layer + 1,
+}
 NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, ElementwiseNorm)  # what a scan calls a norm
 
 
 def test_every_builtin_family_is_covered():
-    assert set(FAMILIES) == {f.name for f in BUILTIN}
+    assert set(FAMILIES) == set(SITES) == {f.name for f in BUILTIN}
 
 
 @pytest.mark.parametrize("family,norm", [(f, n) for f, (_, base) in FAMILIES.items() for n in ("dyt", base)])
@@ -100,7 +119,7 @@ def test_every_family_logs_its_sites_values_through_its_task(family, norm, tmp_p
         batch = next(t._batches())
         sites = norm_layers(t.model)
         scanned = [m for m in t.model.modules() if isinstance(m, NORM_TYPES)]
-        assert [m for _, m in sites] == scanned and len(sites) >= 3
+        assert [m for _, m in sites] == scanned and len(sites) == SITES[family](t.cfg.model)
         torch.manual_seed(1)
         want = expected(sites, lambda: t.task.loss(t.net, batch))
         torch.manual_seed(1)
