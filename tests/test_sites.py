@@ -111,12 +111,15 @@ def test_every_builtin_family_is_covered():
 def test_every_family_logs_its_sites_values_through_its_task(family, norm, tmp_path):
     """Through the family's real task and data: its first training micro-batch's loss, once under our own hooks
     (`expected`) and once under the trainer's probe, from the same RNG state (losses draw masks and noise), give the
-    same values at every site; and the sites are every norm module of the model (a scan by type), each of which ran."""
+    same values at every site (a later micro-batch's loss is not recorded: each family's loss calls its model's
+    forward, where the probe stops); and the sites are every norm module of the model (a scan by type), each of
+    which ran."""
     overrides, _ = FAMILIES[family]
     t = Trainer(compose([*overrides, f"norm={norm}", "trainer.batch_size=4", "trainer.resume=never",
                          "logger=none"]), tmp_path / "run")
     try:
-        batch = next(t._batches())
+        batches = t._batches()
+        batch, later = next(batches), next(batches)
         sites = norm_layers(t.model)
         scanned = [m for m in t.model.modules() if isinstance(m, NORM_TYPES)]
         assert [m for _, m in sites] == scanned and len(sites) == SITES[family](t.cfg.model)
@@ -125,6 +128,7 @@ def test_every_family_logs_its_sites_values_through_its_task(family, norm, tmp_p
         torch.manual_seed(1)
         with InputStdProbe(t.model) as probe:
             t.task.loss(t.net, batch)
+            t.task.loss(t.net, later)
         got = probe.metrics()
     finally:
         t.close()
