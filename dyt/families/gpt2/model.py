@@ -108,7 +108,7 @@ class GPT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=std)
+                nn.init.normal_(m.weight, std=self.cfg.embed_init_std or std)
             elif m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()  # LayerNorm / DynamicTanh / Derf (alpha0 per site)
         if self.embed_scale is not None:
