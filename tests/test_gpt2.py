@@ -106,6 +106,18 @@ def test_meta_build_then_init_equals_a_direct_build():
     assert m.embed_scale.item() == pytest.approx(32 ** 0.5) and m.transformer.ln_f.alpha.item() == 0.5
 
 
+def test_init_stds():
+    """model.init_std sets the Linears (c_proj / sqrt(2 n_layer)) and, unless model.embed_init_std, the embeddings."""
+    torch.manual_seed(0)
+    m = dyt.build_model(compose([*TINY, "model.n_embd=128", "model.init_std=0.1", "model.embed_init_std=0.01"]))
+    std = lambda name: float(m.get_parameter(name).std())  # noqa: E731
+    assert std("transformer.h.0.mlp.c_fc.weight") == pytest.approx(0.1, rel=0.05)
+    assert std("transformer.h.0.mlp.c_proj.weight") == pytest.approx(0.1 / 2, rel=0.05)  # 2 blocks: / sqrt(4)
+    assert std("transformer.wte.weight") == pytest.approx(0.01, rel=0.05) == std("transformer.wpe.weight")
+    m = dyt.build_model(compose([*TINY, "model.n_embd=128", "model.init_std=0.1"]))
+    assert std("transformer.wte.weight") == pytest.approx(0.1, rel=0.05)
+
+
 def test_trains_on_the_embedded_text(tmp_path):
     """Through the shared trainer and language-model task: the train loss falls well below its start."""
     s = train(compose([*TINY, "norm=layernorm", "trainer.max_steps=40", "trainer.batch_size=8",

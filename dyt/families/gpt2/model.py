@@ -103,6 +103,8 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # to_empty() (meta -> device) unties: tie again
         std = self.cfg.init_std
         for name, m in self.named_modules():
+            if m is self.lm_head:
+                continue  # tied: its weight is the token embedding's (initialised as an embedding below)
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=std / math.sqrt(2 * self.cfg.n_layer) if name.endswith("c_proj") else std)
                 if m.bias is not None:
