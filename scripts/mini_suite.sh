@@ -57,7 +57,7 @@ SWEEPS=(
   "w2v_feature_ln -m experiment=mini_w2v norm=dyt model.feature_norm=layernorm"
   "norm_optim -m experiment=mini_norm_optim"
   "budget     -m experiment=mini_token_budget"
-  "budget_small -m experiment=mini_token_budget model.n_embd=64 model.n_layer=2 model.n_head=2 model.init_std=0.125"
+  "budget_small -m experiment=mini_token_budget model.n_embd=64 model.n_layer=2 model.n_head=2 model.embed_init_std=0.125"
 )
 mkdir -p multirun/mini_logs
 start=$(date +%s)
