@@ -22,8 +22,8 @@ class GPT2ModelConfig:
     dropout: float = ranged(0.0, FRACTION)  # nanoGPT's pre-training value
     norm_eps: float = ranged(1e-5, POSITIVE)  # LayerNorm / RMSNorm eps (nanoGPT's F.layer_norm: 1e-5)
     init_std: float = ranged(0.02, POSITIVE)  # Linear / Embedding init; c_proj: init_std / sqrt(2 n_layer)
-    # the token and position embeddings' init (null = init_std, nanoGPT). At small widths nanoGPT's 0.02 puts the
-    # residual stream far below unit scale (configs/model/gpt2_tiny.yaml says what that does to DyT)
+    # the token and position embeddings' init, and so the tied LM head's (null = init_std, nanoGPT). At small widths
+    # nanoGPT's 0.02 puts the blocks' input far below unit scale (configs/model/gpt2_tiny.yaml: what it does to DyT)
     embed_init_std: Optional[float] = ranged(None, OPT_POSITIVE)
     # Derf's patch (zlab-princeton/Derf, language model/model_derf.patch); used only by the element-wise norms:
     # alpha0 per site kind (null = norm.alpha_init; derf_gpt2 sets Derf's 1.0 for all three)
