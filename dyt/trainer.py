@@ -238,6 +238,7 @@ class Trainer:
                    "norm": self.cfg.norm.name, "data": self.cfg.data.name, "params": self.n_params,
                    "max_steps": self.max_steps, "world_size": self.dist.world_size, **self.last_train,
                    "env": environment(self.device)}  # what decides the exact numbers beyond the config
+        summary.update(self.task.summary_fields())
         if self.init_record:
             summary["init_from"] = self.init_record
         if is_auto(self.cfg.norm):

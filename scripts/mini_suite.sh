@@ -19,7 +19,7 @@
 #           put in at fine-tuning only, from the LayerNorm run, as the released HyenaDNA path does): the
 #           synthetic motif task (data=gb_synth), 5 split seeds, test accuracy at the best validation epoch
 #   Follow-ups  mini_norm_optim: LN / RMSNorm / DyT / Derf x AdamW / Muon on a tiny GPT-2 (arXiv 2604.01563);
-#           mini_token_budget: LN vs DyT, two tiny GPT-2s x 3 budgets (arXiv 2604.23434); pydoc text
+#           mini_token_budget: LN vs DyT, two tiny GPT-2s x 3 training-set sizes (arXiv 2604.23434); pydoc text
 # Runs: multirun/mini_*; logs: multirun/mini_logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -162,15 +162,15 @@ def test_sites_figure(vit_runs, norm, tmp_path, capsys):
 
 def test_probe_script_gives_a_verdict_at_tiny_n(tmp_path, capsys):
     """scripts/probe.py trains the config's norm and DyT for N steps on the embedded digits and states the verdict
-    with the paper's accuracy; the cut-off decides it (a cut-off of 0 always predicts HELP, above 1 never)."""
+    with the paper's accuracy; the cut-off decides it (saturation above it: HELP; below 0 always, 1 never)."""
     probe = script("scripts/probe.py")
     args = ["--steps", "3", "--out", str(tmp_path), *TINY, "norm=layernorm"]
-    assert probe.main(["--cutoff", "0", *args]) == 0
+    assert probe.main(["--cutoff", "-1", *args]) == 0
     out = capsys.readouterr().out
     assert "mean saturation at the last logged step: layernorm" in out and "predicted to HELP" in out
     assert "75% raw in-sample accuracy" in out
     assert (tmp_path / "layernorm" / "summary.json").is_file() and (tmp_path / "dyt" / "summary.json").is_file()
-    assert probe.main(["--cutoff", "1.01", *args]) == 0 and "predicted to HURT" in capsys.readouterr().out
+    assert probe.main(["--cutoff", "1", *args]) == 0 and "predicted to HURT" in capsys.readouterr().out
 
 
 def test_report_shows_a_cells_mean_saturation_beside_its_runs():

@@ -300,6 +300,9 @@ class PackedSequences(Dataset):
         j = (i - int(self.offsets[s])) * self.seq_len
         return torch.from_numpy(np.asarray(self.shards[s][j: j + self.seq_len + 1], dtype=np.int64))
 
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.shards)
+
     def tokens(self, limit: int) -> np.ndarray:
         """Up to `limit` leading tokens (for the unigram baseline)."""
         out, n = [], 0

@@ -1,8 +1,8 @@
 """The follow-up studies' comparisons, from a sweep directory of finished runs (their summary.json and config.yaml):
 the norm x optimizer grid (arXiv 2604.01563: each norm's val loss minus RMSNorm's under the same optimizer) and the
-token-budget sweep (arXiv 2604.23434: DyT's val loss minus LayerNorm's at the same model and budget, against tokens
-per parameter = steps x batch x seq_len / the LayerNorm run's parameters, embeddings included). Losses of several
-seeds are averaged. `scripts/figures.py norm-optim | token-budget <sweep>` draws them.
+token-budget sweep (arXiv 2604.23434: DyT's val loss minus LayerNorm's at the same model, steps and training-set
+size, against the training set's tokens per parameter = train_tokens / the LayerNorm run's parameters, embeddings
+included). Losses of several seeds are averaged. `scripts/figures.py norm-optim | token-budget <sweep>` draws them.
 """
 from __future__ import annotations
 
@@ -44,17 +44,22 @@ def norm_optim_gaps(runs) -> dict[str, dict[str, float]]:
 
 
 def token_budget_gaps(runs) -> dict[str, list[tuple[float, float]]]:
-    """{model size: [(tokens per parameter, DyT mean val/loss - LayerNorm's), ...] by budget}."""
-    cells = defaultdict(lambda: defaultdict(list))  # (size, budget) -> norm -> [(loss, params)]
+    """{model size and steps: [(training tokens per parameter, DyT mean val/loss - LayerNorm's), ...]}. As arXiv
+    2604.23434 sweeps it, the budget is the training set's size (summary.json's ``train_tokens``, set by
+    data.max_train_tokens) at a fixed number of steps, so small budgets are seen for many epochs."""
+    cells = defaultdict(lambda: defaultdict(list))  # (size, steps, tokens) -> norm -> [(loss, params)]
     for cfg, summary in runs:
+        if "train_tokens" not in summary:
+            raise ConfigError(f"a {cfg['model']['name']} {cfg['norm']['name']} run has no train_tokens in its "
+                              "summary.json (a streamed dataset has no size; run it map-style)")
         size = json.dumps(cfg["model"], sort_keys=True)
-        tokens = summary["max_steps"] * cfg["trainer"]["batch_size"] * cfg["data"]["seq_len"]
-        cells[size, tokens][cfg["norm"]["name"]].append((summary[METRIC], summary["params"]))
+        cells[size, summary["max_steps"], summary["train_tokens"]][cfg["norm"]["name"]].append(
+            (summary[METRIC], summary["params"]))
     lines = defaultdict(list)
-    for (size, tokens), by_norm in cells.items():
+    for (size, steps, tokens), by_norm in cells.items():
         if "layernorm" in by_norm and "dyt" in by_norm:
             ln_params = by_norm["layernorm"][0][1]
-            label = f"{json.loads(size)['name']} ({ln_params / 1e6:.2f}M params)"
+            label = f"{json.loads(size)['name']} ({ln_params / 1e6:.2f}M params, {steps} steps)"
             gap = mean(v for v, _ in by_norm["dyt"]) - mean(v for v, _ in by_norm["layernorm"])
             lines[label].append((tokens / ln_params, gap))
     if not lines:

@@ -137,3 +137,7 @@ class Task:
     def summary_metric(self) -> tuple[str, str]:
         """(metric name, 'max'|'min') that best describes a run, e.g. ('val/top1', 'max')."""
         return "val/loss", "min"
+
+    def summary_fields(self) -> dict:
+        """Facts about the run's data for summary.json (e.g. the LM task's training tokens)."""
+        return {}

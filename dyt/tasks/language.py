@@ -110,3 +110,9 @@ class LanguageTask(Task):
 
     def summary_metric(self):
         return "val/loss", "min"
+
+    def summary_fields(self):
+        """The training split's size in tokens (after data.max_train_tokens): the T of a run's tokens per parameter
+        in the token-budget study (arXiv 2604.23434 varies the dataset, not the steps). A stream has no size."""
+        train = None if self.streaming else self.datasets[0]
+        return {"train_tokens": train.num_tokens()} if train is not None else {}
