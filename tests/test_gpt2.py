@@ -114,7 +114,7 @@ def test_init_stds():
     assert std("transformer.h.0.mlp.c_fc.weight") == pytest.approx(0.1, rel=0.05)
     assert std("transformer.h.0.mlp.c_proj.weight") == pytest.approx(0.1 / 2, rel=0.05)  # 2 blocks: / sqrt(4)
     assert std("transformer.wte.weight") == pytest.approx(0.01, rel=0.05) == std("transformer.wpe.weight")
-    m = dyt.build_model(compose([*TINY, "model.n_embd=128", "model.init_std=0.1"]))
+    m = dyt.build_model(compose([*TINY, "model.n_embd=128", "model.init_std=0.1", "model.embed_init_std=null"]))
     assert std("transformer.wte.weight") == pytest.approx(0.1, rel=0.05)
 
 
