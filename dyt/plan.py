@@ -343,7 +343,7 @@ def format_plan(p: dict, markdown: bool = False) -> str:
             tail.append(f"fits with trainer.grad_accum={s['grad_accum']} (micro-batch {s['micro_batch']}): "
                         f"{s['strategy'].upper()} + AC {s['ac']} ({_gib(s['total'])} GiB)")
     if c := p.get("cost"):
-        tail.append(f"cost (estimate): {c['tokens'] / 1e9:.0f}B tokens x {c['flops_per_token'] / 1e9:.1f} GFLOP/token = "
+        tail.append(f"cost (estimate): {c['tokens'] / 1e9:.3g}B tokens x {c['flops_per_token'] / 1e9:.1f} GFLOP/token = "
                     f"{c['flops']:.2e} FLOP; at {c['mfu']:.0%} MFU " + ", ".join(
                         f"{g}: {c['gpu_hours'][g]:,.0f} GPU-hours ({c['wall_hours'][g]:,.1f} h on {p['world']} GPUs)"
                         for g in COST_GPUS))

@@ -25,6 +25,15 @@ def test_token_budget_composes_and_validates_at_each_size(model):
         5000, 2.0, False, False)
 
 
+@pytest.mark.parametrize("overrides", [["model=gpt2_64m"], ["model=gpt2_124m"], ["model=gpt2_350m"],
+                                       ["model=gpt2_1300m", "optim.lr=1e-4", "trainer.grad_accum=16"]])
+def test_each_size_fits_one_gpu_as_its_command_runs_it(overrides):
+    """The commands in configs/experiment/token_budget.yaml: one 80 GB GPU, as configured (DDP, no checkpointing)."""
+    from dyt.plan import plan
+    p = plan(compose(["experiment=token_budget", *overrides]), 1, 1, gpu_mem_gib=80)
+    assert next(r for r in p["rows"] if (r["strategy"], r["ac"]) == ("ddp", "none"))["fits"]
+
+
 def test_the_studys_gpt2_sizes_on_meta():
     """Its Scale 1-4 as its get_num_params counts them (non-embedding): 64M, 124M, 354M, 1310M."""
     import torch
