@@ -83,11 +83,16 @@ def test_every_norm_parameter_reaches_its_own_site(tmp_path, overrides):
         torch.testing.assert_close(hf(x).logits, ours(x), atol=1e-5, rtol=0)
 
 
-def test_exported_llama_rmsnorm_is_a_stock_llama(tmp_path):
-    ours, out = exported(tmp_path, [*LLAMA, "norm=rmsnorm"])
-    assert not (out / "modeling_llama_dyt.py").exists()
+@pytest.mark.parametrize("overrides, modeling, stock", [
+    ([*LLAMA, "norm=rmsnorm"], "modeling_llama_dyt.py", "LlamaForCausalLM"),
+    ([*GPT2, "norm=layernorm", "model.bias=false"], "modeling_gpt2_dyt.py", "GPT2LMHeadModel"),
+    ([*GPT2, "norm=layernorm", "model.bias=true"], "modeling_gpt2_dyt.py", "GPT2LMHeadModel"),
+], ids=["llama-rmsnorm", "gpt2-layernorm", "gpt2-layernorm-bias"])
+def test_a_run_without_dyt_exports_as_the_stock_model(tmp_path, overrides, modeling, stock):
+    ours, out = exported(tmp_path, overrides)
+    assert not (out / modeling).exists()
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()  # no remote code
-    assert type(hf) is transformers.LlamaForCausalLM
+    assert type(hf) is getattr(transformers, stock)
     tokens = torch.randint(0, ours.vocab_size, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, ours(tokens), atol=1e-5, rtol=0)
@@ -128,17 +133,6 @@ def test_exported_gpt2_dyt_logits_equal_ours(tmp_path, extra):
         ours.transformer.ln_f.register_forward_hook(lambda m, i, o: hidden.update(y=o))
         ours(tokens)
         torch.testing.assert_close(base(tokens).last_hidden_state, hidden["y"], atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("bias", ["false", "true"])
-def test_exported_gpt2_layernorm_is_a_stock_gpt2(tmp_path, bias):
-    ours, out = exported(tmp_path, [*GPT2, "norm=layernorm", f"model.bias={bias}"])
-    assert not (out / "modeling_gpt2_dyt.py").exists()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()  # no remote code
-    assert type(hf) is transformers.GPT2LMHeadModel
-    tokens = torch.randint(0, ours.vocab_size, (2, 16))
-    with torch.no_grad():
-        torch.testing.assert_close(hf(tokens).logits, ours(tokens), atol=1e-5, rtol=0)
 
 
 def test_a_gpt2_with_another_norm_is_refused(tmp_path):
